@@ -1,0 +1,15 @@
+"""Lock-manager errors: one root, with subclasses that say what the caller should do."""
+
+from __future__ import annotations
+
+
+class LockError(Exception):
+    """Root of every lock-manager error."""
+
+
+class EtcdUnavailable(LockError):
+    """etcd did not answer (no quorum, no endpoint, timeout): retry later or on another node."""
+
+
+class SessionExpired(LockError):
+    """This process's session lease is gone: its locks are lost; start a new session, then retry."""

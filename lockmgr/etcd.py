@@ -1,0 +1,129 @@
+"""The only module that talks to the etcd client library (``etcd3``, from python3-etcd3).
+
+Owns: the connection to one or more etcd endpoints, and the few etcd operations the lock
+manager needs (put with lease, range by prefix, delete, lease grant / keepalive / revoke / time
+to live), each bounded by a timeout. Translates every client failure into ``EtcdUnavailable``.
+Does not own: what keys mean (callers build keys) or any retry policy beyond endpoint failover.
+
+NB: python3-etcd3 marks an endpoint failed for ``time_retry`` seconds after one error and refuses
+it meanwhile; with several endpoints we set ``time_retry`` short (``ENDPOINT_RETRY_S``), so a
+member that comes back is used again at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import etcd3
+import grpc
+from etcd3 import exceptions as etcd_exceptions
+
+from lockmgr.errors import EtcdUnavailable
+
+ENDPOINT_RETRY_S = 0.5
+_ERRORS = (etcd_exceptions.Etcd3Exception, grpc.RpcError, ValueError)
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key read from etcd."""
+
+    key: bytes
+    value: bytes
+    lease_id: int
+    create_revision: int
+    mod_revision: int
+
+
+def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
+    """Parse ``"host:port,host:port"`` (or a list of such) into (host, port) pairs.
+
+    Raises:
+        ValueError: an endpoint has no valid port.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        item = item.strip().removeprefix("http://")
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"etcd endpoint {item!r} is not HOST:PORT")
+        out.append((host or "127.0.0.1", int(port)))
+    if not out:
+        raise ValueError("no etcd endpoint given")
+    return out
+
+
+class EtcdClient:
+    """A client over one or more etcd endpoints with per-call timeouts."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 2.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout_s = timeout_s
+        eps = [etcd3.Endpoint(h, p, secure=False, time_retry=ENDPOINT_RETRY_S)
+               for h, p in self.endpoints]
+        self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout_s,
+                                                      failover=True)
+
+    def grant(self, ttl_s: int) -> tuple[int, int]:
+        """Grant a lease; return (lease id, granted TTL in seconds)."""
+        try:
+            lease = self._client.lease(ttl_s)
+            return int(lease.id), int(lease.ttl)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd lease grant failed: {e!r}") from e
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; return its remaining TTL (<= 0: the lease is gone)."""
+        try:
+            for resp in self._client.refresh_lease(lease_id):
+                return int(resp.TTL)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd lease keepalive failed: {e!r}") from e
+        raise EtcdUnavailable("etcd lease keepalive got no answer")
+
+    def time_to_live(self, lease_id: int) -> int:
+        """Remaining TTL of a lease as etcd sees it (-1: the lease is gone)."""
+        try:
+            return int(self._client.get_lease_info(lease_id).TTL)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd lease lookup failed: {e!r}") from e
+
+    def revoke(self, lease_id: int) -> None:
+        """Revoke a lease; every key attached to it is deleted."""
+        try:
+            self._client.revoke_lease(lease_id)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd lease revoke failed: {e!r}") from e
+
+    def put(self, key: bytes, value: bytes, lease_id: int = 0) -> None:
+        """Write a key, attached to a lease when ``lease_id`` is set."""
+        try:
+            self._client.put(key, value, lease=lease_id or None)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd put failed: {e!r}") from e
+
+    def delete(self, key: bytes) -> bool:
+        """Delete a key; return whether it existed."""
+        try:
+            return bool(self._client.delete(key))
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd delete failed: {e!r}") from e
+
+    def get_prefix(self, prefix: bytes) -> list[KeyValue]:
+        """Every key under ``prefix``, in key order."""
+        try:
+            out = []
+            for value, meta in self._client.get_prefix(prefix, sort_order="ascend"):
+                out.append(KeyValue(meta.key, value, int(meta.lease_id),
+                                    int(meta.create_revision), int(meta.mod_revision)))
+            return out
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd range failed: {e!r}") from e
+
+    def close(self) -> None:
+        """Close the channels."""
+        self._client.close()

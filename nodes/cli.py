@@ -1,0 +1,98 @@
+"""The ``shardless`` command: ``node`` runs one node, ``up`` runs a local cluster, ``status``
+prints a cluster's status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
+from storage.lmdb_env import DEFAULT_MAP_SIZE
+
+log = logging.getLogger("shardless")
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("node", help="run one node")
+    p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--volume", required=True, help="the shared volume directory")
+    p.add_argument("--listen", required=True, help="gRPC address to serve, HOST:PORT")
+    p.add_argument("--node-id", default="", help="default: <hostname>-<port>")
+    p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
+    p.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="session lease TTL, seconds")
+    p.add_argument("--etcd-timeout", type=float, default=DEFAULT_ETCD_TIMEOUT_S,
+                   help="timeout of each etcd call, seconds")
+    p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
+                   help="LMDB map size in bytes (the volume's size limit)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds to let in-flight calls finish on SIGTERM")
+    p.add_argument("--workers", type=int, default=64, help="gRPC worker threads")
+    p.set_defaults(func=_run_node)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from lockmgr import EtcdUnavailable
+    from nodes.node import Node
+
+    try:
+        node = Node(NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
+                               node_id=args.node_id, cluster=args.cluster, ttl_s=args.ttl,
+                               etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
+                               grace_s=args.grace, max_workers=args.workers))
+    except ValueError as e:
+        print(f"shardless node: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.start()
+        while not stop.wait(1.0):
+            pass
+        log.info("signal received; stopping")
+        return 0
+    except (EtcdUnavailable, RuntimeError) as e:
+        log.error("cannot start: %s", e)
+        return 1
+    finally:
+        node.stop()
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("status", help="print the status of a running cluster")
+    p.add_argument("addresses", nargs="+", help="node addresses, HOST:PORT")
+    p.set_defaults(func=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from shardless.client import Client
+
+    with Client(args.addresses) as c:
+        st = c.status()
+    print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
+    print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
+    for m in st.members:
+        print(f"{m.node_id:<24} {m.address:<22} {m.pid:>7}  {m.session:<16} "
+              f"{m.session_ttl_remaining:>4}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``shardless`` command."""
+    parser = argparse.ArgumentParser(prog="shardless", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_node(sub)
+    from nodes import up
+
+    p = sub.add_parser("up", help="run a local cluster: an embedded etcd and N nodes")
+    up.add_arguments(p)
+    p.set_defaults(func=up.run)
+    _add_status(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    return int(args.func(args))

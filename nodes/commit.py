@@ -1,0 +1,409 @@
+"""Writes: what each kind of write means, and group commit.
+
+Owns: the domain form of writes, conditions and reads (``Write``, ``Check``, ``Read``); planning
+a request against the current state (all checks, no side effect); and the ``GroupCommitter``,
+which runs the plans of requests that arrive together in one LMDB write transaction with one
+sync. Does not own: locks (a later issue) or the API's messages (``convert.py``).
+
+Invariants:
+
+* Plan, then apply. A request's ``plan`` reads and checks everything and raises a ``storage``
+  error before it changes anything; only a plan that succeeded is applied. So one bad request in
+  a group never leaves a partial write, and the others in its group are unaffected.
+* A request is acknowledged only after the write transaction holding it has committed (durably:
+  the environment syncs on commit). If that commit fails, every request of the group fails and
+  none of them was applied.
+* Each request that writes gets its own commit-log position; it is the new version of every row
+  it wrote. Positions follow the order of the write transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from storage import (
+    AlreadyExists,
+    Change,
+    Column,
+    ConditionFailed,
+    InvalidInput,
+    NotFound,
+    ReadView,
+    Schema,
+    Store,
+    StorageError,
+    Value,
+    WriteView,
+)
+from storage.catalog import check_value
+from storage.rows import encode as encode_row
+
+log = logging.getLogger(__name__)
+
+INSERT, UPSERT, UPDATE, DELETE = "insert", "upsert", "update", "delete"
+MAX_OPS_PER_REQUEST = 100_000
+
+
+class Unavailable(Exception):
+    """This node cannot take the request now (shutting down): retry on another node."""
+
+
+class CommitTimeout(Exception):
+    """The commit did not finish before the caller's deadline; it may still have been applied."""
+
+
+@dataclass(frozen=True)
+class Write:
+    """One row write. ``row`` holds whole rows (insert, upsert), the key plus changed columns
+    (update), or the key columns (delete)."""
+
+    table: str
+    kind: str
+    row: dict[str, Value]
+    expected_version: int | None = None
+    key: tuple[Value, ...] | None = None  # a delete may name its row by key instead of row
+
+
+@dataclass(frozen=True)
+class Check:
+    """A condition on one row: ``exists``, ``version`` or ``column_equals``."""
+
+    table: str
+    key: tuple[Value, ...]
+    kind: str
+    exists: bool = False
+    version: int = 0
+    column: str = ""
+    value: Value = None
+
+
+@dataclass(frozen=True)
+class Read:
+    """A point read inside a transaction."""
+
+    table: str
+    key: tuple[Value, ...]
+    columns: list[str] = field(default_factory=list)
+
+
+ReadResult = tuple[int, dict[str, Value]] | None
+
+
+@dataclass
+class Outcome:
+    """What a committed request returns."""
+
+    commit_position: int = 0
+    rows_affected: int = 0
+    reads: list[ReadResult] = field(default_factory=list)
+    value: Any = None
+
+
+@dataclass
+class Plan:
+    """A checked request, ready to apply: row images to put (None: delete) and log changes."""
+
+    outcome: Outcome
+    puts: list[tuple[Schema, bytes, list[Value] | None]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    ddl: Callable[[WriteView], None] | None = None
+
+    def apply(self, view: WriteView, position: int) -> None:
+        """Apply the planned changes in ``view`` at ``position``."""
+        if self.ddl is not None:
+            self.ddl(view)
+        for schema, enc, values in self.puts:
+            if values is None:
+                view.delete(schema, enc)
+            else:
+                view.put(schema, enc, position, values)
+
+
+class Work(Protocol):
+    """A request the group committer can run: plan against the state, at a position."""
+
+    def plan(self, view: WriteView, position: int) -> Plan: ...
+
+
+class _Tables:
+    """Schemas looked up once per request."""
+
+    def __init__(self, view: ReadView) -> None:
+        self._view = view
+        self._cache: dict[str, Schema] = {}
+
+    def __call__(self, name: str) -> Schema:
+        s = self._cache.get(name)
+        if s is None:
+            s = self._cache[name] = self._view.require_table(name)
+        return s
+
+
+def _key_text(key: tuple[Value, ...]) -> str:
+    return "(" + ", ".join(repr(v) for v in key) + ")"
+
+
+def evaluate(view: ReadView, checks: list[Check], reads: list[Read]) -> list[ReadResult]:
+    """Check conditions and run reads against ``view``.
+
+    Raises:
+        ConditionFailed: naming the first condition that does not hold.
+        InvalidInput, NotFound: a malformed condition or read.
+    """
+    tables = _Tables(view)
+    for i, c in enumerate(checks):
+        schema = tables(c.table)
+        cur = view.get(schema, schema.check_key(c.key))
+        where = f"condition {i}: row {_key_text(c.key)} of table {c.table!r}"
+        if c.kind == "exists":
+            if (cur is not None) != c.exists:
+                raise ConditionFailed(f"{where} {'does not exist' if c.exists else 'exists'}")
+        elif c.kind == "version":
+            have = cur[0] if cur else 0
+            if have != c.version:
+                raise ConditionFailed(f"{where} has version {have}, expected {c.version}")
+        elif c.kind == "column_equals":
+            col = schema.by_name.get(c.column)
+            if col is None:
+                raise InvalidInput(f"table {c.table!r} has no column {c.column!r}")
+            check_value(Column(col.name, col.type), c.value)
+            if cur is None:
+                raise ConditionFailed(f"{where} does not exist")
+            have_v = schema.as_dict(cur[1], [c.column])[c.column]
+            if have_v != c.value or type(have_v) is not type(c.value):
+                raise ConditionFailed(f"{where} has {c.column} = {have_v!r}, expected "
+                                      f"{c.value!r}")
+        else:
+            raise InvalidInput(f"condition {i} has no check")
+    out: list[ReadResult] = []
+    for r in reads:
+        schema = tables(r.table)
+        schema.check_projection(r.columns)
+        cur = view.get(schema, schema.check_key(r.key))
+        out.append(None if cur is None else (cur[0], schema.as_dict(cur[1], r.columns)))
+    return out
+
+
+@dataclass
+class Transaction:
+    """Conditions, reads and writes that commit atomically (a one-shot transaction)."""
+
+    writes: list[Write]
+    checks: list[Check] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        """Check everything against ``view``; see the module invariants."""
+        n = len(self.writes) + len(self.checks) + len(self.reads)
+        if n > MAX_OPS_PER_REQUEST:
+            raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
+        outcome = Outcome(reads=evaluate(view, self.checks, self.reads))
+        tables = _Tables(view)
+        staged: dict[tuple[int, bytes], tuple[Schema, list[Value] | None]] = {}
+        changes: list[Change] = []
+        for i, w in enumerate(self.writes):
+            schema = tables(w.table)
+            key = w.key if w.key is not None else schema.key_of(w.row)
+            enc = schema.check_key(key)
+            slot = (schema.table_id, enc)
+            if slot in staged:
+                vals = staged[slot][1]
+                cur = None if vals is None else (position, vals)
+            else:
+                cur = view.get(schema, enc)
+            where = f"row {_key_text(key)} of table {w.table!r}"
+            if w.expected_version is not None:
+                have = cur[0] if cur else 0
+                if have != w.expected_version:
+                    raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
+                                          f"{w.expected_version}")
+            if w.kind in (INSERT, UPSERT):
+                new = schema.full_row(w.row)
+                if w.kind == INSERT and cur is not None:
+                    raise AlreadyExists(f"{where} already exists")
+            elif w.kind == UPDATE:
+                schema.check_columns(w.row)
+                if cur is None:
+                    raise NotFound(f"{where} does not exist")
+                new = list(cur[1])
+                for ci, c in enumerate(schema.columns):
+                    if c.name in w.row:
+                        new[ci] = w.row[c.name]
+            elif w.kind == DELETE:
+                extra = set(w.row) - set(schema.primary_key)
+                if extra:
+                    raise InvalidInput(f"delete takes only primary-key columns; got "
+                                       f"{', '.join(sorted(extra))}")
+                if cur is None:
+                    continue
+                staged[slot] = (schema, None)
+                changes.append(Change(w.table, "del", key))
+                outcome.rows_affected += 1
+                continue
+            else:
+                raise InvalidInput(f"write {i} has no valid kind")
+            encode_row(position, new)  # refuses an over-size row now, before anything is written
+            staged[slot] = (schema, new)
+            changes.append(Change(w.table, "put", key))
+            outcome.rows_affected += 1
+        plan = Plan(outcome, [(s, enc, vals) for (_, enc), (s, vals) in staged.items()], changes)
+        if changes:
+            outcome.commit_position = position
+        return plan
+
+
+@dataclass
+class CreateTable:
+    """Create a table (or, with ``if_not_exists``, return the existing one)."""
+
+    schema: Schema
+    if_not_exists: bool = False
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        existing = view.table(self.schema.name)
+        if existing is not None:
+            if self.if_not_exists:
+                return Plan(Outcome(value=existing))
+            raise AlreadyExists(f"table {self.schema.name!r} already exists")
+        outcome = Outcome(commit_position=position)
+
+        def ddl(v: WriteView) -> None:
+            outcome.value = v.create_table(self.schema)
+
+        return Plan(outcome, changes=[Change(self.schema.name, "create_table", ())], ddl=ddl)
+
+
+@dataclass
+class DropTable:
+    """Drop a table and its rows (or, with ``if_exists``, do nothing when it is missing)."""
+
+    name: str
+    if_exists: bool = False
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        schema = view.table(self.name)
+        if schema is None:
+            if self.if_exists:
+                return Plan(Outcome(value=False))
+            raise NotFound(f"table {self.name!r} does not exist")
+        outcome = Outcome(commit_position=position, value=True)
+
+        def ddl(v: WriteView) -> None:
+            outcome.rows_affected = v.drop_table(schema)
+
+        return Plan(outcome, changes=[Change(self.name, "drop_table", ())], ddl=ddl)
+
+
+@dataclass
+class _Pending:
+    work: Work
+    future: Future[Outcome]
+    is_active: Callable[[], bool]
+
+
+class GroupCommitter:
+    """Runs the requests that arrive together in one write transaction and one sync."""
+
+    def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._node_id = node_id
+        self._max_batch = max_batch
+        self._wall_clock = wall_clock
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Work, *, timeout_s: float | None = None,
+               is_active: Callable[[], bool] = lambda: True) -> Outcome:
+        """Commit ``work`` (with others that arrive meanwhile) and return its outcome.
+
+        Raises:
+            StorageError: the request was refused (nothing of it was written).
+            Unavailable: the committer is closed.
+            CommitTimeout: no answer within ``timeout_s`` (the outcome is unknown).
+        """
+        fut: Future[Outcome] = Future()
+        with self._lock:
+            if self._closed:
+                raise Unavailable("node is shutting down")
+            self._queue.put(_Pending(work, fut, is_active))
+        try:
+            return fut.result(timeout=timeout_s)
+        except TimeoutError as e:
+            raise CommitTimeout("commit did not finish before the deadline; it may or may not "
+                                "have been applied") from e
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        done: list[tuple[_Pending, Outcome]] = []
+        try:
+            with self._store.write() as view:
+                for p in batch:
+                    if not p.is_active():
+                        p.future.set_exception(CommitTimeout("the caller went away before the "
+                                                             "commit; nothing was applied"))
+                        continue
+                    position = view.next_position()
+                    try:
+                        plan = p.work.plan(view, position)
+                    except Exception as e:  # a plan changes nothing, so only this request fails
+                        if not isinstance(e, StorageError):
+                            log.exception("planning a request failed")
+                        p.future.set_exception(e)
+                        continue
+                    plan.apply(view, position)
+                    if plan.changes:
+                        got = view.append_log(ts=self._wall_clock(), node=self._node_id,
+                                              changes=plan.changes)
+                        assert got == position, (got, position)
+                    done.append((p, plan.outcome))
+        except Exception as e:  # the whole transaction failed: none of the group was applied
+            if not isinstance(e, StorageError):
+                log.exception("group commit failed")
+            for p, _ in done:
+                p.future.set_exception(e)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        self.batches += 1
+        self.commits += len(done)
+        for p, outcome in done:
+            p.future.set_result(outcome)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop; later submits raise ``Unavailable``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout=30)

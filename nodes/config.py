@@ -1,0 +1,57 @@
+"""A node's settings, and the checks that make unsafe combinations impossible to start with."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from lockmgr import check_timing, parse_endpoints
+from storage.lmdb_env import DEFAULT_MAP_SIZE
+
+DEFAULT_TTL_S = 5
+DEFAULT_ETCD_TIMEOUT_S = 0.5
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node process needs to start.
+
+    ``ttl_s`` is the session lease TTL: a node that dies silently (no SIGTERM) leaves the
+    cluster's view within it. ``etcd_timeout_s`` bounds every etcd call.
+    """
+
+    etcd: str
+    volume: str
+    listen: str
+    node_id: str = ""
+    cluster: str = "shardless"
+    ttl_s: int = DEFAULT_TTL_S
+    etcd_timeout_s: float = DEFAULT_ETCD_TIMEOUT_S
+    map_size: int = DEFAULT_MAP_SIZE
+    max_workers: int = 64
+    grace_s: float = 10.0
+    etcd_wait_s: float = 30.0
+
+    def validated(self) -> NodeConfig:
+        """Check the settings; fill in the node id from the listen address if empty.
+
+        Raises:
+            ValueError: a setting is malformed or the session timing is unsafe.
+        """
+        parse_endpoints(self.etcd)
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--listen {self.listen!r} is not HOST:PORT")
+        if not self.volume:
+            raise ValueError("--volume is required")
+        if not self.cluster or "/" in self.cluster:
+            raise ValueError("--cluster must be a non-empty name without '/'")
+        ttl = self.ttl_s
+        check_timing(ttl, ttl / 6, self.etcd_timeout_s, ttl / 3)
+        node_id = self.node_id or f"{socket.gethostname()}-{port}"
+        if "/" in node_id:
+            raise ValueError("--node-id must not contain '/'")
+        return NodeConfig(**{**self.__dict__, "node_id": node_id,
+                             "volume": os.path.abspath(self.volume)})

@@ -1,0 +1,89 @@
+"""Conversions between the API's messages (``shardless.v1``) and storage's Python values.
+
+Owns: Value <-> Python scalar, Row <-> dict, Key <-> tuple, TableSchema <-> ``storage.Schema``,
+Mutation -> ``nodes.commit.Write``. Does no validation against schemas: storage does that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardless.v1 import types_pb2 as pb
+from storage import Column, InvalidInput, Schema, Value
+
+_TYPE_TO_PB = {
+    "bool": pb.COLUMN_TYPE_BOOL,
+    "int64": pb.COLUMN_TYPE_INT64,
+    "double": pb.COLUMN_TYPE_DOUBLE,
+    "string": pb.COLUMN_TYPE_STRING,
+    "bytes": pb.COLUMN_TYPE_BYTES,
+}
+_PB_TO_TYPE = {v: k for k, v in _TYPE_TO_PB.items()}
+
+
+def value(v: pb.Value) -> Value:
+    """Python value of a Value message (no kind set: None)."""
+    kind = v.WhichOneof("kind")
+    return None if kind is None else getattr(v, kind)
+
+
+def to_value(x: Value) -> pb.Value:
+    """Value message for a Python value."""
+    if x is None:
+        return pb.Value()
+    if isinstance(x, bool):
+        return pb.Value(bool_value=x)
+    if isinstance(x, int):
+        return pb.Value(int_value=x)
+    if isinstance(x, float):
+        return pb.Value(double_value=x)
+    if isinstance(x, str):
+        return pb.Value(string_value=x)
+    return pb.Value(bytes_value=bytes(x))
+
+
+def row(r: pb.Row) -> dict[str, Value]:
+    """Column -> value of a Row message."""
+    return {name: value(v) for name, v in r.columns.items()}
+
+
+def to_row(d: dict[str, Value], version: int = 0) -> pb.Row:
+    """Row message for column -> value."""
+    out = pb.Row(version=version)
+    for name, x in d.items():
+        out.columns[name].CopyFrom(to_value(x))
+    return out
+
+
+def key(k: pb.Key) -> tuple[Value, ...]:
+    """Tuple of a Key message."""
+    return tuple(value(v) for v in k.parts)
+
+
+def schema(s: pb.TableSchema) -> Schema:
+    """Validated storage schema of a TableSchema message.
+
+    Raises:
+        InvalidInput: the definition is not valid.
+    """
+    cols = []
+    for c in s.columns:
+        t = _PB_TO_TYPE.get(c.type)
+        if t is None:
+            raise InvalidInput(f"column {c.name!r} has no valid type")
+        cols.append(Column(c.name, t, c.not_null))
+    return Schema.build(s.name, cols, list(s.primary_key))
+
+
+def to_schema(s: Schema) -> pb.TableSchema:
+    """TableSchema message of a storage schema."""
+    return pb.TableSchema(
+        name=s.name,
+        columns=[pb.Column(name=c.name, type=_TYPE_TO_PB[c.type], not_null=c.not_null)
+                 for c in s.columns],
+        primary_key=list(s.primary_key))
+
+
+def columns(names: Any) -> list[str]:
+    """Projection list of a repeated string field."""
+    return list(names)

@@ -1,0 +1,145 @@
+"""This node's place in the cluster: its session, its member key, and the view of the others.
+
+Owns: starting the session (one etcd lease for the process), writing the member key
+``/shardless/<cluster>/members/<node id>`` on that lease, starting a new session when the old one
+is lost, and reading the member list. Does not own: the lease mechanics (``lockmgr.Session``).
+
+Because the member key lives on the session lease, a node that dies without a word leaves the
+member list within one lease TTL; a node that stops cleanly revokes its lease and leaves at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from lockmgr import EtcdClient, EtcdUnavailable, Session
+
+log = logging.getLogger(__name__)
+
+
+def cluster_prefix(cluster: str) -> bytes:
+    """Prefix of every etcd key of one cluster."""
+    return f"/shardless/{cluster}/".encode()
+
+
+def members_prefix(cluster: str) -> bytes:
+    """Prefix of the member keys of one cluster."""
+    return cluster_prefix(cluster) + b"members/"
+
+
+def member_key(cluster: str, node_id: str) -> bytes:
+    """Key of one node's member record."""
+    return members_prefix(cluster) + node_id.encode()
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member as its key records it."""
+
+    node_id: str
+    address: str
+    pid: int
+    started_at: float
+    lease_id: int
+
+
+class Membership:
+    """The node's session and member key, renewed for the node's whole life."""
+
+    def __init__(self, client: EtcdClient, *, cluster: str, node_id: str, address: str,
+                 ttl_s: int, etcd_timeout_s: float) -> None:
+        self._client = client
+        self.cluster = cluster
+        self.node_id = node_id
+        self.address = address
+        self.ttl_s = ttl_s
+        self.etcd_timeout_s = etcd_timeout_s
+        self.started_at = time.time()
+        self.session: Session | None = None
+        self.sessions_started = 0
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self, lease_id: int) -> bytes:
+        return json.dumps({"node_id": self.node_id, "address": self.address,
+                           "pid": os.getpid(), "started_at": self.started_at,
+                           "lease": lease_id}).encode()
+
+    def _open_session(self) -> Session:
+        session = Session(self._client, self.ttl_s, etcd_timeout_s=self.etcd_timeout_s)
+        try:
+            self._client.put(member_key(self.cluster, self.node_id),
+                             self._record(session.lease_id), session.lease_id)
+        except EtcdUnavailable:
+            session.close()
+            raise
+        self.sessions_started += 1
+        log.info("session %x started; member key written", session.lease_id)
+        return session
+
+    def start(self, wait_s: float) -> None:
+        """Open the first session, retrying while etcd is unreachable for up to ``wait_s``.
+
+        Raises:
+            EtcdUnavailable: etcd stayed unreachable.
+        """
+        deadline = time.monotonic() + wait_s
+        delay = 0.1
+        while True:
+            try:
+                self.session = self._open_session()
+                break
+            except EtcdUnavailable as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("etcd not reachable yet (%s); retrying", e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._thread = threading.Thread(target=self._supervise, name="membership", daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        delay = 0.1
+        while not self._closing.is_set():
+            session = self.session
+            assert session is not None
+            session.done.wait(timeout=0.5)
+            if self._closing.is_set() or not session.done.is_set():
+                continue
+            log.warning("session %x lost; starting a new one", session.lease_id)
+            try:
+                self.session = self._open_session()
+                delay = 0.1
+            except EtcdUnavailable as e:
+                log.warning("cannot start a new session yet: %s", e)
+                self._closing.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    def members(self) -> list[MemberInfo]:
+        """Every member whose key is in etcd, by node id.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer.
+        """
+        out = []
+        for kv in self._client.get_prefix(members_prefix(self.cluster)):
+            try:
+                d = json.loads(kv.value)
+                out.append(MemberInfo(str(d["node_id"]), str(d["address"]), int(d["pid"]),
+                                      float(d["started_at"]), kv.lease_id))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed member key %r", kv.key)
+        return out
+
+    def close(self) -> None:
+        """Stop renewing and revoke the session: the member key goes at once."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.session is not None:
+            self.session.close()

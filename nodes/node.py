@@ -1,0 +1,128 @@
+"""One node process: storage, session, group committer and gRPC server, started and stopped.
+
+Start order: open the volume, join etcd (session + member key), start the committer, start
+serving, report SERVING. Stop order (SIGTERM): report NOT_SERVING, stop accepting calls and let
+in-flight ones finish (``grace_s``), drain the committer, revoke the session (the member key goes
+at once), close the volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lockmgr import EtcdClient, EtcdUnavailable
+from nodes import server
+from nodes.commit import GroupCommitter
+from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
+from nodes.membership import Membership
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
+                 ("TableService", "RowService", "TransactionService", "ClusterService")]
+
+
+def lmdb_path(volume: str) -> str:
+    """Where the LMDB environment lives inside a volume directory."""
+    return os.path.join(volume, "lmdb")
+
+
+class Node:
+    """A running node; see the module docstring for its life."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg.validated()
+        self.store: Store | None = None
+        self.etcd: EtcdClient | None = None
+        self.membership: Membership | None = None
+        self.committer: GroupCommitter | None = None
+        self.server: grpc.Server | None = None
+        self.health = health.HealthServicer()
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Open the volume, join the cluster and serve.
+
+        Raises:
+            EtcdUnavailable: etcd stayed unreachable for ``etcd_wait_s``.
+            RuntimeError: the listen address could not be bound.
+        """
+        cfg = self.cfg
+        self.store = Store(lmdb_path(cfg.volume), map_size=cfg.map_size)
+        self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
+                                     address=cfg.listen, ttl_s=cfg.ttl_s,
+                                     etcd_timeout_s=cfg.etcd_timeout_s)
+        self.membership.start(cfg.etcd_wait_s)
+        self.committer = GroupCommitter(self.store, cfg.node_id)
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0)]
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
+                                                     thread_name_prefix="rpc"), options=opts)
+        rpc.add_TableServiceServicer_to_server(server.TableService(self), srv)
+        rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
+        rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
+        rpc.add_ClusterServiceServicer_to_server(server.ClusterService(self), srv)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], srv)
+        try:
+            self.port = srv.add_insecure_port(cfg.listen)
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
+        srv.start()
+        self.server = srv
+        for name in ["", *SERVICE_NAMES]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
+                 cfg.volume, cfg.etcd)
+
+    def status(self) -> api.StatusResponse:
+        """The cluster as this node sees it."""
+        assert self.store is not None and self.membership is not None and self.etcd is not None
+        with self.store.read() as view:
+            position = view.commit_position()
+        out = api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
+                                 commit_position=position, cluster=self.cfg.cluster,
+                                 version=VERSION)
+        for m in self.membership.members():
+            try:
+                ttl = self.etcd.time_to_live(m.lease_id)
+            except EtcdUnavailable:
+                ttl = -1
+            out.members.append(api.Member(node_id=m.node_id, address=m.address,
+                                          session=f"{m.lease_id:x}", pid=m.pid,
+                                          started_at=m.started_at, session_ttl_remaining=ttl))
+        return out
+
+    def stop(self) -> None:
+        """Leave cleanly (see the module docstring); idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(self.cfg.grace_s).wait()
+        if self.committer is not None:
+            self.committer.close()
+        if self.membership is not None:
+            self.membership.close()
+        if self.etcd is not None:
+            self.etcd.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("node %s stopped", self.cfg.node_id)

@@ -1,0 +1,235 @@
+"""Thin gRPC servicers: request message -> domain call -> response message, nothing else.
+
+Each method is guarded by ``nodes.status`` (errors -> status codes). Reads run on a storage
+snapshot taken when the call starts; writes go through the node's group committer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from nodes import commit, convert, query
+from nodes.status import stream, unary
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from shardless.v1 import types_pb2 as pb
+from storage import InvalidInput
+
+if TYPE_CHECKING:
+    from nodes.node import Node
+
+MAX_KEYS_PER_CALL = 100_000
+SCAN_CHUNK_ROWS = 512
+SCAN_CHUNK_BYTES = 1 << 20
+
+_KINDS = {pb.Mutation.INSERT: commit.INSERT, pb.Mutation.UPSERT: commit.UPSERT,
+          pb.Mutation.UPDATE: commit.UPDATE, pb.Mutation.DELETE: commit.DELETE}
+_OPS = {pb.Filter.EQ: query.EQ, pb.Filter.NE: query.NE, pb.Filter.LT: query.LT,
+        pb.Filter.LE: query.LE, pb.Filter.GT: query.GT, pb.Filter.GE: query.GE,
+        pb.Filter.IS_NULL: query.IS_NULL, pb.Filter.IS_NOT_NULL: query.IS_NOT_NULL}
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    # With no deadline, gRPC reports an enormous number that timeouts cannot take.
+    return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
+
+
+def _result(found: commit.ReadResult) -> api.GetResponse:
+    if found is None:
+        return api.GetResponse(found=False)
+    return api.GetResponse(found=True, row=convert.to_row(found[1], found[0]))
+
+
+def _mutation(m: pb.Mutation, table: str = "") -> commit.Write:
+    kind = _KINDS.get(m.kind)
+    if kind is None:
+        raise InvalidInput("mutation has no kind (INSERT, UPSERT, UPDATE or DELETE)")
+    ev = m.expected_version if m.HasField("expected_version") else None
+    return commit.Write(m.table or table, kind, convert.row(m.row), ev)
+
+
+class _Base:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _commit(self, work: commit.Work, context: grpc.ServicerContext) -> commit.Outcome:
+        return self.node.committer.submit(work, timeout_s=_timeout(context),
+                                          is_active=context.is_active)
+
+    def _write(self, writes: list[commit.Write], context: grpc.ServicerContext
+               ) -> api.WriteResponse:
+        if not writes:
+            raise InvalidInput("no rows given")
+        if len(writes) > MAX_KEYS_PER_CALL:
+            raise InvalidInput(f"{len(writes)} rows in one call; the limit is "
+                               f"{MAX_KEYS_PER_CALL}")
+        out = self._commit(commit.Transaction(writes), context)
+        return api.WriteResponse(commit_position=out.commit_position,
+                                 rows_affected=out.rows_affected)
+
+
+class TableService(_Base, rpc.TableServiceServicer):
+    """Create, drop, list and describe tables."""
+
+    @unary
+    def CreateTable(self, request: api.CreateTableRequest, context: grpc.ServicerContext
+                    ) -> api.CreateTableResponse:
+        schema = convert.schema(request.schema)
+        out = self._commit(commit.CreateTable(schema, request.if_not_exists), context)
+        return api.CreateTableResponse(schema=convert.to_schema(out.value),
+                                       commit_position=out.commit_position)
+
+    @unary
+    def DropTable(self, request: api.DropTableRequest, context: grpc.ServicerContext
+                  ) -> api.DropTableResponse:
+        out = self._commit(commit.DropTable(request.name, request.if_exists), context)
+        return api.DropTableResponse(dropped=bool(out.value),
+                                     commit_position=out.commit_position)
+
+    @unary
+    def ListTables(self, request: api.ListTablesRequest, context: grpc.ServicerContext
+                   ) -> api.ListTablesResponse:
+        with self.node.store.read() as view:
+            return api.ListTablesResponse(tables=[convert.to_schema(s) for s in view.tables()])
+
+    @unary
+    def DescribeTable(self, request: api.DescribeTableRequest, context: grpc.ServicerContext
+                      ) -> api.DescribeTableResponse:
+        with self.node.store.read() as view:
+            schema = view.require_table(request.name)
+            return api.DescribeTableResponse(schema=convert.to_schema(schema),
+                                             row_count=view.count(schema))
+
+
+class RowService(_Base, rpc.RowServiceServicer):
+    """Point reads, batched reads, writes and range scans."""
+
+    @unary
+    def Get(self, request: api.GetRequest, context: grpc.ServicerContext) -> api.GetResponse:
+        read = commit.Read(request.table, convert.key(request.key), list(request.columns))
+        with self.node.store.read() as view:
+            return _result(commit.evaluate(view, [], [read])[0])
+
+    @unary
+    def BatchGet(self, request: api.BatchGetRequest, context: grpc.ServicerContext
+                 ) -> api.BatchGetResponse:
+        if len(request.keys) > MAX_KEYS_PER_CALL:
+            raise InvalidInput(f"{len(request.keys)} keys in one call; the limit is "
+                               f"{MAX_KEYS_PER_CALL}")
+        cols = list(request.columns)
+        reads = [commit.Read(request.table, convert.key(k), cols) for k in request.keys]
+        with self.node.store.read() as view:
+            found = commit.evaluate(view, [], reads)
+        return api.BatchGetResponse(results=[_result(f) for f in found])
+
+    def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
+              ) -> api.WriteResponse:
+        return self._write([commit.Write(request.table, kind, convert.row(r))
+                            for r in request.rows], context)
+
+    @unary
+    def Insert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
+               ) -> api.WriteResponse:
+        return self._rows(request, commit.INSERT, context)
+
+    @unary
+    def Upsert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
+               ) -> api.WriteResponse:
+        return self._rows(request, commit.UPSERT, context)
+
+    @unary
+    def Update(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
+               ) -> api.WriteResponse:
+        return self._rows(request, commit.UPDATE, context)
+
+    @unary
+    def Delete(self, request: api.DeleteRequest, context: grpc.ServicerContext
+               ) -> api.WriteResponse:
+        return self._write([commit.Write(request.table, commit.DELETE, {}, key=convert.key(k))
+                            for k in request.keys], context)
+
+    @unary
+    def Write(self, request: api.WriteRequest, context: grpc.ServicerContext
+              ) -> api.WriteResponse:
+        return self._write([_mutation(m) for m in request.mutations], context)
+
+    @stream
+    def Scan(self, request: api.ScanRequest, context: grpc.ServicerContext
+             ) -> Iterator[api.ScanResponse]:
+        filters = []
+        for f in request.filters:
+            op = _OPS.get(f.op)
+            if op is None:
+                raise InvalidInput(f"filter on {f.column!r} has no valid op")
+            filters.append(query.Filter(f.column, op, convert.value(f.value)))
+        cols = list(request.columns)
+        with self.node.store.read() as view:
+            schema = view.require_table(request.table)
+            schema.check_projection(cols)
+            start = convert.key(request.start.key) if request.HasField("start") else None
+            end = convert.key(request.end.key) if request.HasField("end") else None
+            lo, hi = query.byte_range(schema, start, request.start.exclusive, end,
+                                      request.end.exclusive)
+            keep = query.compile_filters(schema, filters)
+            limit = request.limit or None
+            chunk = api.ScanResponse()
+            size = sent = 0
+            for version, values in view.scan(schema, lo, hi, request.reverse):
+                if not keep(values):
+                    continue
+                r = convert.to_row(schema.as_dict(values, cols), version)
+                chunk.rows.append(r)
+                size += r.ByteSize()
+                sent += 1
+                if len(chunk.rows) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
+                    yield chunk
+                    chunk, size = api.ScanResponse(), 0
+                if limit is not None and sent >= limit:
+                    break
+            if chunk.rows:
+                yield chunk
+
+
+class TransactionService(_Base, rpc.TransactionServiceServicer):
+    """One-shot transactions."""
+
+    @unary
+    def Execute(self, request: api.ExecuteRequest, context: grpc.ServicerContext
+                ) -> api.ExecuteResponse:
+        checks = [_check(c) for c in request.conditions]
+        reads = [commit.Read(r.table, convert.key(r.key), list(r.columns)) for r in request.reads]
+        writes = [_mutation(m) for m in request.writes]
+        if not writes:
+            with self.node.store.read() as view:
+                found = commit.evaluate(view, checks, reads)
+            return api.ExecuteResponse(reads=[_result(f) for f in found])
+        out = self._commit(commit.Transaction(writes, checks, reads), context)
+        return api.ExecuteResponse(reads=[_result(f) for f in out.reads],
+                                   commit_position=out.commit_position,
+                                   rows_affected=out.rows_affected)
+
+
+def _check(c: pb.Condition) -> commit.Check:
+    kind = c.WhichOneof("check")
+    key = convert.key(c.key)
+    if kind == "exists":
+        return commit.Check(c.table, key, "exists", exists=c.exists)
+    if kind == "version":
+        return commit.Check(c.table, key, "version", version=c.version)
+    if kind == "column_equals":
+        return commit.Check(c.table, key, "column_equals", column=c.column_equals.column,
+                            value=convert.value(c.column_equals.value))
+    raise InvalidInput("condition has no check (exists, version or column_equals)")
+
+
+class ClusterService(_Base, rpc.ClusterServiceServicer):
+    """Cluster status."""
+
+    @unary
+    def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
+               ) -> api.StatusResponse:
+        return self.node.status()

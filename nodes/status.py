@@ -1,0 +1,90 @@
+"""The one table that maps domain errors to gRPC status codes, and the guards for servicers.
+
+Every servicer method is wrapped by ``unary`` or ``stream``: a known error becomes its status
+code with its message; anything else is logged with its traceback and becomes INTERNAL. A node
+never crashes on a request. NB: servicers raise domain errors and never call
+``context.abort`` themselves (it raises a bare ``Exception`` that the guard would re-map).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from lockmgr import EtcdUnavailable, SessionExpired
+from nodes.commit import CommitTimeout, Unavailable
+from storage import (
+    AlreadyExists,
+    ConditionFailed,
+    Corrupt,
+    InvalidInput,
+    MapFull,
+    NotFound,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class wins.
+CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (ConditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (MapFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Corrupt, grpc.StatusCode.DATA_LOSS),
+    (StorageError, grpc.StatusCode.INTERNAL),
+    (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (SessionExpired, grpc.StatusCode.UNAVAILABLE),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (CommitTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+]
+
+
+def code_for(e: BaseException) -> grpc.StatusCode | None:
+    """Status code for a domain error, or None if it is not one."""
+    for cls, code in CODES:
+        if isinstance(e, cls):
+            return code
+    return None
+
+
+def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
+    code = code_for(e)
+    if code is None:
+        log.exception("%s failed", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {e!r}")
+    context.abort(code, str(e))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def unary(fn: F) -> F:
+    """Guard a unary servicer method (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except Exception as e:
+            _abort(context, e, fn.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stream(fn: F) -> F:
+    """Guard a server-streaming servicer method (see the module docstring)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from fn(self, request, context)
+        except Exception as e:
+            _abort(context, e, fn.__name__)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Generated stubs of the Shardless API, version 1 (``python proto/gen.py`` regenerates them)."""

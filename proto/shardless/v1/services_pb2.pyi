@@ -1,0 +1,220 @@
+from shardless.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateTableRequest(_message.Message):
+    __slots__ = ("schema", "if_not_exists")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    IF_NOT_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    schema: _types_pb2.TableSchema
+    if_not_exists: bool
+    def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., if_not_exists: _Optional[bool] = ...) -> None: ...
+
+class CreateTableResponse(_message.Message):
+    __slots__ = ("schema", "commit_position")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    schema: _types_pb2.TableSchema
+    commit_position: int
+    def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., commit_position: _Optional[int] = ...) -> None: ...
+
+class DropTableRequest(_message.Message):
+    __slots__ = ("name", "if_exists")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IF_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    if_exists: bool
+    def __init__(self, name: _Optional[str] = ..., if_exists: _Optional[bool] = ...) -> None: ...
+
+class DropTableResponse(_message.Message):
+    __slots__ = ("dropped", "commit_position")
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    commit_position: int
+    def __init__(self, dropped: _Optional[bool] = ..., commit_position: _Optional[int] = ...) -> None: ...
+
+class ListTablesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTablesResponse(_message.Message):
+    __slots__ = ("tables",)
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedCompositeFieldContainer[_types_pb2.TableSchema]
+    def __init__(self, tables: _Optional[_Iterable[_Union[_types_pb2.TableSchema, _Mapping]]] = ...) -> None: ...
+
+class DescribeTableRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DescribeTableResponse(_message.Message):
+    __slots__ = ("schema", "row_count")
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    schema: _types_pb2.TableSchema
+    row_count: int
+    def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., row_count: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("table", "key", "columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    key: _types_pb2.Key
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("found", "row")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    row: _types_pb2.Row
+    def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ...) -> None: ...
+
+class BatchGetRequest(_message.Message):
+    __slots__ = ("table", "keys", "columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchGetResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GetResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ...) -> None: ...
+
+class WriteRowsRequest(_message.Message):
+    __slots__ = ("table", "rows")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("table", "keys")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("mutations",)
+    MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    mutations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
+    def __init__(self, mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("commit_position", "rows_affected")
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    commit_position: int
+    rows_affected: int
+    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+
+class ScanRequest(_message.Message):
+    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    start: _types_pb2.Bound
+    end: _types_pb2.Bound
+    limit: int
+    reverse: bool
+    filters: _containers.RepeatedCompositeFieldContainer[_types_pb2.Filter]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScanResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
+    def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ...) -> None: ...
+
+class ReadOp(_message.Message):
+    __slots__ = ("table", "key", "columns")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    key: _types_pb2.Key
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("conditions", "reads", "writes")
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Condition]
+    reads: _containers.RepeatedCompositeFieldContainer[ReadOp]
+    writes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[_types_pb2.Condition, _Mapping]]] = ..., reads: _Optional[_Iterable[_Union[ReadOp, _Mapping]]] = ..., writes: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("reads", "commit_position", "rows_affected")
+    READS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    reads: _containers.RepeatedCompositeFieldContainer[GetResponse]
+    commit_position: int
+    rows_affected: int
+    def __init__(self, reads: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    session: str
+    pid: int
+    started_at: float
+    session_ttl_remaining: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    leader: str
+    volume: str
+    commit_position: int
+    cluster: str
+    version: str
+    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,244 @@
+"""Table schemas: their validation, their stored form, and the checks of rows against them.
+
+Owns: what a valid table name, column and primary key are; the column types; the limits on names
+and rows; turning a schema into bytes and back. Does not own: where schemas are stored (the
+``Store`` in ``engine.py`` puts them under ``keys.catalog``) or anything about the API.
+
+Limits (documented in docs/limits.md): names are 1..128 characters of printable Unicode with no
+control characters; at most 256 columns; at most 16 primary-key columns; an encoded primary key of
+at most ``keys.MAX_ENCODED_PK`` bytes; an encoded row of at most ``MAX_ROW_BYTES``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from storage import keycode
+from storage.errors import Corrupt, InvalidInput
+from storage.keys import MAX_ENCODED_PK
+
+BOOL, INT64, DOUBLE, STRING, BYTES = "bool", "int64", "double", "string", "bytes"
+COLUMN_TYPES = (BOOL, INT64, DOUBLE, STRING, BYTES)
+
+MAX_NAME_CHARS = 128
+MAX_COLUMNS = 256
+MAX_PK_COLUMNS = 16
+MAX_ROW_BYTES = 1 << 20  # 1 MiB per encoded row
+
+Value = None | bool | int | float | str | bytes
+
+
+def check_name(kind: str, name: str) -> None:
+    """Refuse an empty, over-long or unprintable table or column name.
+
+    Raises:
+        InvalidInput: naming ``kind`` ("table" or "column") and the rule broken.
+    """
+    if not name:
+        raise InvalidInput(f"{kind} name is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(f"{kind} name is {len(name)} characters long; the limit is "
+                           f"{MAX_NAME_CHARS}")
+    if not name.isprintable():
+        raise InvalidInput(f"{kind} name {name!r} contains control or unprintable characters")
+
+
+def check_value(column: Column, value: Any) -> None:
+    """Refuse a value that the column's type or nullability does not admit.
+
+    Raises:
+        InvalidInput: naming the column, its type and what was given.
+    """
+    if value is None:
+        if column.not_null:
+            raise InvalidInput(f"column {column.name!r} is NOT NULL")
+        return
+    t = column.type
+    ok = (
+        (t == BOOL and isinstance(value, bool))
+        or (t == INT64 and isinstance(value, int) and not isinstance(value, bool)
+            and keycode.INT64_MIN <= value <= keycode.INT64_MAX)
+        or (t == DOUBLE and isinstance(value, float))
+        or (t == STRING and isinstance(value, str))
+        or (t == BYTES and isinstance(value, bytes))
+    )
+    if not ok:
+        raise InvalidInput(f"column {column.name!r} is {t}; got {type_name(value)}")
+
+
+def type_name(value: Any) -> str:
+    """Name of a value's type in the API's words."""
+    if value is None:
+        return "null"
+    return {bool: BOOL, int: INT64, float: DOUBLE, str: STRING, bytes: BYTES}.get(
+        type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One typed column. Primary-key columns are always NOT NULL."""
+
+    name: str
+    type: str
+    not_null: bool = False
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A table: its id (never reused), columns in order, and primary-key column names."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    table_id: int = 0
+    by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
+    pk_columns: tuple[Column, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+        object.__setattr__(self, "pk_columns",
+                           tuple(self.by_name[n] for n in self.primary_key if n in self.by_name))
+
+    @staticmethod
+    def build(name: str, columns: list[Column], primary_key: list[str]) -> Schema:
+        """Validate a new table's definition and return its schema (table id not yet assigned).
+
+        Raises:
+            InvalidInput: for a bad name, an unknown type, duplicate columns, or a bad key.
+        """
+        check_name("table", name)
+        if not columns:
+            raise InvalidInput(f"table {name!r} has no columns")
+        if len(columns) > MAX_COLUMNS:
+            raise InvalidInput(f"table {name!r} has {len(columns)} columns; the limit is "
+                               f"{MAX_COLUMNS}")
+        seen: set[str] = set()
+        for c in columns:
+            check_name("column", c.name)
+            if c.type not in COLUMN_TYPES:
+                raise InvalidInput(f"column {c.name!r} has no valid type (one of "
+                                   f"{', '.join(COLUMN_TYPES)})")
+            if c.name in seen:
+                raise InvalidInput(f"column {c.name!r} is defined twice")
+            seen.add(c.name)
+        if not primary_key:
+            raise InvalidInput(f"table {name!r} has no primary key")
+        if len(primary_key) > MAX_PK_COLUMNS:
+            raise InvalidInput(f"primary key has {len(primary_key)} columns; the limit is "
+                               f"{MAX_PK_COLUMNS}")
+        if len(set(primary_key)) != len(primary_key):
+            raise InvalidInput("primary key names a column twice")
+        for k in primary_key:
+            if k not in seen:
+                raise InvalidInput(f"primary-key column {k!r} is not a column of the table")
+        pk = set(primary_key)
+        cols = tuple(Column(c.name, c.type, c.not_null or c.name in pk) for c in columns)
+        return Schema(name, cols, tuple(primary_key))
+
+    def with_id(self, table_id: int) -> Schema:
+        """Return this schema with its table id assigned."""
+        return Schema(self.name, self.columns, self.primary_key, table_id)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def check_key(self, key: tuple[Any, ...], *, prefix: bool = False) -> bytes:
+        """Validate a primary key (or, with ``prefix``, a leading part of one) and encode it.
+
+        Raises:
+            InvalidInput: wrong arity, a wrong type, NULL, NaN, or an over-long key.
+        """
+        n = len(self.primary_key)
+        if prefix and len(key) > n or not prefix and len(key) != n:
+            want = f"at most {n}" if prefix else f"{n}"
+            raise InvalidInput(f"table {self.name!r} has a primary key of {n} column(s) "
+                               f"({', '.join(self.primary_key)}); got {len(key)} value(s), "
+                               f"expected {want}")
+        for col, v in zip(self.pk_columns, key, strict=False):
+            if v is None:
+                raise InvalidInput(f"primary-key column {col.name!r} cannot be NULL")
+            check_value(col, v)
+            if isinstance(v, float) and math.isnan(v):
+                raise InvalidInput(f"primary-key column {col.name!r} cannot be NaN")
+        encoded = keycode.encode(key)
+        if len(encoded) > MAX_ENCODED_PK:
+            raise InvalidInput(f"primary key is {len(encoded)} bytes encoded; the limit is "
+                               f"{MAX_ENCODED_PK}")
+        return encoded
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Primary key of a row given as column -> value.
+
+        Raises:
+            InvalidInput: a primary-key column is missing.
+        """
+        missing = [k for k in self.primary_key if k not in row]
+        if missing:
+            raise InvalidInput(f"missing primary-key column(s) {', '.join(missing)} for table "
+                               f"{self.name!r}")
+        return tuple(row[k] for k in self.primary_key)
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def check_columns(self, row: Mapping[str, Any]) -> None:
+        """Refuse unknown columns and ill-typed values (not missing ones)."""
+        for name, v in row.items():
+            col = self.by_name.get(name)
+            if col is None:
+                raise InvalidInput(f"table {self.name!r} has no column {name!r}")
+            check_value(col, v)
+
+    def full_row(self, row: Mapping[str, Any]) -> list[Value]:
+        """Validate a whole row and return its values in column order (absent columns NULL).
+
+        Raises:
+            InvalidInput: unknown column, wrong type, or NULL in a NOT NULL column.
+        """
+        self.check_columns(row)
+        values = [row.get(c.name) for c in self.columns]
+        for c, v in zip(self.columns, values, strict=True):
+            if v is None and c.not_null:
+                raise InvalidInput(f"column {c.name!r} is NOT NULL and was not given")
+        return values
+
+    def as_dict(self, values: list[Value], columns: list[str] | None = None) -> dict[str, Value]:
+        """Row values (column order) as column -> value, projected onto ``columns`` if given."""
+        if not columns:
+            return {c.name: v for c, v in zip(self.columns, values, strict=True)}
+        idx = {c.name: i for i, c in enumerate(self.columns)}
+        return {n: values[idx[n]] for n in columns}
+
+    def check_projection(self, columns: list[str]) -> None:
+        """Refuse a projection naming an unknown column."""
+        for n in columns:
+            if n not in self.by_name:
+                raise InvalidInput(f"table {self.name!r} has no column {n!r}")
+
+    # -- stored form ------------------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        """Stored form of the schema."""
+        return msgpack.packb({
+            "name": self.name,
+            "id": self.table_id,
+            "columns": [[c.name, c.type, c.not_null] for c in self.columns],
+            "pk": list(self.primary_key),
+        })
+
+    @staticmethod
+    def decode(data: bytes) -> Schema:
+        """Schema from its stored form.
+
+        Raises:
+            Corrupt: the bytes are not a schema record.
+        """
+        try:
+            d = msgpack.unpackb(data)
+            cols = tuple(Column(n, t, bool(nn)) for n, t, nn in d["columns"])
+            return Schema(d["name"], cols, tuple(d["pk"]), int(d["id"]))
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+            raise Corrupt("unreadable schema record") from e

@@ -1,0 +1,196 @@
+"""The storage interface that ``nodes`` uses: snapshots to read, write transactions to commit.
+
+Owns: the catalog (create, drop, look up tables), row get/put/delete/scan by encoded primary key,
+and the commit log position, all over one ``LmdbEnv``. Does not own: what a write means (insert
+versus update, conditions, idempotency) — that is transaction logic in ``nodes`` — nor anything
+of etcd or gRPC.
+
+Invariant: every ``WriteView`` is one LMDB write transaction; all its row changes and its commit-
+log records commit together and durably, or not at all. Readers see whole commits only.
+
+The interface is kept narrow (``ReadView``/``WriteView`` below) so that a backend over a
+distributed engine can later replace LMDB without changes in ``nodes`` or ``lockmgr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from storage import commitlog, keys, rows
+from storage.catalog import Schema, Value, check_name
+from storage.errors import AlreadyExists, NotFound
+from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv
+
+_U32 = struct.Struct(">I")
+NEXT_TABLE_ID = keys.meta("next_table_id")
+
+
+class ReadView:
+    """A consistent snapshot of the volume (or the current state inside a write)."""
+
+    def __init__(self, txn: Any) -> None:
+        self._txn = txn
+
+    def table(self, name: str) -> Schema | None:
+        """The schema of table ``name``, or None."""
+        raw = self._txn.get(keys.catalog(name))
+        return None if raw is None else Schema.decode(raw)
+
+    def require_table(self, name: str) -> Schema:
+        """The schema of table ``name``.
+
+        Raises:
+            InvalidInput: the name is empty, too long or unprintable.
+            NotFound: no such table.
+        """
+        check_name("table", name)
+        schema = self.table(name)
+        if schema is None:
+            raise NotFound(f"table {name!r} does not exist")
+        return schema
+
+    def tables(self) -> list[Schema]:
+        """Every table, by name."""
+        out = []
+        cur = self._txn.cursor()
+        if cur.set_range(keys.CATALOG):
+            for k, v in cur:
+                if not k.startswith(keys.CATALOG):
+                    break
+                out.append(Schema.decode(v))
+        return out
+
+    def get(self, schema: Schema, encoded_pk: bytes) -> tuple[int, list[Value]] | None:
+        """Version and values of one row, or None."""
+        raw = self._txn.get(keys.row(schema.table_id, encoded_pk))
+        return None if raw is None else rows.decode(raw)
+
+    def scan(self, schema: Schema, lo: bytes | None, hi: bytes | None,
+             reverse: bool = False) -> Iterator[tuple[int, list[Value]]]:
+        """Rows with ``lo <= encoded pk < hi`` (None: unbounded) in key order or reverse."""
+        prefix = keys.row_prefix(schema.table_id)
+        start = prefix + (lo or b"")
+        end = prefix + hi if hi is not None else prefix + b"\xff" * 8
+        cur = self._txn.cursor()
+        if not reverse:
+            if not cur.set_range(start):
+                return
+            for k, v in cur:
+                if k >= end:
+                    return
+                yield rows.decode(v)
+            return
+        if cur.set_range(end):
+            ok = cur.prev()
+        else:
+            ok = cur.last()
+        while ok:
+            k = cur.key()
+            if k < start:
+                return
+            if k < end:
+                yield rows.decode(cur.value())
+            ok = cur.prev()
+
+    def count(self, schema: Schema) -> int:
+        """Number of rows in a table (walks the keys)."""
+        prefix = keys.row_prefix(schema.table_id)
+        cur = self._txn.cursor()
+        n = 0
+        if cur.set_range(prefix):
+            for k in cur.iternext(keys=True, values=False):
+                if not k.startswith(prefix):
+                    break
+                n += 1
+        return n
+
+    def commit_position(self) -> int:
+        """Position of the last commit in this snapshot (0 before the first)."""
+        return commitlog.last_position(self._txn)
+
+    def log(self, start: int = 1) -> Iterator[commitlog.Record]:
+        """Commit-log records from ``start`` on."""
+        return commitlog.read(self._txn, start)
+
+
+class WriteView(ReadView):
+    """One LMDB write transaction; see the module invariant."""
+
+    def create_table(self, schema: Schema) -> Schema:
+        """Store a new table and return its schema with a fresh table id.
+
+        Raises:
+            AlreadyExists: a table of that name exists.
+        """
+        if self._txn.get(keys.catalog(schema.name)) is not None:
+            raise AlreadyExists(f"table {schema.name!r} already exists")
+        raw = self._txn.get(NEXT_TABLE_ID)
+        table_id = 1 if raw is None else _U32.unpack(raw)[0]
+        self._txn.put(NEXT_TABLE_ID, _U32.pack(table_id + 1))
+        stored = schema.with_id(table_id)
+        self._txn.put(keys.catalog(schema.name), stored.encode())
+        return stored
+
+    def drop_table(self, schema: Schema) -> int:
+        """Remove a table and all its rows; return how many rows went."""
+        self._txn.delete(keys.catalog(schema.name))
+        prefix = keys.row_prefix(schema.table_id)
+        cur = self._txn.cursor()
+        n = 0
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                n += 1
+                if not cur.delete():
+                    break
+        return n
+
+    def put(self, schema: Schema, encoded_pk: bytes, version: int, values: list[Value]) -> None:
+        """Write a whole row at ``version``.
+
+        Raises:
+            InvalidInput: the encoded row is too large.
+        """
+        self._txn.put(keys.row(schema.table_id, encoded_pk), rows.encode(version, values))
+
+    def delete(self, schema: Schema, encoded_pk: bytes) -> bool:
+        """Remove a row; return whether it existed."""
+        return bool(self._txn.delete(keys.row(schema.table_id, encoded_pk)))
+
+    def append_log(self, *, ts: float, node: str, changes: list[commitlog.Change]) -> int:
+        """Append this commit's record; return its position (the new rows' version)."""
+        return commitlog.append(self._txn, ts=ts, node=node, changes=changes)
+
+    def next_position(self) -> int:
+        """The position that the next ``append_log`` in this transaction will return."""
+        return commitlog.last_position(self._txn) + 1
+
+
+class Store:
+    """The volume: an LMDB environment opened once per process."""
+
+    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self.path = path
+        self.env = LmdbEnv(path, map_size=map_size)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ReadView]:
+        """A snapshot: sees every commit made before it was taken, and nothing after."""
+        with self.env.read_txn() as txn:
+            yield ReadView(txn)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[WriteView]:
+        """A write transaction; durable when the ``with`` block exits normally.
+
+        Raises:
+            MapFull: the volume is full; nothing was written.
+        """
+        with self.env.write_txn() as txn:
+            yield WriteView(txn)
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()

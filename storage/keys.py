@@ -1,0 +1,63 @@
+"""The whole LMDB key space in one place.
+
+Every key starts with a one-byte kind prefix, so kinds never interleave and each kind can be
+scanned as a range:
+
+========  ======================================  =============================================
+prefix    key                                     value
+========  ======================================  =============================================
+0x00      META + name (ascii)                     msgpack scalar (counters, format version)
+0x01      CATALOG + table name (utf-8)            msgpack schema record (``catalog.py``)
+0x02      ROW + table id (u32 BE) + keycode(pk)   msgpack ``[version, [values...]]`` (``rows.py``)
+0x03      LOG + position (u64 BE)                 msgpack commit record (``commitlog.py``)
+========  ======================================  =============================================
+
+Table ids are never reused, so rows of a dropped table can never resurface under a new table of
+the same name. LMDB limits keys to 511 bytes; ``MAX_ENCODED_PK`` leaves room for the row prefix.
+"""
+
+from __future__ import annotations
+
+import struct
+
+META = b"\x00"
+CATALOG = b"\x01"
+ROW = b"\x02"
+LOG = b"\x03"
+
+MAX_LMDB_KEY = 511
+ROW_PREFIX_LEN = 5
+MAX_ENCODED_PK = MAX_LMDB_KEY - ROW_PREFIX_LEN
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+def meta(name: str) -> bytes:
+    """Key of one metadata value (a counter or the format version)."""
+    return META + name.encode("ascii")
+
+
+def catalog(table: str) -> bytes:
+    """Key of a table's schema record."""
+    return CATALOG + table.encode("utf-8")
+
+
+def row_prefix(table_id: int) -> bytes:
+    """Prefix shared by every row key of one table."""
+    return ROW + _U32.pack(table_id)
+
+
+def row(table_id: int, encoded_pk: bytes) -> bytes:
+    """Key of one row, from its table id and its keycode-encoded primary key."""
+    return ROW + _U32.pack(table_id) + encoded_pk
+
+
+def log(position: int) -> bytes:
+    """Key of the commit-log record at ``position``."""
+    return LOG + _U64.pack(position)
+
+
+def log_position(key: bytes) -> int:
+    """Position encoded in a commit-log key."""
+    return int(_U64.unpack_from(key, 1)[0])

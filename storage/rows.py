@@ -1,0 +1,38 @@
+"""The stored form of a row: ``msgpack([version, [values in column order]])``.
+
+The version is the commit-log position of the commit that last wrote the row: it only grows, is
+unique per commit, and is what conditional writes compare. Values are stored in column order,
+primary-key columns included, so a row decodes without its key.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from storage.catalog import MAX_ROW_BYTES, Value
+from storage.errors import Corrupt, InvalidInput
+
+
+def encode(version: int, values: list[Value]) -> bytes:
+    """Stored form of a row.
+
+    Raises:
+        InvalidInput: the encoded row is larger than ``MAX_ROW_BYTES``.
+    """
+    data: bytes = msgpack.packb([version, values], use_bin_type=True)
+    if len(data) > MAX_ROW_BYTES:
+        raise InvalidInput(f"row is {len(data)} bytes encoded; the limit is {MAX_ROW_BYTES}")
+    return data
+
+
+def decode(data: bytes) -> tuple[int, list[Value]]:
+    """Version and values of a stored row.
+
+    Raises:
+        Corrupt: the bytes are not a row.
+    """
+    try:
+        version, values = msgpack.unpackb(data, raw=False)
+        return int(version), list(values)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise Corrupt("unreadable row") from e
