@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -23,7 +24,8 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--listen", required=True, help="gRPC address to serve, HOST:PORT")
     p.add_argument("--node-id", default="", help="default: <hostname>-<port>")
     p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
-    p.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, help="session lease TTL, seconds")
+    p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
+                   help="session lease TTL, whole seconds (rounded up; at least 2)")
     p.add_argument("--etcd-timeout", type=float, default=DEFAULT_ETCD_TIMEOUT_S,
                    help="timeout of each etcd call, seconds")
     p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
@@ -39,10 +41,11 @@ def _run_node(args: argparse.Namespace) -> int:
     from nodes.node import Node
 
     try:
-        node = Node(NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
-                               node_id=args.node_id, cluster=args.cluster, ttl_s=args.ttl,
-                               etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
-                               grace_s=args.grace, max_workers=args.workers))
+        cfg = NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
+                         node_id=args.node_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
+                         etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
+                         grace_s=args.grace, max_workers=args.workers)
+        node = Node(cfg)
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
         return 2

@@ -37,8 +37,8 @@ from storage import (
     NotFound,
     ReadView,
     Schema,
-    Store,
     StorageError,
+    Store,
     Value,
     WriteView,
 )

@@ -41,7 +41,7 @@ class NodeConfig:
             ValueError: a setting is malformed or the session timing is unsafe.
         """
         parse_endpoints(self.etcd)
-        host, sep, port = self.listen.rpartition(":")
+        _host, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit():
             raise ValueError(f"--listen {self.listen!r} is not HOST:PORT")
         if not self.volume:

@@ -153,7 +153,7 @@ class Schema:
             InvalidInput: wrong arity, a wrong type, NULL, NaN, or an over-long key.
         """
         n = len(self.primary_key)
-        if prefix and len(key) > n or not prefix and len(key) != n:
+        if (prefix and len(key) > n) or (not prefix and len(key) != n):
             want = f"at most {n}" if prefix else f"{n}"
             raise InvalidInput(f"table {self.name!r} has a primary key of {n} column(s) "
                                f"({', '.join(self.primary_key)}); got {len(key)} value(s), "

@@ -83,10 +83,7 @@ class ReadView:
                     return
                 yield rows.decode(v)
             return
-        if cur.set_range(end):
-            ok = cur.prev()
-        else:
-            ok = cur.last()
+        ok = cur.prev() if cur.set_range(end) else cur.last()
         while ok:
             k = cur.key()
             if k < start:

@@ -32,4 +32,4 @@ class MapFull(StorageError):
 
 
 class Corrupt(StorageError):
-    """Stored bytes could not be decoded: the volume is damaged or was written by another version."""
+    """Stored bytes could not be decoded: the volume is damaged or from another version."""
