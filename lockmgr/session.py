@@ -1,6 +1,6 @@
 """Session: one etcd lease per process, kept alive by our own thread.
 
-Owns: granting the lease, refreshing it every ``ttl_s / 3``, knowing until when this process may
+Owns: granting the lease, refreshing it every ``ttl_s / 6``, knowing until when this process may
 still act as the lease's holder (``valid_until``), signalling loss (``done``), and revoking it on
 close. Does not own: what is attached to the lease (member keys, locks) — callers attach those.
 

@@ -53,6 +53,8 @@ def byte_range(schema: Schema, start: tuple[Value, ...] | None, start_exclusive:
         enc = schema.check_key(end, prefix=True)
         hi = enc if end_exclusive else prefix_end(enc)
     if lo is not None and hi is not None and lo > hi:
+        # The start position is after the end position (this includes an exclusive start and
+        # an exclusive end on the same key); an inclusive point range [k, k] is fine.
         raise InvalidInput("scan start is after scan end")
     return lo, hi
 

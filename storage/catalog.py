@@ -4,8 +4,8 @@ Owns: what a valid table name, column and primary key are; the column types; the
 and rows; turning a schema into bytes and back. Does not own: where schemas are stored (the
 ``Store`` in ``engine.py`` puts them under ``keys.catalog``) or anything about the API.
 
-Limits (documented in docs/limits.md): names are 1..128 characters of printable Unicode with no
-control characters; at most 256 columns; at most 16 primary-key columns; an encoded primary key of
+Limits (documented in docs/limits.md): names are 1..128 printable characters (and at most 510 bytes
+of UTF-8); at most 256 columns; at most 16 primary-key columns; an encoded primary key of
 at most ``keys.MAX_ENCODED_PK`` bytes; an encoded row of at most ``MAX_ROW_BYTES``.
 """
 
@@ -26,6 +26,7 @@ BOOL, INT64, DOUBLE, STRING, BYTES = "bool", "int64", "double", "string", "bytes
 COLUMN_TYPES = (BOOL, INT64, DOUBLE, STRING, BYTES)
 
 MAX_NAME_CHARS = 128
+MAX_NAME_BYTES = 510  # a table name is part of its catalog key; LMDB keys are <= 511 bytes
 MAX_COLUMNS = 256
 MAX_PK_COLUMNS = 16
 MAX_ROW_BYTES = 1 << 20  # 1 MiB per encoded row
@@ -44,6 +45,8 @@ def check_name(kind: str, name: str) -> None:
     if len(name) > MAX_NAME_CHARS:
         raise InvalidInput(f"{kind} name is {len(name)} characters long; the limit is "
                            f"{MAX_NAME_CHARS}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInput(f"{kind} name is longer than {MAX_NAME_BYTES} bytes in UTF-8")
     if not name.isprintable():
         raise InvalidInput(f"{kind} name {name!r} contains control or unprintable characters")
 
@@ -238,7 +241,11 @@ class Schema:
         """
         try:
             d = msgpack.unpackb(data)
-            cols = tuple(Column(n, t, bool(nn)) for n, t, nn in d["columns"])
-            return Schema(d["name"], cols, tuple(d["pk"]), int(d["id"]))
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
-            raise Corrupt("unreadable schema record") from e
+            cols = [Column(n, t, bool(nn)) for n, t, nn in d["columns"]]
+            schema = Schema.build(d["name"], cols, list(d["pk"]))
+            if [c.not_null for c in schema.columns] != [c.not_null for c in cols]:
+                raise InvalidInput("primary-key column stored as nullable")
+            return schema.with_id(int(d["id"]))
+        except (ValueError, KeyError, TypeError, AttributeError, InvalidInput,
+                msgpack.UnpackException) as e:
+            raise Corrupt(f"unreadable schema record: {e}") from e

@@ -109,7 +109,18 @@ def _unescape(data: bytes, pos: int) -> tuple[bytes, int]:
 
 
 def decode(data: bytes) -> tuple[KeyValue, ...]:
-    """Decode an encoding made by :func:`encode` back into its tuple."""
+    """Decode an encoding made by :func:`encode` back into its tuple.
+
+    Raises:
+        InvalidInput: the bytes are not such an encoding.
+    """
+    try:
+        return _decode(data)
+    except (struct.error, UnicodeDecodeError) as e:
+        raise InvalidInput(f"malformed key encoding: {e}") from e
+
+
+def _decode(data: bytes) -> tuple[KeyValue, ...]:
     out: list[KeyValue] = []
     pos = 0
     while pos < len(data):

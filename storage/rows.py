@@ -33,6 +33,8 @@ def decode(data: bytes) -> tuple[int, list[Value]]:
     """
     try:
         version, values = msgpack.unpackb(data, raw=False)
-        return int(version), list(values)
+        if not isinstance(values, list) or not isinstance(version, int):
+            raise TypeError("not a [version, values] pair")
+        return version, values
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise Corrupt("unreadable row") from e

@@ -1,0 +1,38 @@
+"""Shardless's Python client: :func:`connect` and the value helpers.
+
+The API contract and its generated stubs live in :mod:`shardless.v1`; :mod:`shardless.client`
+holds the helper itself (see its docstring for what it does and does not do, notably that writes
+are never retried on UNAVAILABLE and that errors are the stubs' ``grpc.RpcError``).
+"""
+
+from shardless.client import (
+    Client,
+    Condition,
+    ExecuteResult,
+    Mutation,
+    Record,
+    connect,
+    from_key,
+    from_row,
+    from_value,
+    to_filter,
+    to_key,
+    to_row,
+    to_value,
+)
+
+__all__ = [
+    "Client",
+    "Condition",
+    "ExecuteResult",
+    "Mutation",
+    "Record",
+    "connect",
+    "from_key",
+    "from_row",
+    "from_value",
+    "to_filter",
+    "to_key",
+    "to_row",
+    "to_value",
+]

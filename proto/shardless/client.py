@@ -1,0 +1,726 @@
+"""A thin Python client over the generated ``shardless.v1`` stubs.
+
+Owns:
+    * one gRPC channel over every node address, balanced round-robin, with a channel-level retry
+      policy for UNAVAILABLE on the read-only methods only (:data:`RETRYABLE_METHODS`);
+    * conversion between Python values and the API messages (:func:`to_value`,
+      :func:`from_value`, :func:`to_row`, :func:`from_row`, :func:`to_key`, :func:`to_filter`);
+    * small builders for mutations and conditions (:class:`Mutation`, :class:`Condition`);
+    * :class:`Client`, one method per RPC, each call bounded by ``timeout_s``.
+
+Does not:
+    * retry writes. The channel retries UNAVAILABLE only for RowService ``Get``, ``BatchGet``
+      and ``Scan``, TableService ``ListTables`` and ``DescribeTable`` and ClusterService
+      ``Status``. A write (``Insert``, ``Upsert``, ``Update``, ``Delete``, ``Write``,
+      ``Execute``, ``CreateTable``, ``DropTable``) that fails with UNAVAILABLE may have
+      committed before the connection broke, so re-sending it blindly could apply it twice; the
+      caller decides (a conditional write with ``expected_version`` is one safe way to retry).
+      Idempotency keys and a transaction retry loop come later. NB: gRPC still retries
+      *transparently* any call, write or not, that never reached a server; that is always safe.
+    * wrap errors. Every failure surfaces as the ``grpc.RpcError`` raised by the stub; read
+      ``err.code()`` (a ``grpc.StatusCode``) and ``err.details()``. The status codes are listed
+      in ``services.proto``. Bad Python input is rejected before any call with ``TypeError`` or
+      ``ValueError``.
+    * discover members, use TLS, or validate against schemas (the node does that).
+
+Addresses:
+    ``host:port`` strings (or one comma-separated string). Hosts must be IP literals
+    (``127.0.0.1``, ``[::1]``) or ``localhost``, which maps to ``127.0.0.1``; all of one family.
+    They become one ``ipv4:`` (or ``ipv6:``) target such as ``ipv4:127.0.0.1:50051,127.0.0.1:50052``
+    so that round-robin spreads calls over, and fails over between, every node. A *single*
+    address with another host name is passed to the DNS resolver unchanged; several host names
+    are rejected with ``ValueError``.
+
+Rows:
+    Reads return :class:`Record` objects: plain ``dict`` subclasses (column -> value) that also
+    carry the row's ``version`` attribute, the commit-log position that last wrote it.
+
+Example:
+    >>> from shardless import connect
+    >>> db = connect(["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"])
+    >>> db.create_table("users", {"id": "int64", "name": "string"}, primary_key="id")
+    >>> db.insert("users", [{"id": 1, "name": "ada"}])
+    >>> print(db.get("users", 1), list(db.scan("users")))
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import grpc
+
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as api_grpc
+from shardless.v1 import types_pb2 as pb
+
+Scalar: TypeAlias = bool | int | float | str | bytes | bytearray | memoryview | None
+"""A Python value that maps to one ``Value`` (``None`` is SQL NULL)."""
+
+KeyLike: TypeAlias = Scalar | tuple[Scalar, ...] | list[Scalar] | pb.Key
+"""A primary key: one scalar, a tuple/list in primary-key order, or a ``Key`` message."""
+
+FilterLike: TypeAlias = tuple[Any, ...] | pb.Filter
+"""A scan filter: ``(column, op, value)``, ``(column, "is null")`` or a ``Filter`` message."""
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+RETRYABLE_METHODS: tuple[tuple[str, str], ...] = (
+    ("shardless.v1.RowService", "Get"),
+    ("shardless.v1.RowService", "BatchGet"),
+    ("shardless.v1.RowService", "Scan"),
+    ("shardless.v1.TableService", "ListTables"),
+    ("shardless.v1.TableService", "DescribeTable"),
+    ("shardless.v1.ClusterService", "Status"),
+)
+"""(full service name, method) pairs that have no side effects, so the channel may re-send them."""
+
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+_COLUMN_TYPES = {
+    "bool": pb.COLUMN_TYPE_BOOL,
+    "int64": pb.COLUMN_TYPE_INT64,
+    "int": pb.COLUMN_TYPE_INT64,
+    "double": pb.COLUMN_TYPE_DOUBLE,
+    "float": pb.COLUMN_TYPE_DOUBLE,
+    "string": pb.COLUMN_TYPE_STRING,
+    "str": pb.COLUMN_TYPE_STRING,
+    "bytes": pb.COLUMN_TYPE_BYTES,
+}
+
+_COMPARE_OPS = {
+    "=": pb.Filter.EQ, "==": pb.Filter.EQ, "eq": pb.Filter.EQ,
+    "!=": pb.Filter.NE, "<>": pb.Filter.NE, "ne": pb.Filter.NE,
+    "<": pb.Filter.LT, "lt": pb.Filter.LT,
+    "<=": pb.Filter.LE, "le": pb.Filter.LE,
+    ">": pb.Filter.GT, "gt": pb.Filter.GT,
+    ">=": pb.Filter.GE, "ge": pb.Filter.GE,
+}  # fmt: skip
+_NULL_OPS = {"is null": pb.Filter.IS_NULL, "is not null": pb.Filter.IS_NOT_NULL}
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+class Record(dict[str, Any]):
+    """A row as read: a plain ``dict`` of column -> value, plus ``version``.
+
+    ``version`` is the commit-log position of the commit that last wrote the row. NB: equality is
+    the ``dict``'s, so two records with the same columns but different versions compare equal.
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, columns: Mapping[str, Any] | None = None, version: int = 0) -> None:
+        """Build a record from column -> value and a version."""
+        super().__init__(columns or {})
+        self.version = version
+
+    def __repr__(self) -> str:
+        """Show the columns and the version."""
+        return f"Record({dict.__repr__(self)}, version={self.version})"
+
+
+def to_value(x: Scalar | pb.Value) -> pb.Value:
+    """Convert a Python value to a ``Value`` message.
+
+    Args:
+        x: ``None`` (NULL: no kind set), ``bool``, ``int`` (int64), ``float`` (double), ``str``,
+            ``bytes``/``bytearray``/``memoryview`` (bytes), or a ``Value`` (returned as is).
+
+    Returns:
+        The ``Value`` message.
+
+    Raises:
+        ValueError: an ``int`` outside the int64 range.
+        TypeError: any other type.
+    """
+    if x is None:
+        return pb.Value()
+    if isinstance(x, pb.Value):
+        return x
+    if isinstance(x, bool):  # before int: bool is an int subclass
+        return pb.Value(bool_value=x)
+    if isinstance(x, int):
+        if not INT64_MIN <= x <= INT64_MAX:
+            raise ValueError(f"integer {x} is outside the int64 range")
+        return pb.Value(int_value=int(x))
+    if isinstance(x, float):
+        return pb.Value(double_value=float(x))
+    if isinstance(x, str):
+        return pb.Value(string_value=str(x))
+    if isinstance(x, bytes | bytearray | memoryview):
+        return pb.Value(bytes_value=bytes(x))
+    raise TypeError(f"cannot store a {type(x).__name__} value: {x!r}")
+
+
+def from_value(v: pb.Value) -> Scalar:
+    """Convert a ``Value`` message to ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``."""
+    kind = v.WhichOneof("kind")
+    return None if kind is None else getattr(v, kind)
+
+
+def to_row(columns: Mapping[str, Scalar] | pb.Row) -> pb.Row:
+    """Convert a column -> value mapping to a ``Row`` message (``version`` left 0).
+
+    A ``None`` value is sent as an explicit NULL for that column. A ``Row`` is returned as is.
+
+    Raises:
+        TypeError: a column name is not a ``str``, or a value has no matching type.
+        ValueError: an ``int`` outside the int64 range.
+    """
+    if isinstance(columns, pb.Row):
+        return columns
+    if not isinstance(columns, Mapping):
+        raise TypeError(f"a row must be a mapping of column -> value, not {type(columns).__name__}")
+    row = pb.Row()
+    for name, x in columns.items():
+        if not isinstance(name, str):
+            raise TypeError(f"column names must be str, not {type(name).__name__}")
+        row.columns[name].CopyFrom(to_value(x))
+    return row
+
+
+def from_row(row: pb.Row) -> Record:
+    """Convert a ``Row`` message to a :class:`Record` carrying the row's version."""
+    return Record({name: from_value(v) for name, v in row.columns.items()}, version=row.version)
+
+
+def to_key(key: KeyLike) -> pb.Key:
+    """Convert a primary key to a ``Key`` message.
+
+    Args:
+        key: One scalar for a one-column key, a tuple or list of scalars in primary-key order
+            (fewer parts make a prefix, allowed for scan bounds), or a ``Key`` (returned as is).
+
+    Raises:
+        ValueError: ``key`` is ``None`` (a key column is never NULL), or an int is out of range.
+        TypeError: a part has no matching type.
+    """
+    if isinstance(key, pb.Key):
+        return key
+    if key is None:
+        raise ValueError("a key cannot be None")
+    parts = key if isinstance(key, tuple | list) else (key,)
+    return pb.Key(parts=[to_value(p) for p in parts])
+
+
+def from_key(key: pb.Key) -> tuple[Scalar, ...]:
+    """Convert a ``Key`` message to a tuple of Python values."""
+    return tuple(from_value(v) for v in key.parts)
+
+
+def to_filter(spec: FilterLike) -> pb.Filter:
+    """Convert a filter tuple to a ``Filter`` message.
+
+    Args:
+        spec: ``(column, op, value)`` with op one of ``= == != <> < <= > >=`` or ``eq ne lt le
+            gt ge``; or ``(column, "is null")`` / ``(column, "is not null")``; ops are
+            case-insensitive. A ``Filter`` is returned as is.
+
+    Raises:
+        ValueError: an unknown op, a wrong tuple length, or a comparison with ``None`` (which is
+            never true in SQL; use ``"is null"``).
+    """
+    if isinstance(spec, pb.Filter):
+        return spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3) or not isinstance(spec[0], str):
+        raise ValueError(f"a filter is (column, op, value) or (column, 'is null'), not {spec!r}")
+    column, op_name = spec[0], " ".join(str(spec[1]).lower().split())
+    if len(spec) == 2:
+        if op_name not in _NULL_OPS:
+            raise ValueError(f"filter {spec!r}: a two-part filter needs 'is null' or 'is not null'")
+        return pb.Filter(column=column, op=_NULL_OPS[op_name])
+    if op_name not in _COMPARE_OPS:
+        raise ValueError(f"filter {spec!r}: unknown operator {spec[1]!r}")
+    if spec[2] is None:
+        raise ValueError(f"filter {spec!r}: comparisons with NULL are never true; use 'is null'")
+    return pb.Filter(column=column, op=_COMPARE_OPS[op_name], value=to_value(spec[2]))
+
+
+def column_type(name: str) -> pb.ColumnType.ValueType:
+    """Map a type name (``bool int64 double string bytes``, or ``int float str``) to its enum.
+
+    Raises:
+        ValueError: an unknown type name.
+    """
+    try:
+        return _COLUMN_TYPES[name.strip().lower()]
+    except (KeyError, AttributeError):
+        choices = sorted(_COLUMN_TYPES)
+        raise ValueError(f"unknown column type {name!r}; use one of {choices}") from None
+
+
+# --- builders -----------------------------------------------------------------------------------
+
+
+def _expected(version: int | None) -> dict[str, int]:
+    return {} if version is None else {"expected_version": version}
+
+
+class Mutation:
+    """Builders of ``Mutation`` messages for :meth:`Client.write` and :meth:`Client.execute`.
+
+    ``expected_version`` makes the write conditional: the row's current version must equal it
+    (0: the row must not exist), else the whole request fails with FAILED_PRECONDITION.
+    """
+
+    @staticmethod
+    def insert(table: str, row: Mapping[str, Scalar], expected_version: int | None = None
+               ) -> pb.Mutation:
+        """Build an insert (the row must not exist)."""
+        return pb.Mutation(table=table, kind=pb.Mutation.INSERT, row=to_row(row),
+                           **_expected(expected_version))
+
+    @staticmethod
+    def upsert(table: str, row: Mapping[str, Scalar], expected_version: int | None = None
+               ) -> pb.Mutation:
+        """Build an upsert (insert, or replace the whole row)."""
+        return pb.Mutation(table=table, kind=pb.Mutation.UPSERT, row=to_row(row),
+                           **_expected(expected_version))
+
+    @staticmethod
+    def update(table: str, row: Mapping[str, Scalar], expected_version: int | None = None
+               ) -> pb.Mutation:
+        """Build an update: ``row`` holds the primary-key columns plus the columns to change."""
+        return pb.Mutation(table=table, kind=pb.Mutation.UPDATE, row=to_row(row),
+                           **_expected(expected_version))
+
+    @staticmethod
+    def delete(table: str, key_columns: Mapping[str, Scalar], expected_version: int | None = None
+               ) -> pb.Mutation:
+        """Build a delete: ``key_columns`` maps each primary-key column to its value."""
+        return pb.Mutation(table=table, kind=pb.Mutation.DELETE, row=to_row(key_columns),
+                           **_expected(expected_version))
+
+
+class Condition:
+    """Builders of ``Condition`` messages for :meth:`Client.execute`."""
+
+    @staticmethod
+    def exists(table: str, key: KeyLike, exists: bool = True) -> pb.Condition:
+        """Build "the row exists" (or, with ``exists=False``, "the row does not exist")."""
+        return pb.Condition(table=table, key=to_key(key), exists=exists)
+
+    @staticmethod
+    def version(table: str, key: KeyLike, version: int) -> pb.Condition:
+        """Build "the row's version equals ``version``" (0: the row does not exist)."""
+        return pb.Condition(table=table, key=to_key(key), version=version)
+
+    @staticmethod
+    def column_equals(table: str, key: KeyLike, column: str, value: Scalar) -> pb.Condition:
+        """Build "the row exists and ``column`` equals ``value``" (NULL equals NULL here)."""
+        return pb.Condition(table=table, key=to_key(key),
+                            column_equals=pb.ColumnValue(column=column, value=to_value(value)))
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    """The outcome of :meth:`Client.execute`.
+
+    Attributes:
+        reads: One entry per read, in request order: a :class:`Record`, or ``None`` if absent.
+        commit_position: The commit's log position; 0 when nothing was written.
+        rows_affected: Rows inserted, replaced, updated or deleted.
+    """
+
+    reads: list[Record | None]
+    commit_position: int
+    rows_affected: int
+
+
+def _to_read(op: pb.ReadOp | tuple[Any, ...]) -> pb.ReadOp:
+    if isinstance(op, pb.ReadOp):
+        return op
+    if not isinstance(op, tuple) or len(op) not in (2, 3):
+        raise ValueError(f"a read is (table, key) or (table, key, columns), not {op!r}")
+    columns = list(op[2]) if len(op) == 3 and op[2] is not None else []
+    return pb.ReadOp(table=op[0], key=to_key(op[1]), columns=columns)
+
+
+def _result(r: api.GetResponse) -> Record | None:
+    return from_row(r.row) if r.found else None
+
+
+def _rows(rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> list[pb.Row]:
+    if isinstance(rows, Mapping | pb.Row):
+        return [to_row(rows)]
+    return [to_row(r) for r in rows]
+
+
+_SINGLE_KEY_TYPES = (str, bytes, bytearray, memoryview, int, float, pb.Key)
+
+
+def _keys(keys: Iterable[KeyLike]) -> list[pb.Key]:
+    if keys is None or isinstance(keys, _SINGLE_KEY_TYPES):
+        raise TypeError("keys must be a list of keys; for one key pass [key]")
+    return [to_key(k) for k in keys]
+
+
+# --- channel ------------------------------------------------------------------------------------
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    address = address.strip()
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+    else:
+        host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {address!r} is not host:port")
+    return host, port
+
+
+def channel_target(addresses: str | Sequence[str]) -> str:
+    """Build the one gRPC target that names every node, e.g. ``ipv4:127.0.0.1:1,127.0.0.1:2``.
+
+    Args:
+        addresses: ``host:port`` strings, or one string of them separated by commas. Hosts are
+            IPv4 or bracketed IPv6 literals (one family) or ``localhost`` (as ``127.0.0.1``).
+
+    Returns:
+        An ``ipv4:``/``ipv6:`` target; or, for one address with a host name, that address as is
+        (resolved by DNS).
+
+    Raises:
+        ValueError: no address, a malformed one, mixed families, or several host names.
+    """
+    if isinstance(addresses, str):
+        addresses = addresses.split(",")
+    items = [a.strip() for a in addresses if a.strip()]
+    if not items:
+        raise ValueError("no node address given")
+    v4: list[str] = []
+    v6: list[str] = []
+    for address in items:
+        host, port = _split_address(address)
+        if host.lower() == "localhost":
+            host = "127.0.0.1"
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if len(items) == 1:
+                return address
+            raise ValueError(
+                f"address {address!r}: with several addresses every host must be an IP literal "
+                "or 'localhost'") from None
+        if ip.version == 4:
+            v4.append(f"{ip}:{port}")
+        else:
+            v6.append(f"[{ip}]:{port}")
+    if v4 and v6:
+        raise ValueError("addresses mix IPv4 and IPv6; use one family")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
+
+
+def service_config() -> dict[str, Any]:
+    """Return the channel's service config: round-robin, and retries for the safe methods only."""
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": s, "method": m} for s, m in RETRYABLE_METHODS],
+                "retryPolicy": dict(RETRY_POLICY),
+            }
+        ],
+    }
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Return the channel options: round-robin, retries on, and :func:`service_config`."""
+    return [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(service_config())),
+    ]
+
+
+# --- client -------------------------------------------------------------------------------------
+
+
+class Client:
+    """A connection to a Shardless cluster: one channel, every service, Python values.
+
+    Every call passes ``timeout=timeout_s`` and raises ``grpc.RpcError`` on failure (not
+    wrapped). Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
+        """Open the channel (lazily: nothing connects until the first call).
+
+        Args:
+            addresses: Node addresses; see :func:`channel_target`.
+            timeout_s: Deadline of each call, in seconds (a whole scan for :meth:`scan`).
+
+        Raises:
+            ValueError: bad addresses or a non-positive timeout.
+        """
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
+        self.timeout_s = timeout_s
+        self.target = channel_target(addresses)
+        self._channel = grpc.insecure_channel(self.target, options=channel_options())
+        self._tables = api_grpc.TableServiceStub(self._channel)
+        self._rows = api_grpc.RowServiceStub(self._channel)
+        self._txns = api_grpc.TransactionServiceStub(self._channel)
+        self._cluster = api_grpc.ClusterServiceStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The underlying channel, for calling the generated stubs directly."""
+        return self._channel
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        """Return self."""
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Close the channel."""
+        self.close()
+
+    # --- tables ---
+
+    def create_table(self, name: str,
+                     columns: Mapping[str, str] | Sequence[tuple[str, str]],
+                     primary_key: Sequence[str] | str, *, not_null: Iterable[str] = (),
+                     if_not_exists: bool = False) -> pb.TableSchema:
+        """Create a table.
+
+        Args:
+            name: Table name.
+            columns: Column name -> type name, as a mapping or (name, type) pairs, in column
+                order. Types: ``bool``, ``int64``, ``double``, ``string``, ``bytes`` (also
+                ``int``, ``float``, ``str``).
+            primary_key: The key column, or the key columns in key order.
+            not_null: Other columns that reject NULL (key columns always do).
+            if_not_exists: Succeed without change when the table exists.
+
+        Returns:
+            The table's schema as the node stored it (the existing one with ``if_not_exists``).
+
+        Raises:
+            ValueError: an unknown type, or a ``not_null`` name that is not a column.
+            grpc.RpcError: e.g. ALREADY_EXISTS, INVALID_ARGUMENT.
+        """
+        pairs = list(columns.items()) if isinstance(columns, Mapping) else list(columns)
+        required = set(not_null)
+        unknown = required - {c for c, _ in pairs}
+        if unknown:
+            raise ValueError(f"not_null names unknown columns: {sorted(unknown)}")
+        schema = pb.TableSchema(
+            name=name,
+            columns=[pb.Column(name=c, type=column_type(t), not_null=c in required)
+                     for c, t in pairs],
+            primary_key=[primary_key] if isinstance(primary_key, str) else list(primary_key),
+        )
+        request = api.CreateTableRequest(schema=schema, if_not_exists=if_not_exists)
+        return self._tables.CreateTable(request, timeout=self.timeout_s).schema
+
+    def drop_table(self, name: str, if_exists: bool = False) -> bool:
+        """Drop a table and its rows; return whether a table was dropped.
+
+        Raises:
+            grpc.RpcError: NOT_FOUND when the table is missing and not ``if_exists``.
+        """
+        request = api.DropTableRequest(name=name, if_exists=if_exists)
+        return self._tables.DropTable(request, timeout=self.timeout_s).dropped
+
+    def list_tables(self) -> list[str]:
+        """Return the names of all tables."""
+        response = self._tables.ListTables(api.ListTablesRequest(), timeout=self.timeout_s)
+        return [t.name for t in response.tables]
+
+    def describe_table(self, name: str) -> api.DescribeTableResponse:
+        """Return a table's ``schema`` and ``row_count`` (the response message).
+
+        Raises:
+            grpc.RpcError: NOT_FOUND when there is no such table.
+        """
+        request = api.DescribeTableRequest(name=name)
+        return self._tables.DescribeTable(request, timeout=self.timeout_s)
+
+    # --- reads ---
+
+    def get(self, table: str, key: KeyLike, columns: Iterable[str] | None = None
+            ) -> Record | None:
+        """Read one row by primary key.
+
+        Args:
+            table: Table name.
+            key: The primary key (see :func:`to_key`).
+            columns: Only these columns (all when ``None``).
+
+        Returns:
+            The row, or ``None`` if there is none.
+        """
+        request = api.GetRequest(table=table, key=to_key(key), columns=list(columns or ()))
+        return _result(self._rows.Get(request, timeout=self.timeout_s))
+
+    def batch_get(self, table: str, keys: Iterable[KeyLike],
+                  columns: Iterable[str] | None = None) -> list[Record | None]:
+        """Read several rows from one snapshot; one entry per key, ``None`` where absent.
+
+        Raises:
+            TypeError: ``keys`` is a single scalar rather than a list of keys.
+        """
+        request = api.BatchGetRequest(table=table, keys=_keys(keys), columns=list(columns or ()))
+        response = self._rows.BatchGet(request, timeout=self.timeout_s)
+        return [_result(r) for r in response.results]
+
+    def scan(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
+             start_exclusive: bool = False, end_exclusive: bool = False, limit: int = 0,
+             reverse: bool = False, filters: Iterable[FilterLike] = (),
+             columns: Iterable[str] | None = None, timeout_s: float | None = None
+             ) -> Iterator[Record]:
+        """Yield rows in primary-key order (or reverse) between two bounds.
+
+        The call starts on the first ``next()``; leaving the loop early cancels it.
+
+        Args:
+            table: Table name.
+            start: Lower key or key prefix (``None``: unbounded); inclusive unless
+                ``start_exclusive``.
+            end: Upper key or key prefix (``None``: unbounded); an inclusive prefix includes
+                every key that starts with it.
+            start_exclusive: Exclude ``start``.
+            end_exclusive: Exclude ``end``.
+            limit: At most this many rows after filtering (0: no limit).
+            reverse: Descending key order.
+            filters: All must hold; see :func:`to_filter`, e.g. ``("age", ">=", 30)``.
+            columns: Only these columns (all when ``None``).
+            timeout_s: Deadline of the whole scan (default: the client's ``timeout_s``).
+
+        Yields:
+            Each row as a :class:`Record`.
+
+        Raises:
+            grpc.RpcError: from the stream. NB: the channel retries UNAVAILABLE only until the
+                first rows arrive; a stream broken later raises, and the caller may resume from
+                the last key with ``start_exclusive=True``.
+        """
+        request = api.ScanRequest(
+            table=table,
+            limit=limit,
+            reverse=reverse,
+            filters=[to_filter(f) for f in filters],
+            columns=list(columns or ()),
+        )
+        if start is not None:
+            request.start.CopyFrom(pb.Bound(key=to_key(start), exclusive=start_exclusive))
+        if end is not None:
+            request.end.CopyFrom(pb.Bound(key=to_key(end), exclusive=end_exclusive))
+        return self._scan(request, self.timeout_s if timeout_s is None else timeout_s)
+
+    def _scan(self, request: api.ScanRequest, timeout_s: float) -> Iterator[Record]:
+        call = self._rows.Scan(request, timeout=timeout_s)
+        try:
+            for response in call:
+                for row in response.rows:
+                    yield from_row(row)
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
+    # --- writes (never retried by the channel; see the module docstring) ---
+
+    def insert(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Insert one row (a dict) or several (a list of dicts) atomically.
+
+        Returns:
+            The commit position, which is the new version of every row written.
+
+        Raises:
+            grpc.RpcError: ALREADY_EXISTS if any row exists (nothing is written).
+        """
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        return self._rows.Insert(request, timeout=self.timeout_s).commit_position
+
+    def upsert(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Insert or wholly replace one row or several, atomically; return the commit position."""
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        return self._rows.Upsert(request, timeout=self.timeout_s).commit_position
+
+    def update(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Change the given columns of existing rows, atomically; return the commit position.
+
+        Each row holds its primary-key columns plus the columns to change (``None``: set NULL).
+
+        Raises:
+            grpc.RpcError: NOT_FOUND if any row is missing (nothing is written).
+        """
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        return self._rows.Update(request, timeout=self.timeout_s).commit_position
+
+    def delete(self, table: str, keys: Iterable[KeyLike]) -> int:
+        """Delete the rows with these keys (missing ones are skipped); return the commit position.
+
+        Raises:
+            TypeError: ``keys`` is a single scalar rather than a list of keys.
+        """
+        request = api.DeleteRequest(table=table, keys=_keys(keys))
+        return self._rows.Delete(request, timeout=self.timeout_s).commit_position
+
+    def write(self, mutations: Iterable[pb.Mutation]) -> int:
+        """Apply mixed, possibly conditional, mutations atomically; return the commit position.
+
+        Args:
+            mutations: ``Mutation`` messages, e.g. from :class:`Mutation`.
+
+        Raises:
+            grpc.RpcError: FAILED_PRECONDITION if an expected version did not hold.
+        """
+        request = api.WriteRequest(mutations=list(mutations))
+        return self._rows.Write(request, timeout=self.timeout_s).commit_position
+
+    def execute(self, conditions: Iterable[pb.Condition] = (),
+                reads: Iterable[pb.ReadOp | tuple[Any, ...]] = (),
+                writes: Iterable[pb.Mutation] = ()) -> ExecuteResult:
+        """Run a one-shot transaction: check conditions, read, then write, atomically.
+
+        Args:
+            conditions: ``Condition`` messages, e.g. from :class:`Condition`.
+            reads: ``(table, key)`` or ``(table, key, columns)`` tuples, or ``ReadOp`` messages;
+                they see the state before this transaction's writes.
+            writes: ``Mutation`` messages, e.g. from :class:`Mutation`.
+
+        Returns:
+            The reads, commit position and rows affected.
+
+        Raises:
+            grpc.RpcError: FAILED_PRECONDITION naming the first failed condition.
+        """
+        request = api.ExecuteRequest(conditions=list(conditions),
+                                     reads=[_to_read(r) for r in reads], writes=list(writes))
+        response = self._txns.Execute(request, timeout=self.timeout_s)
+        return ExecuteResult(reads=[_result(r) for r in response.reads],
+                             commit_position=response.commit_position,
+                             rows_affected=response.rows_affected)
+
+    # --- cluster ---
+
+    def status(self) -> api.StatusResponse:
+        """Return the answering node's view of the cluster (members, leader, commit position)."""
+        return self._cluster.Status(api.StatusRequest(), timeout=self.timeout_s)
+
+
+def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0) -> Client:
+    """Return a :class:`Client` over these node addresses; see :func:`channel_target`."""
+    return Client(addresses, timeout_s=timeout_s)

@@ -1,0 +1,69 @@
+"""Unit tests of nodes.status: the one table from domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from lockmgr import EtcdUnavailable, LockError, SessionExpired
+from nodes.commit import CommitTimeout, Unavailable
+from nodes.status import CODES, code_for
+from storage import (
+    AlreadyExists,
+    ConditionFailed,
+    Corrupt,
+    InvalidInput,
+    MapFull,
+    NotFound,
+    StorageError,
+)
+
+# The error table of docs/api.md ("Errors"), class by class.
+DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    ConditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    MapFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Corrupt: grpc.StatusCode.DATA_LOSS,
+    StorageError: grpc.StatusCode.INTERNAL,
+    EtcdUnavailable: grpc.StatusCode.UNAVAILABLE,
+    SessionExpired: grpc.StatusCode.UNAVAILABLE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    CommitTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@pytest.mark.parametrize(("cls", "code"), list(DOCUMENTED.items()),
+                         ids=[c.__name__ for c in DOCUMENTED])
+def test_each_domain_error_maps_to_its_documented_code(cls: type[Exception],
+                                                       code: grpc.StatusCode):
+    """An instance of each domain error class gets the code docs/api.md gives it."""
+    assert code_for(cls("message")) == code
+
+
+def test_the_table_covers_exactly_the_documented_errors():
+    """Every class in CODES is documented here, and every documented class is in CODES."""
+    assert {cls for cls, _ in CODES} == set(DOCUMENTED)
+    assert {cls: code for cls, code in CODES} == DOCUMENTED
+
+
+def test_a_subclass_of_a_domain_error_maps_like_its_parent():
+    """A more specific error that nobody listed still gets its parent's code."""
+
+    class RowTooWide(InvalidInput):
+        pass
+
+    class Frozen(Unavailable):
+        pass
+
+    assert code_for(RowTooWide("x")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_for(Frozen("x")) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("error", [ValueError("x"), KeyError("k"), RuntimeError("bug"),
+                                   TimeoutError(), Exception("plain"), LockError("root"),
+                                   KeyboardInterrupt()])
+def test_an_unknown_exception_maps_to_none(error: BaseException):
+    """Anything that is not a listed domain error has no code (the guard makes it INTERNAL)."""
+    assert code_for(error) is None
