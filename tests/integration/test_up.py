@@ -1,0 +1,82 @@
+"""``shardless up``, run as a user runs it: it starts, answers a client, and stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from nodes.etcdserver import free_port, port_is_free
+from nodes.up import node_env
+from shardless import connect
+from tests.harness.cluster import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes; read its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_shardless_up_starts_answers_a_client_and_stops_leaving_nothing_behind(
+        tmp_path: Path) -> None:
+    """up starts etcd and nodes, a client writes and reads, SIGINT stops every process."""
+    base = free_port()
+    while not all(port_is_free(base + i) for i in range(2)):
+        base = free_port()
+    etcd_port = free_port()
+    cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "2", "--base-port", str(base),
+           "--etcd-port", str(etcd_port), "--data-dir", str(tmp_path / "data"), "--ttl", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=node_env(), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    child_pids: list[int] = []
+    try:
+        wait_for(lambda: "ready" in [ln.strip() for ln in lines], 60,
+                 message=lambda: "up to print ready; output:\n" + "".join(lines))
+        addresses = [f"127.0.0.1:{base + i}" for i in range(2)]
+        with connect(addresses) as db:
+            db.create_table("hello", {"id": "int64", "msg": "string"}, primary_key="id")
+            db.insert("hello", {"id": 1, "msg": "world"})
+            assert db.get("hello", 1)["msg"] == "world"
+            status = db.status()
+            assert sorted(m.address for m in status.members) == addresses
+            child_pids = [m.pid for m in status.members]
+        child_pids.append(_etcd_pid(lines))
+        assert all(_pid_alive(p) for p in child_pids)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        wait_for(lambda: not any(_pid_alive(p) for p in child_pids), 10,
+                 message=lambda: f"children {child_pids} to exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for pid in child_pids:  # only processes this test's `up` started
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    # Data persists: a second `up` on the same data directory would see the table.
+    assert (tmp_path / "data" / "volume" / "lmdb" / "data.mdb").exists()
+
+
+def _etcd_pid(lines: list[str]) -> int:
+    for ln in lines:
+        if ln.startswith("etcd: ready at") and "(pid " in ln:
+            return int(ln.rsplit("(pid ", 1)[1].rstrip(")\n"))
+    raise AssertionError("up did not print the etcd pid:\n" + "".join(lines))
