@@ -1,8 +1,9 @@
 """One node process: storage, session, group committer and gRPC server, started and stopped.
 
 Start order: open the volume, join etcd (session + member key), start the committer, start
-serving, report SERVING. Stop order (SIGTERM): report NOT_SERVING, stop accepting calls and let
-in-flight ones finish (``grace_s``), drain the committer, revoke the session (the member key goes
+serving, report SERVING. Stop order (SIGTERM): report NOT_SERVING, refuse new calls with
+UNAVAILABLE (nothing done, safe to retry elsewhere) and let in-flight ones finish (``grace_s``),
+stop the gRPC server, drain the committer, revoke the session (the member key goes
 at once), close the volume.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -19,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lockmgr import EtcdClient, EtcdUnavailable
 from nodes import server
-from nodes.commit import GroupCommitter
+from nodes.commit import GroupCommitter, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.membership import Membership
 from shardless.v1 import services_pb2 as api
@@ -29,6 +31,7 @@ from storage import Store
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+DRAIN_S = 0.5
 SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
                  ("TableService", "RowService", "TransactionService", "ClusterService")]
 
@@ -36,6 +39,33 @@ SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
 def lmdb_path(volume: str) -> str:
     """Where the LMDB environment lives inside a volume directory."""
     return os.path.join(volume, "lmdb")
+
+
+class Gate:
+    """Counts calls in flight and, once closed, refuses new ones with ``Unavailable``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            if self._closed:
+                raise Unavailable("node is shutting down; retry on another node (nothing was "
+                                  "done)")
+            self._in_flight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> bool:
+        """Refuse new calls and wait for those in flight; return whether they all finished."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
 
 
 class Node:
@@ -50,6 +80,7 @@ class Node:
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.port = 0
+        self.gate = Gate()
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -115,6 +146,11 @@ class Node:
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
+        if not self.gate.close(self.cfg.grace_s):
+            log.warning("calls still in flight after %.1f s; stopping anyway", self.cfg.grace_s)
+        # Keep answering UNAVAILABLE ("nothing done") for a moment, so that clients move on
+        # before the transport goes away (a call that reaches a stopping server is CANCELLED).
+        time.sleep(min(DRAIN_S, self.cfg.grace_s))
         if self.server is not None:
             self.server.stop(self.cfg.grace_s).wait()
         if self.committer is not None:

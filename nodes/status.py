@@ -2,8 +2,10 @@
 
 Every servicer method is wrapped by ``unary`` or ``stream``: a known error becomes its status
 code with its message; anything else is logged with its traceback and becomes INTERNAL. A node
-never crashes on a request. NB: servicers raise domain errors and never call
-``context.abort`` themselves (it raises a bare ``Exception`` that the guard would re-map).
+never crashes on a request. Each call also passes the node's ``gate``, which refuses new calls
+with UNAVAILABLE once the node is shutting down (before any work is done). NB: servicers raise
+domain errors and never call ``context.abort`` themselves (it raises a bare ``Exception`` that
+the guard would re-map).
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def unary(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, request, context)
+            with self.node.gate:
+                return fn(self, request, context)
         except Exception as e:
             _abort(context, e, fn.__name__)
 
@@ -83,7 +86,8 @@ def stream(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            yield from fn(self, request, context)
+            with self.node.gate:
+                yield from fn(self, request, context)
         except Exception as e:
             _abort(context, e, fn.__name__)
 
