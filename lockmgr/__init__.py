@@ -1,20 +1,44 @@
-"""The lock manager's foundation: the etcd client and the per-process session.
+"""The lock manager: etcd client, per-process session, lock modes, locks, deadlocks, fencing.
 
 Knows nothing of storage or gRPC APIs. See ``lockmgr/DESIGN.md``.
 """
 
-from lockmgr.errors import EtcdUnavailable, LockError, SessionExpired
+from lockmgr.deadlock import victims
+from lockmgr.errors import (
+    Aborted,
+    Deadlock,
+    EtcdUnavailable,
+    LockError,
+    LockTimeout,
+    SessionExpired,
+)
 from lockmgr.etcd import EtcdClient, KeyValue, parse_endpoints
+from lockmgr.manager import Entry, Fencer, LockManager, WaitRecord
+from lockmgr.modes import LockMode
+from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
+from lockmgr.table import TxnLocks, plan
 
 __all__ = [
+    "Aborted",
+    "Deadlock",
+    "Entry",
     "EtcdClient",
     "EtcdUnavailable",
+    "Fencer",
     "KeyValue",
     "LeaseBackend",
     "LockError",
+    "LockManager",
+    "LockMode",
+    "LockTimeout",
+    "Resource",
     "Session",
     "SessionExpired",
+    "TxnLocks",
+    "WaitRecord",
     "check_timing",
     "parse_endpoints",
+    "plan",
+    "victims",
 ]

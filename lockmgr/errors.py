@@ -13,3 +13,21 @@ class EtcdUnavailable(LockError):
 
 class SessionExpired(LockError):
     """This process's session lease is gone: its locks are lost; start a new session, then retry."""
+
+
+class Aborted(LockError):
+    """The transaction was aborted (see ``reason``); roll it back and retry the whole of it."""
+
+    reason = "aborted"
+
+
+class Deadlock(Aborted):
+    """The transaction was chosen as the victim of a deadlock; retry the whole transaction."""
+
+    reason = "deadlock"
+
+
+class LockTimeout(Aborted):
+    """A lock was not granted within the lock-wait timeout; retry the whole transaction."""
+
+    reason = "lock_timeout"

@@ -12,14 +12,18 @@ member that comes back is used again at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import etcd3
 import grpc
+from etcd3 import etcdrpc
+from etcd3 import events as etcd_events
 from etcd3 import exceptions as etcd_exceptions
 
-from lockmgr.errors import EtcdUnavailable
+from lockmgr.errors import EtcdUnavailable, SessionExpired
 
 ENDPOINT_RETRY_S = 0.5
 _ERRORS = (etcd_exceptions.Etcd3Exception, grpc.RpcError, ValueError)
@@ -124,6 +128,102 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd range failed: {e!r}") from e
 
+    # -- transactions (raw stubs: we need the revision of each transaction) -------------------
+
+    @staticmethod
+    def put_op(key: bytes, value: bytes, lease_id: int = 0) -> Any:
+        """A put for :meth:`txn`."""
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=key, value=value,
+                                                                lease=lease_id))
+
+    @staticmethod
+    def delete_op(key: bytes) -> Any:
+        """A delete of one key for :meth:`txn`."""
+        return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
+
+    @staticmethod
+    def range_op(prefix: bytes) -> Any:
+        """A read of every key under ``prefix`` for :meth:`txn`."""
+        return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(
+            key=prefix, range_end=_prefix_end(prefix)))
+
+    def txn(self, ops: list[Any]) -> tuple[int, list[list[KeyValue] | None]]:
+        """Run ``ops`` in one etcd transaction (no compare).
+
+        Returns:
+            The transaction's revision, and per op the keys read (range ops) or None.
+
+        Raises:
+            SessionExpired: a put named a lease that no longer exists.
+            EtcdUnavailable: etcd did not answer.
+        """
+        req = etcdrpc.TxnRequest(compare=[], success=ops, failure=[])
+        try:
+            resp = self._client.kvstub.Txn(req, self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._translate(e) from e
+        out: list[list[KeyValue] | None] = []
+        for r in resp.responses:
+            if r.HasField("response_range"):
+                out.append([KeyValue(kv.key, kv.value, kv.lease, kv.create_revision,
+                                     kv.mod_revision) for kv in r.response_range.kvs])
+            else:
+                out.append(None)
+        return int(resp.header.revision), out
+
+    def _translate(self, e: grpc.RpcError) -> Exception:
+        details = e.details() if hasattr(e, "details") else ""
+        if "lease not found" in (details or ""):
+            return SessionExpired(f"etcd: {details}")
+        try:  # let the client mark the endpoint failed, so the next call fails over
+            self._client._manage_grpc_errors(e)
+        except Exception:
+            pass
+        return EtcdUnavailable(f"etcd call failed: {e.code() if hasattr(e, 'code') else e}: "
+                               f"{details}")
+
+    def watch_delete(self, key: bytes, start_revision: int,
+                     callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the client's watch thread) once ``key`` is deleted at or after
+        ``start_revision``, or if the watch fails; return a function that cancels the watch.
+
+        Raises:
+            EtcdUnavailable: the watch could not be created.
+        """
+        fired = threading.Event()
+
+        def on_event(resp: Any) -> None:
+            if fired.is_set():
+                return
+            if isinstance(resp, Exception) or any(
+                    isinstance(ev, etcd_events.DeleteEvent) for ev in resp.events):
+                fired.set()
+                callback()
+
+        try:
+            watch_id = self._client.add_watch_callback(key, on_event,
+                                                       start_revision=start_revision)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except _ERRORS:
+                pass
+
+        return cancel
+
     def close(self) -> None:
         """Close the channels."""
         self._client.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The etcd range end that covers every key starting with ``prefix``."""
+    b = bytearray(prefix)
+    for i in range(len(b) - 1, -1, -1):
+        if b[i] < 0xFF:
+            b[i] += 1
+            return bytes(b[: i + 1])
+    return b"\x00"

@@ -64,6 +64,7 @@ class Session:
         self._clock = clock
         self.done = threading.Event()
         self._stop = threading.Event()
+        self._revoked = False
         sent = clock()
         self.lease_id, granted = backend.grant(ttl_s)
         self.granted_ttl_s = max(granted, 1)
@@ -116,15 +117,22 @@ class Session:
             if self.done.is_set():
                 return
 
+    def expire(self) -> None:
+        """Treat the session as lost from now on (e.g. it was found fenced)."""
+        self._valid_until = float("-inf")
+        self.done.set()
+
     def close(self) -> None:
         """Stop refreshing and revoke the lease (its keys go with it); idempotent."""
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        if not self.done.is_set():
-            self.done.set()
-            try:
-                self._backend.revoke(self.lease_id)
-            except EtcdUnavailable as e:
-                log.warning("session %x: revoke failed (the lease will expire): %s",
-                            self.lease_id, e)
+        self.done.set()
+        if self._revoked:
+            return
+        self._revoked = True
+        try:
+            self._backend.revoke(self.lease_id)
+        except EtcdUnavailable as e:
+            log.warning("session %x: revoke failed (the lease will expire): %s",
+                        self.lease_id, e)

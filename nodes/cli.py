@@ -33,6 +33,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds to let in-flight calls finish on SIGTERM")
     p.add_argument("--workers", type=int, default=64, help="gRPC worker threads")
+    p.add_argument("--lock-timeout", type=float, default=10.0,
+                   help="seconds a transaction waits for a lock before it is aborted")
+    p.add_argument("--idle-timeout", type=float, default=30.0,
+                   help="seconds an interactive transaction may stay idle before rollback")
+    p.add_argument("--escalate-after", type=int, default=64,
+                   help="row locks of one page a transaction takes before it locks the page")
     p.set_defaults(func=_run_node)
 
 
@@ -44,7 +50,9 @@ def _run_node(args: argparse.Namespace) -> int:
         cfg = NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
                          node_id=args.node_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
                          etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
-                         grace_s=args.grace, max_workers=args.workers)
+                         grace_s=args.grace, max_workers=args.workers,
+                         lock_timeout_s=args.lock_timeout, idle_timeout_s=args.idle_timeout,
+                         escalate_after=args.escalate_after)
         node = Node(cfg)
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)

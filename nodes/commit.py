@@ -198,9 +198,15 @@ class Transaction:
     writes: list[Write]
     checks: list[Check] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
+    lease_id: int | None = None  # the session whose locks cover it: checked for a fence
+    check_session: Callable[[int], None] | None = None
 
     def plan(self, view: WriteView, position: int) -> Plan:
         """Check everything against ``view``; see the module invariants."""
+        if self.lease_id is not None:
+            view.check_not_fenced(self.lease_id)
+            if self.check_session is not None:
+                self.check_session(self.lease_id)
         n = len(self.writes) + len(self.checks) + len(self.reads)
         if n > MAX_OPS_PER_REQUEST:
             raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")

@@ -33,6 +33,9 @@ class NodeConfig:
     max_workers: int = 64
     grace_s: float = 10.0
     etcd_wait_s: float = 30.0
+    lock_timeout_s: float = 10.0
+    idle_timeout_s: float = 30.0
+    escalate_after: int = 64
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -48,6 +51,9 @@ class NodeConfig:
             raise ValueError("--volume is required")
         if not self.cluster or "/" in self.cluster:
             raise ValueError("--cluster must be a non-empty name without '/'")
+        if self.lock_timeout_s <= 0 or self.idle_timeout_s <= 0 or self.escalate_after < 1:
+            raise ValueError("--lock-timeout and --idle-timeout must be positive, "
+                             "--escalate-after at least 1")
         ttl = self.ttl_s
         check_timing(ttl, ttl / 6, self.etcd_timeout_s, ttl / 3)
         node_id = self.node_id or f"{socket.gethostname()}-{port}"

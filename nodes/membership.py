@@ -15,9 +15,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from lockmgr import EtcdClient, EtcdUnavailable, Session
+from lockmgr import EtcdClient, EtcdUnavailable, Session, SessionExpired
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ class Membership:
     """The node's session and member key, renewed for the node's whole life."""
 
     def __init__(self, client: EtcdClient, *, cluster: str, node_id: str, address: str,
-                 ttl_s: int, etcd_timeout_s: float) -> None:
+                 ttl_s: int, etcd_timeout_s: float,
+                 on_started: Callable[[Session], None] = lambda s: None,
+                 on_lost: Callable[[Session], None] = lambda s: None,
+                 before_close: Callable[[Session], None] = lambda s: None) -> None:
         self._client = client
         self.cluster = cluster
         self.node_id = node_id
@@ -62,6 +66,9 @@ class Membership:
         self.started_at = time.time()
         self.session: Session | None = None
         self.sessions_started = 0
+        self._on_started = on_started
+        self._on_lost = on_lost
+        self._before_close = before_close
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,11 +80,12 @@ class Membership:
     def _open_session(self) -> Session:
         session = Session(self._client, self.ttl_s, etcd_timeout_s=self.etcd_timeout_s)
         try:
+            self._on_started(session)
             self._client.put(member_key(self.cluster, self.node_id),
                              self._record(session.lease_id), session.lease_id)
-        except EtcdUnavailable:
+        except (EtcdUnavailable, SessionExpired):
             session.close()
-            raise
+            raise EtcdUnavailable("could not register the new session") from None
         self.sessions_started += 1
         log.info("session %x started; member key written", session.lease_id)
         return session
@@ -112,6 +120,13 @@ class Membership:
             if self._closing.is_set() or not session.done.is_set():
                 continue
             log.warning("session %x lost; starting a new one", session.lease_id)
+            if not getattr(session, "_lost_handled", False):
+                session._lost_handled = True  # type: ignore[attr-defined]
+                try:
+                    self._on_lost(session)
+                except Exception:
+                    log.exception("handling the loss of session %x failed", session.lease_id)
+                session.close()  # revoke what may remain of it: its locks go at once
             try:
                 self.session = self._open_session()
                 delay = 0.1
@@ -119,6 +134,17 @@ class Membership:
                 log.warning("cannot start a new session yet: %s", e)
                 self._closing.wait(delay)
                 delay = min(delay * 2, 2.0)
+
+    def is_valid(self, lease_id: int) -> bool:
+        """Whether ``lease_id`` is the current session and may still be acted on."""
+        s = self.session
+        return s is not None and s.lease_id == lease_id and s.is_valid()
+
+    def expire(self, lease_id: int) -> None:
+        """Give up the session ``lease_id`` (found fenced); a new one is started."""
+        s = self.session
+        if s is not None and s.lease_id == lease_id:
+            s.expire()
 
     def members(self) -> list[MemberInfo]:
         """Every member whose key is in etcd, by node id.
@@ -142,4 +168,8 @@ class Membership:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.session is not None:
+            try:
+                self._before_close(self.session)
+            except Exception:
+                log.exception("closing session %x cleanly failed", self.session.lease_id)
             self.session.close()

@@ -19,11 +19,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lockmgr import EtcdClient, EtcdUnavailable
+from lockmgr import Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
 from nodes.commit import GroupCommitter, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.membership import Membership
+from nodes.txn import FENCED, SESSION_LOST, TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import Store
@@ -68,6 +69,35 @@ class Gate:
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
 
 
+def lock_infos(entries: list[Entry]) -> list[api.LockInfo]:
+    """Lock entries for status, in queue order per resource, each marked granted or waiting
+    by the grant rule of ``lockmgr.manager``."""
+    by_resource: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_resource.setdefault(e.resource, []).append(e)
+    out = []
+    for res in sorted(by_resource):
+        queue = sorted(by_resource[res], key=lambda e: e.create_revision)
+        for i, e in enumerate(queue):
+            granted = all(o.txn_id == e.txn_id or o.mode.compatible(e.mode) for o in queue[:i])
+            out.append(api.LockInfo(resource=res, mode=e.mode.value, transaction_id=e.txn_id,
+                                    node_id=e.node, granted=granted))
+    return out
+
+
+class StorageFencer:
+    """The ``lockmgr.Fencer`` over this node's volume: a durable fence record per session."""
+
+    def __init__(self, store: Store, node_id: str) -> None:
+        self._store = store
+        self._node_id = node_id
+
+    def fence(self, lease_id: int) -> None:
+        """Write the fence record of ``lease_id`` (in its own, synced, write transaction)."""
+        with self._store.write() as view:
+            view.fence(lease_id, ts=time.time(), by=self._node_id)
+
+
 class Node:
     """A running node; see the module docstring for its life."""
 
@@ -77,6 +107,8 @@ class Node:
         self.etcd: EtcdClient | None = None
         self.membership: Membership | None = None
         self.committer: GroupCommitter | None = None
+        self.locks: LockManager | None = None
+        self.txns: TransactionManager | None = None
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.port = 0
@@ -93,11 +125,22 @@ class Node:
         cfg = self.cfg
         self.store = Store(lmdb_path(cfg.volume), map_size=cfg.map_size)
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.locks = LockManager(self.etcd, cfg.cluster, cfg.node_id,
+                                 StorageFencer(self.store, cfg.node_id),
+                                 wait_timeout_s=cfg.lock_timeout_s,
+                                 escalate_after=cfg.escalate_after)
+        self.committer = GroupCommitter(self.store, cfg.node_id)
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
-                                     etcd_timeout_s=cfg.etcd_timeout_s)
+                                     etcd_timeout_s=cfg.etcd_timeout_s,
+                                     on_started=self.locks.attach,
+                                     on_lost=self._session_lost,
+                                     before_close=self.locks.detach)
+        self.txns = TransactionManager(cfg.node_id, cfg.listen, self.store, self.committer,
+                                       self.locks, idle_timeout_s=cfg.idle_timeout_s,
+                                       session_valid=self.membership.is_valid,
+                                       on_fenced=self._fenced)
         self.membership.start(cfg.etcd_wait_s)
-        self.committer = GroupCommitter(self.store, cfg.node_id)
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
@@ -122,7 +165,20 @@ class Node:
         log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
                  cfg.volume, cfg.etcd)
 
-    def status(self) -> api.StatusResponse:
+    def _session_lost(self, session: Session) -> None:
+        assert self.txns is not None
+        self.txns.abort_session(session.lease_id, SESSION_LOST,
+                                f"session {session.lease_id:x} of node {self.cfg.node_id} "
+                                f"was lost")
+
+    def _fenced(self, lease_id: int) -> None:
+        assert self.membership is not None and self.txns is not None
+        log.warning("session %x is fenced; aborting its transactions, starting a new session",
+                    lease_id)
+        self.txns.abort_session(lease_id, FENCED, f"session {lease_id:x} is fenced")
+        self.membership.expire(lease_id)
+
+    def status(self, local_only: bool = False) -> api.StatusResponse:
         """The cluster as this node sees it."""
         assert self.store is not None and self.membership is not None and self.etcd is not None
         with self.store.read() as view:
@@ -135,10 +191,39 @@ class Node:
                 ttl = self.etcd.time_to_live(m.lease_id)
             except EtcdUnavailable:
                 ttl = -1
-            out.members.append(api.Member(node_id=m.node_id, address=m.address,
-                                          session=f"{m.lease_id:x}", pid=m.pid,
-                                          started_at=m.started_at, session_ttl_remaining=ttl))
+            if not local_only:
+                out.members.append(api.Member(
+                    node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
+                    pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl))
+        out.transactions.extend(self._local_transactions())
+        if local_only:
+            return out
+        assert self.locks is not None
+        out.locks.extend(lock_infos(self.locks.entries()))
+        for w in self.locks.waits():
+            out.waits.append(api.WaitInfo(transaction_id=w.txn_id, node_id=w.node,
+                                          resource=w.resource, mode=w.mode,
+                                          waits_for=list(w.waits_for)))
+        for m in out.members:
+            if m.node_id == self.cfg.node_id:
+                continue
+            try:
+                with grpc.insecure_channel(m.address) as ch:
+                    peer = rpc.ClusterServiceStub(ch).Status(
+                        api.StatusRequest(local_only=True), timeout=1.0)
+                out.transactions.extend(peer.transactions)
+            except grpc.RpcError as e:
+                log.info("status: node %s did not answer: %s", m.node_id, e.code())
         return out
+
+    def _local_transactions(self) -> list[api.TransactionInfo]:
+        assert self.txns is not None
+        now = time.monotonic()
+        return [api.TransactionInfo(
+                    transaction_id=t.txn_id, node_id=self.cfg.node_id, read_only=t.read_only,
+                    started_at=t.started_at, idle_s=max(0.0, now - t.last_used),
+                    locks_held=len(t.locks.held) if t.locks is not None else 0)
+                for t in self.txns.open_transactions()]
 
     def stop(self) -> None:
         """Leave cleanly (see the module docstring); idempotent."""
@@ -153,10 +238,14 @@ class Node:
         time.sleep(min(DRAIN_S, self.cfg.grace_s))
         if self.server is not None:
             self.server.stop(self.cfg.grace_s).wait()
+        if self.txns is not None:
+            self.txns.close()
         if self.committer is not None:
             self.committer.close()
         if self.membership is not None:
             self.membership.close()
+        if self.locks is not None:
+            self.locks.close()
         if self.etcd is not None:
             self.etcd.close()
         if self.store is not None:

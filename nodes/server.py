@@ -16,7 +16,7 @@ from nodes.status import stream, unary
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
-from storage import InvalidInput
+from storage import InvalidInput, Schema, Value
 
 if TYPE_CHECKING:
     from nodes.node import Node
@@ -60,16 +60,31 @@ class _Base:
         return self.node.committer.submit(work, timeout_s=_timeout(context),
                                           is_active=context.is_active)
 
-    def _write(self, writes: list[commit.Write], context: grpc.ServicerContext
-               ) -> api.WriteResponse:
+    def _write(self, writes: list[commit.Write], context: grpc.ServicerContext,
+               txn_id: str = "") -> api.WriteResponse:
         if not writes:
             raise InvalidInput("no rows given")
         if len(writes) > MAX_KEYS_PER_CALL:
             raise InvalidInput(f"{len(writes)} rows in one call; the limit is "
                                f"{MAX_KEYS_PER_CALL}")
-        out = self._commit(commit.Transaction(writes), context)
+        if txn_id:
+            with self.node.txns.use(txn_id) as txn:
+                n = self.node.txns.write(txn, writes, _timeout(context))
+            return api.WriteResponse(rows_affected=n)
+        out = self.node.txns.one_shot(commit.Transaction(writes), _timeout(context),
+                                      context.is_active)
         return api.WriteResponse(commit_position=out.commit_position,
                                  rows_affected=out.rows_affected)
+
+    def _reads(self, reads: list[commit.Read], txn_id: str, for_update: bool,
+               context: grpc.ServicerContext) -> list[commit.ReadResult]:
+        if txn_id:
+            with self.node.txns.use(txn_id) as txn:
+                return self.node.txns.read(txn, reads, for_update, _timeout(context))
+        if for_update:
+            raise InvalidInput("for_update needs a transaction_id")
+        with self.node.store.read() as view:
+            return commit.evaluate(view, [], reads)
 
 
 class TableService(_Base, rpc.TableServiceServicer):
@@ -111,8 +126,8 @@ class RowService(_Base, rpc.RowServiceServicer):
     @unary
     def Get(self, request: api.GetRequest, context: grpc.ServicerContext) -> api.GetResponse:
         read = commit.Read(request.table, convert.key(request.key), list(request.columns))
-        with self.node.store.read() as view:
-            return _result(commit.evaluate(view, [], [read])[0])
+        return _result(self._reads([read], request.transaction_id, request.for_update,
+                                   context)[0])
 
     @unary
     def BatchGet(self, request: api.BatchGetRequest, context: grpc.ServicerContext
@@ -122,14 +137,13 @@ class RowService(_Base, rpc.RowServiceServicer):
                                f"{MAX_KEYS_PER_CALL}")
         cols = list(request.columns)
         reads = [commit.Read(request.table, convert.key(k), cols) for k in request.keys]
-        with self.node.store.read() as view:
-            found = commit.evaluate(view, [], reads)
+        found = self._reads(reads, request.transaction_id, request.for_update, context)
         return api.BatchGetResponse(results=[_result(f) for f in found])
 
     def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
               ) -> api.WriteResponse:
         return self._write([commit.Write(request.table, kind, convert.row(r))
-                            for r in request.rows], context)
+                            for r in request.rows], context, request.transaction_id)
 
     @unary
     def Insert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
@@ -150,12 +164,13 @@ class RowService(_Base, rpc.RowServiceServicer):
     def Delete(self, request: api.DeleteRequest, context: grpc.ServicerContext
                ) -> api.WriteResponse:
         return self._write([commit.Write(request.table, commit.DELETE, {}, key=convert.key(k))
-                            for k in request.keys], context)
+                            for k in request.keys], context, request.transaction_id)
 
     @unary
     def Write(self, request: api.WriteRequest, context: grpc.ServicerContext
               ) -> api.WriteResponse:
-        return self._write([_mutation(m) for m in request.mutations], context)
+        return self._write([_mutation(m) for m in request.mutations], context,
+                           request.transaction_id)
 
     @stream
     def Scan(self, request: api.ScanRequest, context: grpc.ServicerContext
@@ -167,31 +182,51 @@ class RowService(_Base, rpc.RowServiceServicer):
                 raise InvalidInput(f"filter on {f.column!r} has no valid op")
             filters.append(query.Filter(f.column, op, convert.value(f.value)))
         cols = list(request.columns)
+        start = convert.key(request.start.key) if request.HasField("start") else None
+        end = convert.key(request.end.key) if request.HasField("end") else None
+        bounds = (start, request.start.exclusive, end, request.end.exclusive)
+        limit = request.limit or None
+        if request.transaction_id:
+            with self.node.txns.use(request.transaction_id) as txn:
+                schema, rows, close = self.node.txns.scan(
+                    txn, request.table, bounds, request.reverse, request.for_update,
+                    _timeout(context))
+                try:
+                    yield from _chunks(schema, rows, filters, cols, limit)
+                finally:
+                    close()
+            return
+        if request.for_update:
+            raise InvalidInput("for_update needs a transaction_id")
         with self.node.store.read() as view:
             schema = view.require_table(request.table)
-            schema.check_projection(cols)
-            start = convert.key(request.start.key) if request.HasField("start") else None
-            end = convert.key(request.end.key) if request.HasField("end") else None
-            lo, hi = query.byte_range(schema, start, request.start.exclusive, end,
-                                      request.end.exclusive)
-            keep = query.compile_filters(schema, filters)
-            limit = request.limit or None
-            chunk = api.ScanResponse()
-            size = sent = 0
-            for version, values in view.scan(schema, lo, hi, request.reverse):
-                if not keep(values):
-                    continue
-                r = convert.to_row(schema.as_dict(values, cols), version)
-                chunk.rows.append(r)
-                size += r.ByteSize()
-                sent += 1
-                if len(chunk.rows) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
-                    yield chunk
-                    chunk, size = api.ScanResponse(), 0
-                if limit is not None and sent >= limit:
-                    break
-            if chunk.rows:
-                yield chunk
+            lo, hi = query.byte_range(schema, *bounds)
+            yield from _chunks(schema, view.scan(schema, lo, hi, request.reverse), filters,
+                               cols, limit)
+
+
+def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
+            filters: list[query.Filter], cols: list[str], limit: int | None
+            ) -> Iterator[api.ScanResponse]:
+    """Filter, project and pack rows into stream messages of many rows each."""
+    schema.check_projection(cols)
+    keep = query.compile_filters(schema, filters)
+    chunk = api.ScanResponse()
+    size = sent = 0
+    for version, values in rows:
+        if not keep(values):
+            continue
+        r = convert.to_row(schema.as_dict(values, cols), version)
+        chunk.rows.append(r)
+        size += r.ByteSize()
+        sent += 1
+        if len(chunk.rows) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
+            yield chunk
+            chunk, size = api.ScanResponse(), 0
+        if limit is not None and sent >= limit:
+            break
+    if chunk.rows:
+        yield chunk
 
 
 class TransactionService(_Base, rpc.TransactionServiceServicer):
@@ -207,10 +242,33 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
             with self.node.store.read() as view:
                 found = commit.evaluate(view, checks, reads)
             return api.ExecuteResponse(reads=[_result(f) for f in found])
-        out = self._commit(commit.Transaction(writes, checks, reads), context)
+        out = self.node.txns.one_shot(commit.Transaction(writes, checks, reads),
+                                      _timeout(context), context.is_active)
         return api.ExecuteResponse(reads=[_result(f) for f in out.reads],
                                    commit_position=out.commit_position,
                                    rows_affected=out.rows_affected)
+
+    @unary
+    def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
+              ) -> api.BeginResponse:
+        txn = self.node.txns.begin(request.read_only)
+        return api.BeginResponse(transaction_id=txn.txn_id, node_id=self.node.cfg.node_id,
+                                 address=self.node.cfg.listen)
+
+    @unary
+    def Commit(self, request: api.CommitRequest, context: grpc.ServicerContext
+               ) -> api.CommitResponse:
+        with self.node.txns.use(request.transaction_id) as txn:
+            out = self.node.txns.commit(txn, _timeout(context))
+        return api.CommitResponse(commit_position=out.commit_position,
+                                  rows_affected=out.rows_affected)
+
+    @unary
+    def Rollback(self, request: api.RollbackRequest, context: grpc.ServicerContext
+                 ) -> api.RollbackResponse:
+        with self.node.txns.use(request.transaction_id) as txn:
+            self.node.txns.rollback(txn)
+        return api.RollbackResponse()
 
 
 def _check(c: pb.Condition) -> commit.Check:
@@ -232,4 +290,4 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
     @unary
     def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
                ) -> api.StatusResponse:
-        return self.node.status()
+        return self.node.status(local_only=request.local_only)

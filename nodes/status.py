@@ -16,23 +16,35 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from lockmgr import EtcdUnavailable, SessionExpired
+from lockmgr import Aborted, EtcdUnavailable, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
+from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
     AlreadyExists,
     ConditionFailed,
     Corrupt,
+    Fenced,
     InvalidInput,
     MapFull,
     NotFound,
     StorageError,
 )
 
+DOMAIN = "shardless.dev"
+
 log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class wins.
 CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (TxnAborted, grpc.StatusCode.ABORTED),
+    (Aborted, grpc.StatusCode.ABORTED),
+    (Fenced, grpc.StatusCode.ABORTED),
+    (WrongNode, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnknownTransaction, grpc.StatusCode.NOT_FOUND),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
@@ -55,7 +67,24 @@ def code_for(e: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def abort_reason(e: BaseException) -> str | None:
+    """The ErrorInfo reason an ABORTED status carries for ``e`` (None if not an abort)."""
+    if isinstance(e, TxnAborted):
+        return e.reason
+    if isinstance(e, Fenced):
+        return "FENCED"
+    if isinstance(e, Aborted):
+        return str(getattr(e, "reason", "aborted")).upper()
+    return None
+
+
 def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
+    reason = abort_reason(e)
+    if reason is not None:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=code_pb2.ABORTED, message=f"{reason}: {e}", details=[info])))
     code = code_for(e)
     if code is None:
         log.exception("%s failed", method)

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from storage import commitlog, keys, rows
+from storage import commitlog, fence, keys, rows
 from storage.catalog import Schema, Value, check_name
 from storage.errors import AlreadyExists, NotFound
 from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv
@@ -92,6 +92,35 @@ class ReadView:
                 yield rows.decode(cur.value())
             ok = cur.prev()
 
+    def scan_keyed(self, schema: Schema, lo: bytes | None, hi: bytes | None,
+                   reverse: bool = False) -> Iterator[tuple[bytes, int, list[Value]]]:
+        """Like :meth:`scan`, with each row's encoded primary key first."""
+        prefix = keys.row_prefix(schema.table_id)
+        n = len(prefix)
+        start = prefix + (lo or b"")
+        end = prefix + hi if hi is not None else prefix + b"\xff"
+        cur = self._txn.cursor()
+        if not reverse:
+            if not cur.set_range(start):
+                return
+            for k, v in cur:
+                if k >= end:
+                    return
+                yield k[n:], *rows.decode(v)
+            return
+        ok = cur.prev() if cur.set_range(end) else cur.last()
+        while ok:
+            k = cur.key()
+            if k < start:
+                return
+            if k < end:
+                yield k[n:], *rows.decode(cur.value())
+            ok = cur.prev()
+
+    def is_fenced(self, lease_id: int) -> bool:
+        """Whether the session ``lease_id`` is fenced."""
+        return fence.is_fenced(self._txn, lease_id)
+
     def count(self, schema: Schema) -> int:
         """Number of rows in a table (walks the keys)."""
         prefix = keys.row_prefix(schema.table_id)
@@ -159,6 +188,18 @@ class WriteView(ReadView):
     def append_log(self, *, ts: float, node: str, changes: list[commitlog.Change]) -> int:
         """Append this commit's record; return its position (the new rows' version)."""
         return commitlog.append(self._txn, ts=ts, node=node, changes=changes)
+
+    def check_not_fenced(self, lease_id: int) -> None:
+        """Refuse to commit for a fenced session (see ``fence.py``).
+
+        Raises:
+            Fenced: the session is fenced.
+        """
+        fence.check(self._txn, lease_id)
+
+    def fence(self, lease_id: int, *, ts: float, by: str) -> bool:
+        """Fence the session ``lease_id``; return whether the record is new."""
+        return fence.fence(self._txn, lease_id, ts=ts, by=by)
 
     def next_position(self) -> int:
         """The position that the next ``append_log`` in this transaction will return."""

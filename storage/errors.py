@@ -33,3 +33,8 @@ class MapFull(StorageError):
 
 class Corrupt(StorageError):
     """Stored bytes could not be decoded: the volume is damaged or from another version."""
+
+
+class Fenced(StorageError):
+    """The writing session is fenced (it ended, and others may hold its locks); nothing was
+    written. Abort the transaction; the node starts a new session."""

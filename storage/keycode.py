@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from storage.errors import InvalidInput
 
 NULL, FALSE, TRUE, INT, DOUBLE, STR, BYTES = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+BOOL_OR_NULL_TAGS = frozenset({NULL, FALSE, TRUE})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _SIGN = 1 << 63
 _U64 = struct.Struct(">Q")

@@ -10,6 +10,7 @@ prefix    key                                     value
 0x01      CATALOG + table name (utf-8)            msgpack schema record (``catalog.py``)
 0x02      ROW + table id (u32 BE) + keycode(pk)   msgpack ``[version, [values...]]`` (``rows.py``)
 0x03      LOG + position (u64 BE)                 msgpack commit record (``commitlog.py``)
+0x04      FENCE + session lease id (u64 BE)       msgpack ``{"ts", "by"}`` (``fence.py``)
 ========  ======================================  =============================================
 
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
@@ -24,6 +25,7 @@ META = b"\x00"
 CATALOG = b"\x01"
 ROW = b"\x02"
 LOG = b"\x03"
+FENCE = b"\x04"
 
 MAX_LMDB_KEY = 511
 ROW_PREFIX_LEN = 5
@@ -61,3 +63,8 @@ def log(position: int) -> bytes:
 def log_position(key: bytes) -> int:
     """Position encoded in a commit-log key."""
     return int(_U64.unpack_from(key, 1)[0])
+
+
+def fence(lease_id: int) -> bytes:
+    """Key of the fence record of one session."""
+    return FENCE + _U64.pack(lease_id)

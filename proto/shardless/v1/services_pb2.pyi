@@ -64,14 +64,18 @@ class DescribeTableResponse(_message.Message):
     def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("table", "key", "columns")
+    __slots__ = ("table", "key", "columns", "transaction_id", "for_update")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     table: str
     key: _types_pb2.Key
     columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    transaction_id: str
+    for_update: bool
+    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("found", "row")
@@ -82,14 +86,18 @@ class GetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ...) -> None: ...
 
 class BatchGetRequest(_message.Message):
-    __slots__ = ("table", "keys", "columns")
+    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
     columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    transaction_id: str
+    for_update: bool
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
     __slots__ = ("results",)
@@ -98,26 +106,32 @@ class BatchGetResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
-    __slots__ = ("table", "rows")
+    __slots__ = ("table", "rows", "transaction_id")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     table: str
     rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
-    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ...) -> None: ...
+    transaction_id: str
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("table", "keys")
+    __slots__ = ("table", "keys", "transaction_id")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ...) -> None: ...
+    transaction_id: str
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("mutations",)
+    __slots__ = ("mutations", "transaction_id")
     MUTATIONS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     mutations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
-    def __init__(self, mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ...) -> None: ...
+    transaction_id: str
+    def __init__(self, mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("commit_position", "rows_affected")
@@ -128,7 +142,7 @@ class WriteResponse(_message.Message):
     def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns")
+    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +150,8 @@ class ScanRequest(_message.Message):
     REVERSE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     table: str
     start: _types_pb2.Bound
     end: _types_pb2.Bound
@@ -143,13 +159,55 @@ class ScanRequest(_message.Message):
     reverse: bool
     filters: _containers.RepeatedCompositeFieldContainer[_types_pb2.Filter]
     columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    transaction_id: str
+    for_update: bool
+    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
     __slots__ = ("rows",)
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
     def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ...) -> None: ...
+
+class BeginRequest(_message.Message):
+    __slots__ = ("read_only",)
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    read_only: bool
+    def __init__(self, read_only: _Optional[bool] = ...) -> None: ...
+
+class BeginResponse(_message.Message):
+    __slots__ = ("transaction_id", "node_id", "address")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    node_id: str
+    address: str
+    def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class CommitRequest(_message.Message):
+    __slots__ = ("transaction_id",)
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    def __init__(self, transaction_id: _Optional[str] = ...) -> None: ...
+
+class CommitResponse(_message.Message):
+    __slots__ = ("commit_position", "rows_affected")
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    commit_position: int
+    rows_affected: int
+    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("transaction_id",)
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    def __init__(self, transaction_id: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class ReadOp(_message.Message):
     __slots__ = ("table", "key", "columns")
@@ -182,8 +240,10 @@ class ExecuteResponse(_message.Message):
     def __init__(self, reads: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("local_only",)
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
+    local_only: bool
+    def __init__(self, local_only: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining")
@@ -202,7 +262,7 @@ class Member(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version")
+    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +270,9 @@ class StatusResponse(_message.Message):
     COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
+    WAITS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader: str
@@ -217,4 +280,51 @@ class StatusResponse(_message.Message):
     commit_position: int
     cluster: str
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    locks: _containers.RepeatedCompositeFieldContainer[LockInfo]
+    waits: _containers.RepeatedCompositeFieldContainer[WaitInfo]
+    transactions: _containers.RepeatedCompositeFieldContainer[TransactionInfo]
+    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ...) -> None: ...
+
+class LockInfo(_message.Message):
+    __slots__ = ("resource", "mode", "transaction_id", "node_id", "granted")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    mode: str
+    transaction_id: str
+    node_id: str
+    granted: bool
+    def __init__(self, resource: _Optional[str] = ..., mode: _Optional[str] = ..., transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., granted: _Optional[bool] = ...) -> None: ...
+
+class WaitInfo(_message.Message):
+    __slots__ = ("transaction_id", "node_id", "resource", "mode", "waits_for")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    WAITS_FOR_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    node_id: str
+    resource: str
+    mode: str
+    waits_for: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., resource: _Optional[str] = ..., mode: _Optional[str] = ..., waits_for: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TransactionInfo(_message.Message):
+    __slots__ = ("transaction_id", "node_id", "read_only", "started_at", "idle_s", "locks_held")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_HELD_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    node_id: str
+    read_only: bool
+    started_at: float
+    idle_s: float
+    locks_held: int
+    def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., read_only: _Optional[bool] = ..., started_at: _Optional[float] = ..., idle_s: _Optional[float] = ..., locks_held: _Optional[int] = ...) -> None: ...

@@ -624,6 +624,21 @@ class TransactionServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.Begin = channel.unary_unary(
+                '/shardless.v1.TransactionService/Begin',
+                request_serializer=shardless_dot_v1_dot_services__pb2.BeginRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.BeginResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/shardless.v1.TransactionService/Commit',
+                request_serializer=shardless_dot_v1_dot_services__pb2.CommitRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/shardless.v1.TransactionService/Rollback',
+                request_serializer=shardless_dot_v1_dot_services__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class TransactionServiceServicer:
@@ -637,6 +652,28 @@ class TransactionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Begin(self, request, context):
+        """Interactive transactions: Begin, then row calls carrying the transaction id, then Commit or
+        Rollback. Read-write transactions are serializable (strict two-phase locking); read-only
+        ones read one snapshot and take no locks. An idle transaction is rolled back after the
+        node's idle timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransactionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -644,6 +681,21 @@ def add_TransactionServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.ExecuteRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'Begin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Begin,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.BeginRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.BeginResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.CommitRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.CommitResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.RollbackRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -675,6 +727,87 @@ class TransactionService:
             '/shardless.v1.TransactionService/Execute',
             shardless_dot_v1_dot_services__pb2.ExecuteRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Begin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.TransactionService/Begin',
+            shardless_dot_v1_dot_services__pb2.BeginRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.BeginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.TransactionService/Commit',
+            shardless_dot_v1_dot_services__pb2.CommitRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.TransactionService/Rollback',
+            shardless_dot_v1_dot_services__pb2.RollbackRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -249,12 +249,15 @@ def test_close_survives_etcd_being_unavailable_for_the_revoke(clock, leases):
     assert s.done.is_set()
 
 
-def test_close_after_the_lease_is_gone_does_not_revoke(clock, leases):
-    """When a keepalive already found the lease gone, close has nothing to revoke."""
+def test_close_after_the_session_is_lost_still_revokes_once(clock, leases):
+    """A lost session (lease gone, or given up as fenced) is still revoked once on close: a
+    lease that etcd still has must not keep its locks until it expires."""
     with session(leases, 60) as s:
         leases.keepalive_ttl = 0
         s.keepalive_once()
-    assert leases.revokes == []
+        assert s.done.is_set()
+        s.close()
+    assert leases.revokes == [0xABC]
 
 
 def test_close_stops_the_refresh_thread(clock, leases):

@@ -1,0 +1,410 @@
+"""The lock manager: lock entries in etcd on the session lease, granted in FIFO order.
+
+Owns: acquiring a batch of lock requests (one etcd transaction per batch of at most ``max_ops``
+operations), waiting for a grant by watching the conflicting entry just ahead (no polling, no
+thundering herd), the lock-wait timeout, releasing all of a transaction's entries in one etcd
+transaction, publishing wait records, finding deadlocks across nodes, and making sure every
+session that ended without a clean close is fenced before a lock is acted on. Does not own: what
+the resources are (the caller's), or the fence itself (a ``Fencer`` given by the caller).
+
+How a request is granted
+------------------------
+A request is an entry ``locks/<resource>/<txn>/<mode>`` put on the session lease; its etcd
+``create_revision`` is its place in the resource's queue. A request is granted when every entry
+of *another* transaction that came earlier in the queue is compatible with it (so a waiter never
+overtakes an earlier incompatible waiter: FIFO, no starvation). A transaction's own earlier
+entries never block it, so an upgrade (S, then X) waits only for the others. A waiter watches the
+latest conflicting entry ahead of it for deletion, then checks again; only the waiters behind a
+released entry wake.
+
+Fencing (the invariant of ARCHITECTURE.md)
+------------------------------------------
+A session writes a marker ``sessions/<lease>`` that has no lease and a liveness key
+``live/<lease>`` on its lease. Every acquisition reads both lists in the same etcd transaction as
+its lock entries; a marker without a liveness key is a session that ended without closing
+cleanly (its entries vanished with its lease). Before such a grant is acted on, the caller's
+``Fencer`` makes a fence record for that session durable in storage, and the marker is removed.
+The old holder's commits check for that record inside their storage write transaction, so either
+they landed before the fence (and the new holder reads them) or they are refused.
+
+Timeline::
+
+    A: holds X(r) ....... frozen ...................... wakes, commit -> fenced, refused
+    etcd:            A's lease expires, A's entries go
+    B:                        acquire X(r): A dead -> fence(A) -> granted -> read r -> commit
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lockmgr import deadlock, resource
+from lockmgr.errors import (
+    Aborted,
+    Deadlock,
+    EtcdUnavailable,
+    LockTimeout,
+    SessionExpired,
+)
+from lockmgr.etcd import EtcdClient, KeyValue
+from lockmgr.modes import LockMode
+from lockmgr.resource import Resource
+from lockmgr.session import Session
+from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT_TIMEOUT_S = 10.0
+DEFAULT_MAX_OPS = 128  # etcd's default --max-txn-ops
+DETECT_INTERVAL_S = 0.1
+
+
+class Fencer(Protocol):
+    """Makes a fence record for a session durable in storage (``nodes`` wires it)."""
+
+    def fence(self, lease_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One lock entry as read from etcd."""
+
+    resource: str
+    txn_id: str
+    mode: LockMode
+    key: bytes
+    create_revision: int
+    node: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class WaitRecord:
+    """One waiting transaction as published in etcd."""
+
+    txn_id: str
+    node: str
+    started_at: float
+    resource: str
+    mode: str
+    waits_for: tuple[str, ...]
+
+
+class LockManager:
+    """Locks for the transactions of one process, over the process's session."""
+
+    def __init__(self, client: EtcdClient, cluster: str, node_id: str, fencer: Fencer, *,
+                 wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+                 escalate_after: int = DEFAULT_ESCALATE_AFTER,
+                 max_ops: int = DEFAULT_MAX_OPS,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self.cluster = cluster
+        self.node_id = node_id
+        self._fencer = fencer
+        self.wait_timeout_s = wait_timeout_s
+        self.escalate_after = escalate_after
+        self.max_ops = max(max_ops, 8)
+        self._clock = clock
+        self._wall = wall_clock
+        self._session: Session | None = None
+        self._lock = threading.Lock()
+        self._waiting: dict[str, TxnLocks] = {}
+        self._stop = threading.Event()
+        self.deadlocks_found = 0
+        self.fenced_sessions: list[int] = []
+        self._detector = threading.Thread(target=self._detect_loop, name="deadlock-detector",
+                                          daemon=True)
+        self._detector.start()
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def attach(self, session: Session) -> None:
+        """Use ``session`` for new transactions; write its marker and liveness key.
+
+        Raises:
+            EtcdUnavailable, SessionExpired: the keys could not be written.
+        """
+        marker = json.dumps({"node": self.node_id, "started_at": self._wall()}).encode()
+        self._client.txn([
+            EtcdClient.put_op(resource.session_key(self.cluster, session.lease_id), marker),
+            EtcdClient.put_op(resource.live_key(self.cluster, session.lease_id),
+                              self.node_id.encode(), session.lease_id),
+        ])
+        self._session = session
+
+    def detach(self, session: Session) -> None:
+        """Mark ``session`` as closed cleanly (no fence needed); call before revoking it."""
+        if self._session is session:
+            self._session = None
+        try:
+            self._client.delete(resource.session_key(self.cluster, session.lease_id))
+        except EtcdUnavailable as e:
+            log.warning("could not remove the marker of session %x (it will be fenced): %s",
+                        session.lease_id, e)
+
+    @property
+    def session(self) -> Session:
+        """The session new transactions use.
+
+        Raises:
+            SessionExpired: there is none (between sessions).
+        """
+        s = self._session
+        if s is None or not s.is_valid():
+            raise SessionExpired("this node has no valid session at the moment")
+        return s
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def begin(self, txn_id: str) -> TxnLocks:
+        """A new transaction's lock state, on the current session. ``txn_id`` must be unique
+        in the cluster and contain no ``/``.
+
+        Raises:
+            SessionExpired: the node has no valid session.
+        """
+        assert "/" not in txn_id, txn_id
+        session = self.session
+        return TxnLocks(txn_id, session.lease_id, self._wall(), self.node_id)
+
+    def acquire(self, txn: TxnLocks, needs: Iterable[tuple[Resource, LockMode]],
+                timeout_s: float | None = None) -> None:
+        """Take every lock ``needs`` implies (see ``table.plan``), waiting as long as needed.
+
+        Raises:
+            Deadlock: chosen as a deadlock victim.
+            LockTimeout: not granted within ``timeout_s`` (at most ``wait_timeout_s``).
+            Aborted: aborted for another reason meanwhile.
+            SessionExpired: the session is gone (its locks with it).
+            EtcdUnavailable: etcd did not answer.
+        """
+        self._check_aborted(txn)
+        requests = plan(txn, list(needs), self.escalate_after)
+        if not requests:
+            return
+        limit = self.wait_timeout_s if timeout_s is None else min(timeout_s, self.wait_timeout_s)
+        deadline = self._clock() + limit
+        per_chunk = max(1, (self.max_ops - 2) // 2)
+        for i in range(0, len(requests), per_chunk):
+            self._acquire_chunk(txn, requests[i:i + per_chunk], deadline)
+
+    def _acquire_chunk(self, txn: TxnLocks, requests: list[tuple[Resource, LockMode]],
+                       deadline: float) -> None:
+        value = json.dumps({"node": self.node_id, "started_at": txn.started_at}).encode()
+        ops: list[Any] = []
+        keys = []
+        for res, mode in requests:
+            key = resource.entry_key(self.cluster, res.name, txn.txn_id, mode.value)
+            keys.append(key)
+            ops.append(EtcdClient.put_op(key, value, txn.lease_id))
+        for res, _ in requests:
+            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name)))
+        ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster)))
+        ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster)))
+        rev, results = self._client.txn(ops)
+        txn.keys.extend(keys)
+        n = len(requests)
+        self._fence_dead(results[2 * n] or [], results[2 * n + 1] or [])
+        waits = []
+        for j, (res, mode) in enumerate(requests):
+            entries = self._entries(results[n + j] or [])
+            mine = next(e.create_revision for e in entries if e.key == keys[j])
+            conflicts = self._conflicts(txn, mode, mine, entries)
+            if conflicts:
+                waits.append((res, mode, mine, conflicts, rev))
+            else:
+                self._granted(txn, res, mode)
+        for res, mode, mine, conflicts, seen_rev in waits:
+            self._wait(txn, res, mode, mine, conflicts, seen_rev, deadline)
+
+    def _granted(self, txn: TxnLocks, res: Resource, mode: LockMode) -> None:
+        if res.kind == "row" and res not in txn.held:
+            txn.rows_per_page[Resource(res.table, res.page)] += 1
+        txn.held[res] = mode
+
+    def _entries(self, kvs: list[KeyValue]) -> list[Entry]:
+        out = []
+        for kv in kvs:
+            res, txn_id, mode = resource.parse_entry_key(self.cluster, kv.key)
+            try:
+                meta = json.loads(kv.value)
+            except ValueError:
+                meta = {}
+            out.append(Entry(res, txn_id, LockMode(mode), kv.key, kv.create_revision,
+                             str(meta.get("node", "")), float(meta.get("started_at", 0.0))))
+        return out
+
+    @staticmethod
+    def _conflicts(txn: TxnLocks, mode: LockMode, mine: int, entries: list[Entry]
+                   ) -> list[Entry]:
+        return [e for e in entries if e.create_revision < mine and e.txn_id != txn.txn_id
+                and not e.mode.compatible(mode)]
+
+    def _fence_dead(self, markers: list[KeyValue], live: list[KeyValue]) -> None:
+        alive = {resource.lease_of_key(kv.key) for kv in live}
+        for kv in markers:
+            lease = resource.lease_of_key(kv.key)
+            if lease in alive:
+                continue
+            log.warning("session %x ended without closing; fencing it before acting", lease)
+            self._fencer.fence(lease)  # durable before we go on
+            self.fenced_sessions.append(lease)
+            self._client.delete(kv.key)
+
+    def _wait(self, txn: TxnLocks, res: Resource, mode: LockMode, mine: int,
+              conflicts: list[Entry], seen_rev: int, deadline: float) -> None:
+        wkey = resource.wait_key(self.cluster, txn.txn_id)
+        with self._lock:
+            self._waiting[txn.txn_id] = txn
+        try:
+            while True:
+                self._check_aborted(txn)
+                blockers = frozenset(e.txn_id for e in conflicts)
+                if blockers != txn.waiting_for or txn.waiting_on != res:
+                    txn.waiting_for, txn.waiting_on = blockers, res
+                    self._client.put(wkey, json.dumps({
+                        "node": self.node_id, "started_at": txn.started_at,
+                        "resource": res.name, "mode": mode.value,
+                        "waits_for": sorted(blockers)}).encode(), txn.lease_id)
+                ahead = max(conflicts, key=lambda e: e.create_revision)
+                txn.wake.clear()
+                cancel = self._client.watch_delete(ahead.key, seen_rev + 1, txn.wake.set)
+                try:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0 or not txn.wake.wait(remaining):
+                        txn.abort(LockTimeout.reason, f"waited for {res.name} in {mode.value} "
+                                  f"behind {', '.join(sorted(blockers))}")
+                        self._check_aborted(txn)
+                finally:
+                    cancel()
+                self._check_aborted(txn)
+                seen_rev, results = self._client.txn([
+                    EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name)),
+                    EtcdClient.range_op(resource.sessions_prefix(self.cluster)),
+                    EtcdClient.range_op(resource.live_prefix(self.cluster)),
+                ])
+                self._fence_dead(results[1] or [], results[2] or [])
+                entries = self._entries(results[0] or [])
+                if not any(e.create_revision == mine and e.txn_id == txn.txn_id
+                           for e in entries):
+                    raise SessionExpired(f"lock entry of {txn.txn_id} on {res.name} is gone: "
+                                         f"its session ended")
+                conflicts = self._conflicts(txn, mode, mine, entries)
+                if not conflicts:
+                    self._granted(txn, res, mode)
+                    return
+        finally:
+            with self._lock:
+                self._waiting.pop(txn.txn_id, None)
+            if txn.waiting_for:
+                txn.waiting_for, txn.waiting_on = frozenset(), None
+                try:
+                    self._client.delete(wkey)
+                except EtcdUnavailable:
+                    pass  # it goes with the release, or with the lease
+
+    def _check_aborted(self, txn: TxnLocks) -> None:
+        if txn.abort_reason is None:
+            return
+        cls = {Deadlock.reason: Deadlock, LockTimeout.reason: LockTimeout}.get(
+            txn.abort_reason, Aborted)
+        err = cls(f"transaction {txn.txn_id} aborted ({txn.abort_reason}): {txn.abort_detail}")
+        err.reason = txn.abort_reason
+        raise err
+
+    def release(self, txn: TxnLocks) -> None:
+        """Delete every lock entry and the wait record of ``txn`` (one etcd transaction per
+        ``max_ops`` keys). Failures are retried in the background; the entries go with the
+        session lease at the latest.
+        """
+        keys = [*txn.keys, resource.wait_key(self.cluster, txn.txn_id)]
+        txn.keys = []
+        txn.held.clear()
+        txn.rows_per_page.clear()
+        try:
+            self._delete_all(keys)
+        except (EtcdUnavailable, SessionExpired) as e:
+            log.warning("release of %s failed (%s); retrying in the background", txn.txn_id, e)
+            threading.Thread(target=self._retry_release, args=(keys, txn.lease_id),
+                             daemon=True).start()
+
+    def _delete_all(self, keys: list[bytes]) -> None:
+        for i in range(0, len(keys), self.max_ops):
+            self._client.txn([EtcdClient.delete_op(k) for k in keys[i:i + self.max_ops]])
+
+    def _retry_release(self, keys: list[bytes], lease_id: int) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            s = self._session
+            if s is None or s.lease_id != lease_id or s.done.is_set():
+                return  # the lease (and the entries on it) is gone or going
+            try:
+                self._delete_all(keys)
+                return
+            except (EtcdUnavailable, SessionExpired):
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- deadlocks ------------------------------------------------------------------------------
+
+    def waits(self) -> list[WaitRecord]:
+        """Every published wait record of the cluster."""
+        out = []
+        for kv in self._client.get_prefix(resource.waits_prefix(self.cluster)):
+            try:
+                d = json.loads(kv.value)
+                out.append(WaitRecord(kv.key.decode().rsplit("/", 1)[1], str(d["node"]),
+                                      float(d["started_at"]), str(d["resource"]),
+                                      str(d["mode"]), tuple(d["waits_for"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    def detect_once(self) -> list[str]:
+        """Look for deadlocks now; abort this node's victims; return every victim found."""
+        records = self.waits()
+        edges = {w.txn_id: set(w.waits_for) for w in records}
+        started = {w.txn_id: w.started_at for w in records}
+        found = deadlock.victims(edges, started)
+        for victim in found:
+            with self._lock:
+                txn = self._waiting.get(victim)
+            if txn is not None:
+                self.deadlocks_found += 1
+                cycle = f"{victim} waits for {', '.join(sorted(edges.get(victim, ())))}"
+                log.info("deadlock: aborting %s (youngest in the cycle; %s)", victim, cycle)
+                txn.abort(Deadlock.reason, f"victim of a deadlock: {cycle}")
+        return found
+
+    def _detect_loop(self) -> None:
+        while not self._stop.wait(DETECT_INTERVAL_S):
+            with self._lock:
+                idle = not self._waiting
+            if idle:
+                continue
+            try:
+                self.detect_once()
+            except Exception as e:  # the loop must survive etcd outages and bugs alike
+                log.warning("deadlock detection failed: %s", e)
+
+    def entries(self) -> list[Entry]:
+        """Every lock entry of the cluster (for status)."""
+        return self._entries(self._client.get_prefix(resource.locks_prefix(self.cluster)))
+
+    def waiting(self) -> list[TxnLocks]:
+        """This node's transactions that wait for a lock now."""
+        with self._lock:
+            return list(self._waiting.values())
+
+    def close(self) -> None:
+        """Stop the detector and background releases."""
+        self._stop.set()
+        self._detector.join(timeout=2)

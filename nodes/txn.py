@@ -1,0 +1,518 @@
+"""Transactions with locks: interactive ones (begin ... commit) and the one-shot writes.
+
+Owns: the life of an interactive transaction on this node (begin, locking reads and scans,
+buffered writes, commit, rollback, abort with a reason, idle timeout), and the locks that one-shot
+writes take. Does not own: the lock protocol (``lockmgr``) or the meaning of a write
+(``commit.py``).
+
+Read-write transactions use strict two-phase locking: every read locks its row (S, or X for
+update) or its pages (a scan: S on each page it covers, or the table when the range is wide),
+every write locks its row X, with intention locks on page and table above; locks are released
+only after the commit is durable (or on rollback). After taking a lock the transaction reads from
+a fresh storage snapshot, so it sees every commit of earlier holders of that lock. Writes are
+buffered and checked when made (under their X lock); the commit applies them in one write
+transaction, which first checks that the transaction's session is not fenced.
+
+Read-only transactions keep one storage snapshot from begin to end and take no locks.
+
+Ids are ``<incarnation>.<n>@<node id>``: the incarnation is random per process, so a call that
+names a transaction of an earlier life of this node gets ABORTED (node restarted), and a call for
+another node's transaction gets FAILED_PRECONDITION naming that node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockmgr import Aborted, LockManager, LockMode, Resource, SessionExpired, TxnLocks
+from nodes import commit, query
+from nodes.commit import ReadResult
+from storage import (
+    AlreadyExists,
+    Change,
+    ConditionFailed,
+    Fenced,
+    InvalidInput,
+    NotFound,
+    ReadView,
+    Schema,
+    Store,
+    Value,
+    WriteView,
+)
+from storage.pages import page_of, pages_for_range
+from storage.rows import encode as encode_row
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+MAX_TOMBSTONES = 10_000
+
+DEADLOCK, LOCK_TIMEOUT, FENCED = "DEADLOCK", "LOCK_TIMEOUT", "FENCED"
+NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST = "NODE_RESTARTED", "IDLE_TIMEOUT", "SESSION_LOST"
+_LOCK_REASONS = {"deadlock": DEADLOCK, "lock_timeout": LOCK_TIMEOUT}
+
+
+class TxnAborted(Exception):
+    """The transaction was aborted; ``reason`` says why (ABORTED: retry the transaction)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WrongNode(Exception):
+    """The transaction belongs to another node (FAILED_PRECONDITION: send it there)."""
+
+
+class UnknownTransaction(Exception):
+    """No such open transaction on this node (NOT_FOUND)."""
+
+
+def row_resource(schema: Schema, enc: bytes) -> Resource:
+    """The lock resource of one row."""
+    return Resource(str(schema.table_id), page_of(enc), enc.hex())
+
+
+def table_resource(schema: Schema) -> Resource:
+    """The lock resource of a whole table."""
+    return Resource(str(schema.table_id))
+
+
+@dataclass
+class Txn:
+    """One open interactive transaction."""
+
+    txn_id: str
+    read_only: bool
+    started_at: float
+    last_used: float
+    locks: TxnLocks | None = None
+    snapshot: Any = None  # read-only: (context manager, ReadView)
+    staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = \
+        field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    rows_affected: int = 0
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False
+
+
+class TransactionManager:
+    """The node's open transactions."""
+
+    def __init__(self, node_id: str, address: str, store: Store,
+                 committer: commit.GroupCommitter, locks: LockManager, *,
+                 idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                 session_valid: Callable[[int], bool] = lambda lease: True,
+                 on_fenced: Callable[[int], None] = lambda lease: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.store = store
+        self.committer = committer
+        self.locks = locks
+        self.idle_timeout_s = idle_timeout_s
+        self._session_valid = session_valid
+        self._on_fenced = on_fenced
+        self._clock = clock
+        self.incarnation = secrets.token_hex(4)
+        self._n = 0
+        self._mu = threading.Lock()
+        self._open: dict[str, Txn] = {}
+        self._tombstones: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._stop = threading.Event()
+        self.aborts: dict[str, int] = {}
+        self._reaper = threading.Thread(target=self._reap_loop, name="txn-reaper", daemon=True)
+        self._reaper.start()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def begin(self, read_only: bool) -> Txn:
+        """Open a transaction."""
+        with self._mu:
+            self._n += 1
+            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
+        now = self._clock()
+        txn = Txn(txn_id, read_only, time.time(), now)
+        if read_only:
+            ctx = self.store.read()
+            txn.snapshot = (ctx, ctx.__enter__())
+        else:
+            txn.locks = self.locks.begin(txn_id)
+        with self._mu:
+            self._open[txn_id] = txn
+        return txn
+
+    @contextlib.contextmanager
+    def use(self, txn_id: str) -> Iterator[Txn]:
+        """The open transaction ``txn_id``, for one call at a time.
+
+        Raises:
+            WrongNode, UnknownTransaction, TxnAborted: see the module docstring.
+        """
+        txn = self._lookup(txn_id)
+        with txn.mutex:
+            if txn.done:
+                raise self._gone(txn_id)
+            txn.last_used = self._clock()
+            try:
+                yield txn
+            except Aborted as e:
+                reason = _LOCK_REASONS.get(getattr(e, "reason", ""), SESSION_LOST)
+                self._abort_locked(txn, reason, str(e))
+                raise TxnAborted(reason, str(e)) from e
+            except Fenced as e:
+                self._abort_locked(txn, FENCED, str(e))
+                raise TxnAborted(FENCED, str(e)) from e
+            except SessionExpired as e:
+                self._abort_locked(txn, SESSION_LOST, str(e))
+                raise TxnAborted(SESSION_LOST, str(e)) from e
+            finally:
+                txn.last_used = self._clock()
+
+    def _lookup(self, txn_id: str) -> Txn:
+        with self._mu:
+            txn = self._open.get(txn_id)
+        if txn is not None:
+            return txn
+        raise self._gone(txn_id)
+
+    def _gone(self, txn_id: str) -> Exception:
+        head, sep, node = txn_id.rpartition("@")
+        if not sep or "." not in head:
+            return InvalidInput(f"{txn_id!r} is not a transaction id")
+        if node != self.node_id:
+            return WrongNode(f"transaction {txn_id} belongs to node {node}; send its calls "
+                             f"there (this is {self.node_id})")
+        if head.split(".", 1)[0] != self.incarnation:
+            return TxnAborted(NODE_RESTARTED, f"transaction {txn_id} was lost: node "
+                              f"{self.node_id} restarted since it began")
+        with self._mu:
+            tomb = self._tombstones.get(txn_id)
+        if tomb is not None and tomb[0] != "ended":
+            return TxnAborted(tomb[0], f"transaction {txn_id} was aborted: {tomb[1]}")
+        return UnknownTransaction(f"transaction {txn_id} is not open (committed, rolled back "
+                                  f"or never begun)")
+
+    def _finish(self, txn: Txn, reason: str, detail: str) -> None:
+        """End ``txn`` (its mutex held): forget it, keep a tombstone, free what it holds."""
+        if txn.done:
+            return
+        txn.done = True
+        with self._mu:
+            self._open.pop(txn.txn_id, None)
+            self._tombstones[txn.txn_id] = (reason, detail)
+            while len(self._tombstones) > MAX_TOMBSTONES:
+                self._tombstones.popitem(last=False)
+        if txn.snapshot is not None:
+            ctx, _ = txn.snapshot
+            txn.snapshot = None
+            ctx.__exit__(None, None, None)
+        if txn.locks is not None:
+            self.locks.release(txn.locks)
+
+    def _abort_locked(self, txn: Txn, reason: str, detail: str) -> None:
+        with self._mu:
+            self.aborts[reason] = self.aborts.get(reason, 0) + 1
+        log.info("transaction %s aborted: %s (%s)", txn.txn_id, reason, detail)
+        self._finish(txn, reason, detail)
+
+    def abort(self, txn_id: str, reason: str, detail: str) -> None:
+        """Abort an open transaction from outside (idle timeout, session loss)."""
+        with self._mu:
+            txn = self._open.get(txn_id)
+        if txn is None:
+            return
+        if txn.locks is not None:
+            txn.locks.abort(reason.lower(), detail)  # wakes it if it waits for a lock
+        with txn.mutex:
+            self._abort_locked(txn, reason, detail)
+
+    def abort_session(self, lease_id: int, reason: str, detail: str) -> None:
+        """Abort every read-write transaction of the session ``lease_id``."""
+        with self._mu:
+            victims = [t.txn_id for t in self._open.values()
+                       if t.locks is not None and t.locks.lease_id == lease_id]
+        for txn_id in victims:
+            self.abort(txn_id, reason, detail)
+
+    def commit(self, txn: Txn, timeout_s: float | None) -> commit.Outcome:
+        """Commit (durably) and release; the transaction is over either way."""
+        try:
+            if txn.read_only or not txn.changes:
+                return commit.Outcome()
+            out = self.committer.submit(_StagedCommit(txn, self._check_session),
+                                        timeout_s=timeout_s)
+            out.rows_affected = txn.rows_affected
+            return out
+        except Fenced as e:
+            assert txn.locks is not None
+            self._on_fenced(txn.locks.lease_id)
+            self._abort_locked(txn, FENCED, str(e))
+            raise TxnAborted(FENCED, str(e)) from e
+        finally:
+            self._finish(txn, "ended", "committed")
+
+    def rollback(self, txn: Txn) -> None:
+        """Discard the transaction's writes and release its locks."""
+        self._finish(txn, "ended", "rolled back")
+
+    def _check_session(self, lease_id: int) -> None:
+        if not self._session_valid(lease_id):
+            raise Fenced(f"session {lease_id:x} is past its deadline (self-fenced)")
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def _view(self, txn: Txn) -> contextlib.AbstractContextManager[ReadView]:
+        if txn.snapshot is not None:
+            return contextlib.nullcontext(txn.snapshot[1])
+        return self.store.read()
+
+    def _lock(self, txn: Txn, needs: list[tuple[Resource, LockMode]],
+              timeout_s: float | None) -> None:
+        if txn.locks is not None and needs:
+            self.locks.acquire(txn.locks, needs, timeout_s)
+
+    def read(self, txn: Txn, reads: list[commit.Read], for_update: bool,
+             timeout_s: float | None) -> list[ReadResult]:
+        """Point reads (locking, in a read-write transaction)."""
+        if txn.read_only and for_update:
+            raise InvalidInput("a read-only transaction cannot lock rows for update")
+        with self.store.read() as view:
+            plan = [(view.require_table(r.table), r) for r in reads]
+            encs = []
+            for schema, r in plan:
+                schema.check_projection(r.columns)
+                encs.append(schema.check_key(r.key))
+        mode = LockMode.X if for_update else LockMode.S
+        self._lock(txn, [(row_resource(s, e), mode) for (s, _), e in zip(plan, encs,
+                                                                          strict=True)],
+                   timeout_s)
+        out: list[ReadResult] = []
+        with self._view(txn) as view:  # fresh after the locks
+            for (schema, r), enc in zip(plan, encs, strict=True):
+                staged = txn.staged.get((schema.table_id, enc))
+                if staged is not None:
+                    vals = staged[2]
+                    out.append(None if vals is None else (0, schema.as_dict(vals, r.columns)))
+                    continue
+                cur = view.get(schema, enc)
+                out.append(None if cur is None else (cur[0], schema.as_dict(cur[1], r.columns)))
+        return out
+
+    def scan(self, txn: Txn, schema_name: str, bounds: tuple[Any, bool, Any, bool],
+             reverse: bool, for_update: bool, timeout_s: float | None
+             ) -> tuple[Schema, Iterator[tuple[int, list[Value]]], Callable[[], None]]:
+        """Rows of a range, as this transaction sees them; locks the pages first.
+
+        Returns:
+            The schema, an iterator of (version, values) and a function closing the snapshot.
+        """
+        if txn.read_only and for_update:
+            raise InvalidInput("a read-only transaction cannot lock rows for update")
+        with self.store.read() as view:
+            schema = view.require_table(schema_name)
+        lo, hi = query.byte_range(schema, *bounds)
+        mode = LockMode.X if for_update else LockMode.S
+        pages = pages_for_range(lo, hi)
+        if txn.locks is not None:
+            if pages is None:
+                needs = [(table_resource(schema), mode)]
+            else:
+                needs = [(Resource(str(schema.table_id), p), mode) for p in pages]
+            self._lock(txn, needs, timeout_s)
+        ctx = self._view(txn)
+        view = ctx.__enter__()
+        fresh = view.require_table(schema_name)
+        if fresh.table_id != schema.table_id:
+            ctx.__exit__(None, None, None)
+            raise NotFound(f"table {schema_name!r} was dropped")
+        rows = _merge(view.scan_keyed(schema, lo, hi, reverse),
+                      _staged_in_range(txn, schema, lo, hi, reverse), reverse)
+        return schema, rows, lambda: ctx.__exit__(None, None, None)
+
+    def write(self, txn: Txn, writes: list[commit.Write], timeout_s: float | None) -> int:
+        """Check and buffer writes (each under an X lock on its row); return rows affected."""
+        if txn.read_only:
+            raise InvalidInput("a read-only transaction cannot write")
+        with self.store.read() as view:
+            targets = []
+            for w in writes:
+                schema = view.require_table(w.table)
+                key = w.key if w.key is not None else schema.key_of(w.row)
+                targets.append((schema, key, schema.check_key(key)))
+        self._lock(txn, [(row_resource(s, e), LockMode.X) for s, _, e in targets], timeout_s)
+        staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = {}
+        changes: list[Change] = []
+        affected = 0
+        with self.store.read() as view:
+            for i, (w, (schema, key, enc)) in enumerate(zip(writes, targets, strict=True)):
+                slot = (schema.table_id, enc)
+                if slot in staged:
+                    vals = staged[slot][2]
+                    cur = None if vals is None else (0, vals)
+                elif slot in txn.staged:
+                    vals = txn.staged[slot][2]
+                    cur = None if vals is None else (0, vals)
+                else:
+                    cur = view.get(schema, enc)
+                new = _apply_write(i, w, schema, key, cur)
+                if new is _SKIP:
+                    continue
+                staged[slot] = (schema, key, new)
+                changes.append(Change(w.table, "put" if new is not None else "del", key))
+                affected += 1
+        txn.staged.update(staged)
+        txn.changes.extend(changes)
+        txn.rows_affected += affected
+        return affected
+
+    # -- one-shot writes ------------------------------------------------------------------------
+
+    def one_shot(self, work: commit.Transaction, timeout_s: float | None,
+                 is_active: Callable[[], bool]) -> commit.Outcome:
+        """Run a one-shot transaction: lock what it touches, commit, release."""
+        with self.store.read() as view:
+            needs: list[tuple[Resource, LockMode]] = []
+            for w in work.writes:
+                schema = view.require_table(w.table)
+                key = w.key if w.key is not None else schema.key_of(w.row)
+                needs.append((row_resource(schema, schema.check_key(key)), LockMode.X))
+            for c in work.checks:
+                schema = view.require_table(c.table)
+                needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
+            for r in work.reads:
+                schema = view.require_table(r.table)
+                needs.append((row_resource(schema, schema.check_key(r.key)), LockMode.S))
+        with self._mu:
+            self._n += 1
+            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
+        locks = self.locks.begin(txn_id)
+        try:
+            self.locks.acquire(locks, needs, timeout_s)
+            work.lease_id = locks.lease_id
+            work.check_session = self._check_session
+            try:
+                return self.committer.submit(work, timeout_s=timeout_s, is_active=is_active)
+            except Fenced:
+                self._on_fenced(locks.lease_id)
+                raise
+        except Aborted as e:
+            reason = _LOCK_REASONS.get(getattr(e, "reason", ""), SESSION_LOST)
+            raise TxnAborted(reason, str(e)) from e
+        except Fenced as e:
+            raise TxnAborted(FENCED, str(e)) from e
+        except SessionExpired as e:
+            raise TxnAborted(SESSION_LOST, str(e)) from e
+        finally:
+            self.locks.release(locks)
+
+    # -- status and upkeep ----------------------------------------------------------------------
+
+    def open_transactions(self) -> list[Txn]:
+        """The open transactions of this node."""
+        with self._mu:
+            return list(self._open.values())
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.idle_timeout_s / 4)):
+            now = self._clock()
+            for txn in self.open_transactions():
+                if not txn.mutex.locked() and now - txn.last_used > self.idle_timeout_s:
+                    self.abort(txn.txn_id, IDLE_TIMEOUT,
+                               f"idle for more than {self.idle_timeout_s:g} s")
+
+    def close(self, reason: str = SESSION_LOST, detail: str = "node is stopping") -> None:
+        """Abort every open transaction and stop the reaper."""
+        self._stop.set()
+        for txn in self.open_transactions():
+            self.abort(txn.txn_id, reason, detail)
+
+
+_SKIP: Any = object()
+
+
+def _apply_write(i: int, w: commit.Write, schema: Schema, key: tuple[Value, ...],
+                 cur: tuple[int, list[Value]] | None) -> list[Value] | None:
+    """The row after ``w`` given its current state (None: deleted; _SKIP: no change)."""
+    where = f"row {key!r} of table {w.table!r}"
+    if w.expected_version is not None:
+        have = cur[0] if cur else 0
+        if have != w.expected_version:
+            raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
+                                  f"{w.expected_version}")
+    if w.kind in (commit.INSERT, commit.UPSERT):
+        new = schema.full_row(w.row)
+        if w.kind == commit.INSERT and cur is not None:
+            raise AlreadyExists(f"{where} already exists")
+    elif w.kind == commit.UPDATE:
+        schema.check_columns(w.row)
+        if cur is None:
+            raise NotFound(f"{where} does not exist")
+        new = list(cur[1])
+        for ci, c in enumerate(schema.columns):
+            if c.name in w.row:
+                new[ci] = w.row[c.name]
+    elif w.kind == commit.DELETE:
+        return None if cur is not None else _SKIP
+    else:
+        raise InvalidInput(f"write {i} has no valid kind")
+    encode_row(0, new)  # refuses an over-size row now
+    return new
+
+
+def _staged_in_range(txn: Txn, schema: Schema, lo: bytes | None, hi: bytes | None,
+                     reverse: bool) -> list[tuple[bytes, list[Value] | None]]:
+    out = [(enc, vals) for (tid, enc), (_, _, vals) in txn.staged.items()
+           if tid == schema.table_id and (lo is None or enc >= lo) and (hi is None or enc < hi)]
+    out.sort(key=lambda x: x[0], reverse=reverse)
+    return out
+
+
+def _merge(stored: Iterator[tuple[bytes, int, list[Value]]],
+           staged: list[tuple[bytes, list[Value] | None]], reverse: bool
+           ) -> Iterator[tuple[int, list[Value]]]:
+    """Stored rows overlaid with the transaction's own writes, in key order."""
+    i = 0
+
+    def before(a: bytes, b: bytes) -> bool:
+        return a > b if reverse else a < b
+
+    for enc, version, values in stored:
+        while i < len(staged) and before(staged[i][0], enc):
+            if staged[i][1] is not None:
+                yield 0, staged[i][1]
+            i += 1
+        if i < len(staged) and staged[i][0] == enc:
+            if staged[i][1] is not None:
+                yield 0, staged[i][1]
+            i += 1
+            continue
+        yield version, values
+    for _, vals in staged[i:]:
+        if vals is not None:
+            yield 0, vals
+
+
+@dataclass
+class _StagedCommit:
+    """The commit of an interactive transaction: its buffered writes, after the fence check."""
+
+    txn: Txn
+    check_session: Callable[[int], None]
+
+    def plan(self, view: WriteView, position: int) -> commit.Plan:
+        assert self.txn.locks is not None
+        view.check_not_fenced(self.txn.locks.lease_id)
+        self.check_session(self.txn.locks.lease_id)
+        puts = [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.txn.staged.items()]
+        return commit.Plan(commit.Outcome(commit_position=position), puts,
+                           list(self.txn.changes))
