@@ -19,6 +19,9 @@ released entry wake.
 
 Fencing (the invariant of ARCHITECTURE.md)
 ------------------------------------------
+Releases are asynchronous and batched: a transaction's keys are deleted after its commit is
+durable, together with those of other transactions released meanwhile.
+
 A session writes a marker ``sessions/<lease>`` that has no lease and a liveness key
 ``live/<lease>`` on its lease. Every acquisition reads both lists in the same etcd transaction as
 its lock entries; a marker without a liveness key is a session that ended without closing
@@ -120,9 +123,15 @@ class LockManager:
         self._stop = threading.Event()
         self.deadlocks_found = 0
         self.fenced_sessions: list[int] = []
+        self._release_cv = threading.Condition()
+        self._to_release: list[tuple[list[bytes], int]] = []
+        self._releasing = False
         self._detector = threading.Thread(target=self._detect_loop, name="deadlock-detector",
                                           daemon=True)
         self._detector.start()
+        self._releaser = threading.Thread(target=self._release_loop, name="lock-releaser",
+                                          daemon=True)
+        self._releaser.start()
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -321,37 +330,64 @@ class LockManager:
         raise err
 
     def release(self, txn: TxnLocks) -> None:
-        """Delete every lock entry and the wait record of ``txn`` (one etcd transaction per
-        ``max_ops`` keys). Failures are retried in the background; the entries go with the
-        session lease at the latest.
+        """Release every lock of ``txn`` (and its wait record), without waiting for etcd.
+
+        The keys go to the releaser thread, which deletes the keys of every transaction
+        released meanwhile together, in etcd transactions of at most ``max_ops`` keys, and
+        retries while etcd is unreachable; at the latest they go with the session lease. Call it
+        only after the transaction's commit is durable (strict two-phase locking).
         """
-        keys = [*txn.keys, resource.wait_key(self.cluster, txn.txn_id)]
+        keys = [*txn.keys]
+        if txn.waiting_for or not keys:
+            keys.append(resource.wait_key(self.cluster, txn.txn_id))
         txn.keys = []
         txn.held.clear()
         txn.rows_per_page.clear()
-        try:
-            self._delete_all(keys)
-        except (EtcdUnavailable, SessionExpired) as e:
-            log.warning("release of %s failed (%s); retrying in the background", txn.txn_id, e)
-            threading.Thread(target=self._retry_release, args=(keys, txn.lease_id),
-                             daemon=True).start()
+        with self._release_cv:
+            self._to_release.append((keys, txn.lease_id))
+            self._release_cv.notify()
+
+    def flush_releases(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every release queued so far reached etcd; return whether it did."""
+        with self._release_cv:
+            return self._release_cv.wait_for(
+                lambda: not self._to_release and not self._releasing, timeout=timeout_s)
+
+    def _release_loop(self) -> None:
+        while True:
+            with self._release_cv:
+                self._release_cv.wait_for(lambda: self._to_release or self._stop.is_set())
+                if not self._to_release and self._stop.is_set():
+                    return
+                batch, self._to_release = self._to_release, []
+                self._releasing = True
+            try:
+                self._release_batch(batch)
+            finally:
+                with self._release_cv:
+                    self._releasing = False
+                    self._release_cv.notify_all()
+
+    def _release_batch(self, batch: list[tuple[list[bytes], int]]) -> None:
+        delay = 0.05
+        while batch:
+            live = self._session
+            # Keys of a lease that is gone or given up need no delete: they went with it.
+            batch = [(k, lease) for k, lease in batch
+                     if live is not None and live.lease_id == lease and not live.done.is_set()]
+            keys = [k for ks, _ in batch for k in ks]
+            try:
+                self._delete_all(keys)
+                return
+            except (EtcdUnavailable, SessionExpired) as e:
+                log.warning("releasing %d lock keys failed (%s); retrying", len(keys), e)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 2.0)
 
     def _delete_all(self, keys: list[bytes]) -> None:
         for i in range(0, len(keys), self.max_ops):
             self._client.txn([EtcdClient.delete_op(k) for k in keys[i:i + self.max_ops]])
-
-    def _retry_release(self, keys: list[bytes], lease_id: int) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            s = self._session
-            if s is None or s.lease_id != lease_id or s.done.is_set():
-                return  # the lease (and the entries on it) is gone or going
-            try:
-                self._delete_all(keys)
-                return
-            except (EtcdUnavailable, SessionExpired):
-                self._stop.wait(delay)
-                delay = min(delay * 2, 2.0)
 
     # -- deadlocks ------------------------------------------------------------------------------
 
@@ -405,6 +441,10 @@ class LockManager:
             return list(self._waiting.values())
 
     def close(self) -> None:
-        """Stop the detector and background releases."""
+        """Push out queued releases, then stop the detector and the releaser."""
+        self.flush_releases(timeout_s=2.0)
         self._stop.set()
+        with self._release_cv:
+            self._release_cv.notify_all()
         self._detector.join(timeout=2)
+        self._releaser.join(timeout=2)

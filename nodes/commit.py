@@ -292,8 +292,14 @@ class DropTable:
 
     name: str
     if_exists: bool = False
+    lease_id: int | None = None  # the session whose X lock on the table covers the drop
+    check_session: Callable[[int], None] | None = None
 
     def plan(self, view: WriteView, position: int) -> Plan:
+        if self.lease_id is not None:
+            view.check_not_fenced(self.lease_id)
+            if self.check_session is not None:
+                self.check_session(self.lease_id)
         schema = view.table(self.name)
         if schema is None:
             if self.if_exists:

@@ -101,7 +101,8 @@ class TableService(_Base, rpc.TableServiceServicer):
     @unary
     def DropTable(self, request: api.DropTableRequest, context: grpc.ServicerContext
                   ) -> api.DropTableResponse:
-        out = self._commit(commit.DropTable(request.name, request.if_exists), context)
+        out = self.node.txns.drop_table(request.name, request.if_exists, _timeout(context),
+                                        context.is_active)
         return api.DropTableResponse(dropped=bool(out.value),
                                      commit_position=out.commit_position)
 

@@ -58,7 +58,13 @@ MAX_TOMBSTONES = 10_000
 
 DEADLOCK, LOCK_TIMEOUT, FENCED = "DEADLOCK", "LOCK_TIMEOUT", "FENCED"
 NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST = "NODE_RESTARTED", "IDLE_TIMEOUT", "SESSION_LOST"
-_LOCK_REASONS = {"deadlock": DEADLOCK, "lock_timeout": LOCK_TIMEOUT}
+REASONS = frozenset({DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST})
+
+
+def _reason(e: Aborted) -> str:
+    """The API's abort reason for a lock manager abort (its ``reason``, upper-cased)."""
+    r = str(getattr(e, "reason", "")).upper()
+    return r if r in REASONS else SESSION_LOST
 
 
 class TxnAborted(Exception):
@@ -166,7 +172,7 @@ class TransactionManager:
             try:
                 yield txn
             except Aborted as e:
-                reason = _LOCK_REASONS.get(getattr(e, "reason", ""), SESSION_LOST)
+                reason = _reason(e)
                 self._abort_locked(txn, reason, str(e))
                 raise TxnAborted(reason, str(e)) from e
             except Fenced as e:
@@ -220,6 +226,8 @@ class TransactionManager:
             self.locks.release(txn.locks)
 
     def _abort_locked(self, txn: Txn, reason: str, detail: str) -> None:
+        if txn.done:
+            return
         with self._mu:
             self.aborts[reason] = self.aborts.get(reason, 0) + 1
         log.info("transaction %s aborted: %s (%s)", txn.txn_id, reason, detail)
@@ -406,10 +414,32 @@ class TransactionManager:
                 self._on_fenced(locks.lease_id)
                 raise
         except Aborted as e:
-            reason = _LOCK_REASONS.get(getattr(e, "reason", ""), SESSION_LOST)
-            raise TxnAborted(reason, str(e)) from e
+            raise TxnAborted(_reason(e), str(e)) from e
         except Fenced as e:
             raise TxnAborted(FENCED, str(e)) from e
+        except SessionExpired as e:
+            raise TxnAborted(SESSION_LOST, str(e)) from e
+        finally:
+            self.locks.release(locks)
+
+    def drop_table(self, name: str, if_exists: bool, timeout_s: float | None,
+                   is_active: Callable[[], bool]) -> commit.Outcome:
+        """Drop a table under an X lock on it: waits for every transaction that uses it."""
+        with self.store.read() as view:
+            schema = view.table(name) if if_exists else view.require_table(name)
+        if schema is None:
+            return commit.Outcome(value=False)
+        with self._mu:
+            self._n += 1
+            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
+        locks = self.locks.begin(txn_id)
+        try:
+            self.locks.acquire(locks, [(table_resource(schema), LockMode.X)], timeout_s)
+            return self.committer.submit(commit.DropTable(name, if_exists, locks.lease_id,
+                                                          self._check_session),
+                                         timeout_s=timeout_s, is_active=is_active)
+        except Aborted as e:
+            raise TxnAborted(_reason(e), str(e)) from e
         except SessionExpired as e:
             raise TxnAborted(SESSION_LOST, str(e)) from e
         finally:

@@ -475,6 +475,25 @@ class Client:
         self._rows = api_grpc.RowServiceStub(self._channel)
         self._txns = api_grpc.TransactionServiceStub(self._channel)
         self._cluster = api_grpc.ClusterServiceStub(self._channel)
+        self._node_channels: dict[str, grpc.Channel] = {}
+
+    def _node_channel(self, address: str) -> grpc.Channel:
+        """A channel to one node (interactive transactions are bound to their node)."""
+        ch = self._node_channels.get(address)
+        if ch is None:
+            ch = self._node_channels[address] = grpc.insecure_channel(
+                address, options=[("grpc.max_receive_message_length", 64 << 20),
+                                  ("grpc.max_send_message_length", 64 << 20)])
+        return ch
+
+    def begin(self, read_only: bool = False) -> Transaction:
+        """Begin an interactive transaction on some node; its calls then go to that node.
+
+        Use it as a context manager (commit on a clean exit, rollback on an exception) or call
+        :meth:`Transaction.commit` / :meth:`Transaction.rollback`.
+        """
+        resp = self._txns.Begin(api.BeginRequest(read_only=read_only), timeout=self.timeout_s)
+        return Transaction(self, resp)
 
     @property
     def channel(self) -> grpc.Channel:
@@ -482,8 +501,11 @@ class Client:
         return self._channel
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channels; calls in flight are cancelled."""
         self._channel.close()
+        for ch in self._node_channels.values():
+            ch.close()
+        self._node_channels.clear()
 
     def __enter__(self) -> Client:
         """Return self."""
@@ -719,6 +741,134 @@ class Client:
     def status(self) -> api.StatusResponse:
         """Return the answering node's view of the cluster (members, leader, commit position)."""
         return self._cluster.Status(api.StatusRequest(), timeout=self.timeout_s)
+
+
+def abort_reason(error: grpc.RpcError) -> str | None:
+    """The reason an ABORTED error carries (DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED,
+    IDLE_TIMEOUT, SESSION_LOST), or None."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return None
+
+
+class Transaction:
+    """An interactive transaction, bound to the node that began it.
+
+    Reads and writes see the transaction's own writes; in a read-write transaction every read
+    locks what it reads (``for_update`` locks exclusively), so the transaction is serializable.
+    Writes return the rows affected; the commit position comes with :meth:`commit`. A call may
+    raise ABORTED (see :func:`abort_reason`): the transaction is then over; retry all of it.
+    """
+
+    def __init__(self, client: Client, begun: api.BeginResponse) -> None:
+        self.id = begun.transaction_id
+        self.node_id = begun.node_id
+        self.address = begun.address
+        self._timeout_s = client.timeout_s
+        ch = client._node_channel(begun.address)
+        self._rows = api_grpc.RowServiceStub(ch)
+        self._txns = api_grpc.TransactionServiceStub(ch)
+        self.done = False
+
+    def __enter__(self) -> Transaction:
+        """Return self."""
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Commit on a clean exit; roll back (ignoring errors) on an exception."""
+        if self.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            try:
+                self.rollback()
+            except grpc.RpcError:
+                pass
+
+    def get(self, table: str, key: KeyLike, columns: Iterable[str] | None = None, *,
+            for_update: bool = False) -> Record | None:
+        """Read one row (locking it: shared, or exclusive with ``for_update``)."""
+        request = api.GetRequest(table=table, key=to_key(key), columns=list(columns or ()),
+                                 transaction_id=self.id, for_update=for_update)
+        return _result(self._rows.Get(request, timeout=self._timeout_s))
+
+    def batch_get(self, table: str, keys: Iterable[KeyLike],
+                  columns: Iterable[str] | None = None, *, for_update: bool = False
+                  ) -> list[Record | None]:
+        """Read several rows, locking each."""
+        request = api.BatchGetRequest(table=table, keys=_keys(keys),
+                                      columns=list(columns or ()), transaction_id=self.id,
+                                      for_update=for_update)
+        return [_result(r) for r in self._rows.BatchGet(request, timeout=self._timeout_s)
+                .results]
+
+    def scan(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
+             start_exclusive: bool = False, end_exclusive: bool = False, limit: int = 0,
+             reverse: bool = False, filters: Iterable[FilterLike] = (),
+             columns: Iterable[str] | None = None, for_update: bool = False) -> list[Record]:
+        """Rows of a range, locking the pages it covers (no phantoms); see :meth:`Client.scan`.
+        """
+        request = api.ScanRequest(table=table, limit=limit, reverse=reverse,
+                                  filters=[to_filter(f) for f in filters],
+                                  columns=list(columns or ()), transaction_id=self.id,
+                                  for_update=for_update)
+        if start is not None:
+            request.start.CopyFrom(pb.Bound(key=to_key(start), exclusive=start_exclusive))
+        if end is not None:
+            request.end.CopyFrom(pb.Bound(key=to_key(end), exclusive=end_exclusive))
+        return [from_row(r) for resp in self._rows.Scan(request, timeout=self._timeout_s)
+                for r in resp.rows]
+
+    def insert(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Insert rows (ALREADY_EXISTS if one exists); return the rows affected."""
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
+        return self._rows.Insert(request, timeout=self._timeout_s).rows_affected
+
+    def upsert(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Insert or replace rows; return the rows affected."""
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
+        return self._rows.Upsert(request, timeout=self._timeout_s).rows_affected
+
+    def update(self, table: str,
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+        """Change columns of existing rows (NOT_FOUND if one is missing)."""
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
+        return self._rows.Update(request, timeout=self._timeout_s).rows_affected
+
+    def delete(self, table: str, keys: Iterable[KeyLike]) -> int:
+        """Delete rows by key; return how many existed."""
+        request = api.DeleteRequest(table=table, keys=_keys(keys), transaction_id=self.id)
+        return self._rows.Delete(request, timeout=self._timeout_s).rows_affected
+
+    def write(self, mutations: Iterable[pb.Mutation]) -> int:
+        """Apply mixed, possibly conditional, mutations; return the rows affected."""
+        request = api.WriteRequest(mutations=list(mutations), transaction_id=self.id)
+        return self._rows.Write(request, timeout=self._timeout_s).rows_affected
+
+    def commit(self) -> int:
+        """Commit durably; return the commit position (0 if nothing was written)."""
+        self.done = True
+        resp = self._txns.Commit(api.CommitRequest(transaction_id=self.id),
+                                 timeout=self._timeout_s)
+        return resp.commit_position
+
+    def rollback(self) -> None:
+        """Discard the writes and release the locks."""
+        self.done = True
+        self._txns.Rollback(api.RollbackRequest(transaction_id=self.id),
+                            timeout=self._timeout_s)
 
 
 def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0) -> Client:
