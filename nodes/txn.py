@@ -32,7 +32,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lockmgr import Aborted, LockManager, LockMode, Resource, SessionExpired, TxnLocks
+from lockmgr import (
+    Aborted,
+    EtcdUnavailable,
+    LockManager,
+    LockMode,
+    Resource,
+    SessionExpired,
+    TxnLocks,
+)
 from nodes import commit, query
 from nodes.commit import ReadResult
 from storage import (
@@ -181,6 +189,12 @@ class TransactionManager:
             except SessionExpired as e:
                 self._abort_locked(txn, SESSION_LOST, str(e))
                 raise TxnAborted(SESSION_LOST, str(e)) from e
+            except EtcdUnavailable:
+                # Its lock requests may or may not be in etcd: end it rather than leave a
+                # request queued that others would wait behind. The caller sees UNAVAILABLE.
+                self._abort_locked(txn, SESSION_LOST, "etcd was unreachable during a lock "
+                                   "request")
+                raise
             finally:
                 txn.last_used = self._clock()
 
