@@ -104,6 +104,19 @@ class Outcome:
     rows_affected: int = 0
     reads: list[ReadResult] = field(default_factory=list)
     value: Any = None
+    replayed: bool = False  # an idempotent retry: the first result, nothing applied again
+
+    def to_record(self) -> dict[str, Any]:
+        """What an idempotency record stores of this outcome."""
+        return {"pos": self.commit_position, "rows": self.rows_affected,
+                "reads": [None if r is None else [r[0], r[1]] for r in self.reads]}
+
+    @staticmethod
+    def replay(record: dict[str, Any]) -> Outcome:
+        """The outcome a retry gets back from an idempotency record."""
+        return Outcome(commit_position=int(record["pos"]), rows_affected=int(record["rows"]),
+                       reads=[None if r is None else (int(r[0]), dict(r[1]))
+                              for r in record["reads"]], replayed=True)
 
 
 @dataclass
@@ -114,6 +127,7 @@ class Plan:
     puts: list[tuple[Schema, bytes, list[Value] | None]] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     ddl: Callable[[WriteView], None] | None = None
+    idempotency_key: str = ""  # recorded with the outcome in the same write transaction
 
     def apply(self, view: WriteView, position: int) -> None:
         """Apply the planned changes in ``view`` at ``position``."""
@@ -200,6 +214,7 @@ class Transaction:
     reads: list[Read] = field(default_factory=list)
     lease_id: int | None = None  # the session whose locks cover it: checked for a fence
     check_session: Callable[[int], None] | None = None
+    idempotency_key: str = ""
 
     def plan(self, view: WriteView, position: int) -> Plan:
         """Check everything against ``view``; see the module invariants."""
@@ -207,6 +222,10 @@ class Transaction:
             view.check_not_fenced(self.lease_id)
             if self.check_session is not None:
                 self.check_session(self.lease_id)
+        if self.idempotency_key:
+            first = view.idempotent_result(self.idempotency_key)
+            if first is not None:
+                return Plan(Outcome.replay(first))
         n = len(self.writes) + len(self.checks) + len(self.reads)
         if n > MAX_OPS_PER_REQUEST:
             raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
@@ -259,7 +278,8 @@ class Transaction:
             staged[slot] = (schema, new)
             changes.append(Change(w.table, "put", key))
             outcome.rows_affected += 1
-        plan = Plan(outcome, [(s, enc, vals) for (_, enc), (s, vals) in staged.items()], changes)
+        plan = Plan(outcome, [(s, enc, vals) for (_, enc), (s, vals) in staged.items()], changes,
+                    idempotency_key=self.idempotency_key)
         if changes:
             outcome.commit_position = position
         return plan
@@ -396,6 +416,9 @@ class GroupCommitter:
                         got = view.append_log(ts=self._wall_clock(), node=self._node_id,
                                               changes=plan.changes)
                         assert got == position, (got, position)
+                    if plan.idempotency_key:
+                        view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
+                                               ts=self._wall_clock())
                     done.append((p, plan.outcome))
         except Exception as e:  # the whole transaction failed: none of the group was applied
             if not isinstance(e, StorageError):

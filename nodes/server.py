@@ -16,7 +16,7 @@ from nodes.status import stream, unary
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
-from storage import InvalidInput, Schema, Value
+from storage import InvalidInput, Schema, Value, idempotency
 
 if TYPE_CHECKING:
     from nodes.node import Node
@@ -61,20 +61,24 @@ class _Base:
                                           is_active=context.is_active)
 
     def _write(self, writes: list[commit.Write], context: grpc.ServicerContext,
-               txn_id: str = "") -> api.WriteResponse:
+               txn_id: str = "", idempotency_key: str = "") -> api.WriteResponse:
         if not writes:
             raise InvalidInput("no rows given")
         if len(writes) > MAX_KEYS_PER_CALL:
             raise InvalidInput(f"{len(writes)} rows in one call; the limit is "
                                f"{MAX_KEYS_PER_CALL}")
         if txn_id:
+            if idempotency_key:
+                raise InvalidInput("inside a transaction, give the idempotency key to Commit")
             with self.node.txns.use(txn_id) as txn:
                 n = self.node.txns.write(txn, writes, _timeout(context))
             return api.WriteResponse(rows_affected=n)
-        out = self.node.txns.one_shot(commit.Transaction(writes), _timeout(context),
-                                      context.is_active)
+        _check_idempotency_key(idempotency_key)
+        out = self.node.txns.one_shot(
+            commit.Transaction(writes, idempotency_key=idempotency_key), _timeout(context),
+            context.is_active)
         return api.WriteResponse(commit_position=out.commit_position,
-                                 rows_affected=out.rows_affected)
+                                 rows_affected=out.rows_affected, replayed=out.replayed)
 
     def _reads(self, reads: list[commit.Read], txn_id: str, for_update: bool,
                context: grpc.ServicerContext) -> list[commit.ReadResult]:
@@ -144,7 +148,8 @@ class RowService(_Base, rpc.RowServiceServicer):
     def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
               ) -> api.WriteResponse:
         return self._write([commit.Write(request.table, kind, convert.row(r))
-                            for r in request.rows], context, request.transaction_id)
+                            for r in request.rows], context, request.transaction_id,
+                           request.idempotency_key)
 
     @unary
     def Insert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
@@ -165,13 +170,14 @@ class RowService(_Base, rpc.RowServiceServicer):
     def Delete(self, request: api.DeleteRequest, context: grpc.ServicerContext
                ) -> api.WriteResponse:
         return self._write([commit.Write(request.table, commit.DELETE, {}, key=convert.key(k))
-                            for k in request.keys], context, request.transaction_id)
+                            for k in request.keys], context, request.transaction_id,
+                           request.idempotency_key)
 
     @unary
     def Write(self, request: api.WriteRequest, context: grpc.ServicerContext
               ) -> api.WriteResponse:
         return self._write([_mutation(m) for m in request.mutations], context,
-                           request.transaction_id)
+                           request.transaction_id, request.idempotency_key)
 
     @stream
     def Scan(self, request: api.ScanRequest, context: grpc.ServicerContext
@@ -239,15 +245,17 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         checks = [_check(c) for c in request.conditions]
         reads = [commit.Read(r.table, convert.key(r.key), list(r.columns)) for r in request.reads]
         writes = [_mutation(m) for m in request.writes]
+        _check_idempotency_key(request.idempotency_key)
         if not writes:
             with self.node.store.read() as view:
                 found = commit.evaluate(view, checks, reads)
             return api.ExecuteResponse(reads=[_result(f) for f in found])
-        out = self.node.txns.one_shot(commit.Transaction(writes, checks, reads),
-                                      _timeout(context), context.is_active)
+        out = self.node.txns.one_shot(
+            commit.Transaction(writes, checks, reads, idempotency_key=request.idempotency_key),
+            _timeout(context), context.is_active)
         return api.ExecuteResponse(reads=[_result(f) for f in out.reads],
                                    commit_position=out.commit_position,
-                                   rows_affected=out.rows_affected)
+                                   rows_affected=out.rows_affected, replayed=out.replayed)
 
     @unary
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
@@ -259,10 +267,11 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
     @unary
     def Commit(self, request: api.CommitRequest, context: grpc.ServicerContext
                ) -> api.CommitResponse:
+        _check_idempotency_key(request.idempotency_key)
         with self.node.txns.use(request.transaction_id) as txn:
-            out = self.node.txns.commit(txn, _timeout(context))
+            out = self.node.txns.commit(txn, _timeout(context), request.idempotency_key)
         return api.CommitResponse(commit_position=out.commit_position,
-                                  rows_affected=out.rows_affected)
+                                  rows_affected=out.rows_affected, replayed=out.replayed)
 
     @unary
     def Rollback(self, request: api.RollbackRequest, context: grpc.ServicerContext
@@ -270,6 +279,11 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         with self.node.txns.use(request.transaction_id) as txn:
             self.node.txns.rollback(txn)
         return api.RollbackResponse()
+
+
+def _check_idempotency_key(key: str) -> None:
+    if key:
+        idempotency.check_key(key)
 
 
 def _check(c: pb.Condition) -> commit.Check:

@@ -266,15 +266,14 @@ class TransactionManager:
         for txn_id in victims:
             self.abort(txn_id, reason, detail)
 
-    def commit(self, txn: Txn, timeout_s: float | None) -> commit.Outcome:
+    def commit(self, txn: Txn, timeout_s: float | None,
+               idempotency_key: str = "") -> commit.Outcome:
         """Commit (durably) and release; the transaction is over either way."""
         try:
-            if txn.read_only or not txn.changes:
+            if txn.read_only or (not txn.changes and not idempotency_key):
                 return commit.Outcome()
-            out = self.committer.submit(_StagedCommit(txn, self._check_session),
-                                        timeout_s=timeout_s)
-            out.rows_affected = txn.rows_affected
-            return out
+            return self.committer.submit(
+                _StagedCommit(txn, self._check_session, idempotency_key), timeout_s=timeout_s)
         except Fenced as e:
             assert txn.locks is not None
             self._on_fenced(txn.locks.lease_id)
@@ -552,11 +551,18 @@ class _StagedCommit:
 
     txn: Txn
     check_session: Callable[[int], None]
+    idempotency_key: str = ""
 
     def plan(self, view: WriteView, position: int) -> commit.Plan:
         assert self.txn.locks is not None
         view.check_not_fenced(self.txn.locks.lease_id)
         self.check_session(self.txn.locks.lease_id)
+        if self.idempotency_key:
+            first = view.idempotent_result(self.idempotency_key)
+            if first is not None:
+                return commit.Plan(commit.Outcome.replay(first))
         puts = [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.txn.staged.items()]
-        return commit.Plan(commit.Outcome(commit_position=position), puts,
-                           list(self.txn.changes))
+        wrote = bool(self.txn.changes)
+        return commit.Plan(commit.Outcome(commit_position=position if wrote else 0,
+                                          rows_affected=self.txn.rows_affected),
+                           puts, list(self.txn.changes), idempotency_key=self.idempotency_key)

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from storage import commitlog, fence, keys, rows
+from storage import commitlog, fence, idempotency, keys, rows
 from storage.catalog import Schema, Value, check_name
 from storage.errors import AlreadyExists, NotFound
 from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv
@@ -117,6 +117,10 @@ class ReadView:
                 yield k[n:], *rows.decode(cur.value())
             ok = cur.prev()
 
+    def idempotent_result(self, key: str) -> Any | None:
+        """The result stored with idempotency key ``key``, or None."""
+        return idempotency.lookup(self._txn, key)
+
     def is_fenced(self, lease_id: int) -> bool:
         """Whether the session ``lease_id`` is fenced."""
         return fence.is_fenced(self._txn, lease_id)
@@ -200,6 +204,10 @@ class WriteView(ReadView):
     def fence(self, lease_id: int, *, ts: float, by: str) -> bool:
         """Fence the session ``lease_id``; return whether the record is new."""
         return fence.fence(self._txn, lease_id, ts=ts, by=by)
+
+    def record_idempotent(self, key: str, result: Any, *, ts: float) -> None:
+        """Store ``result`` under idempotency key ``key`` (same transaction as the write)."""
+        idempotency.record(self._txn, key, result, ts=ts)
 
     def next_position(self) -> int:
         """The position that the next ``append_log`` in this transaction will return."""

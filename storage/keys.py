@@ -11,6 +11,7 @@ prefix    key                                     value
 0x02      ROW + table id (u32 BE) + keycode(pk)   msgpack ``[version, [values...]]`` (``rows.py``)
 0x03      LOG + position (u64 BE)                 msgpack commit record (``commitlog.py``)
 0x04      FENCE + session lease id (u64 BE)       msgpack ``{"ts", "by"}`` (``fence.py``)
+0x05      IDEMPOTENCY + client key (utf-8)        msgpack ``{"ts", "result"}``
 ========  ======================================  =============================================
 
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
@@ -26,6 +27,7 @@ CATALOG = b"\x01"
 ROW = b"\x02"
 LOG = b"\x03"
 FENCE = b"\x04"
+IDEMPOTENCY = b"\x05"
 
 MAX_LMDB_KEY = 511
 ROW_PREFIX_LEN = 5

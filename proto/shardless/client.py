@@ -340,13 +340,13 @@ class ExecuteResult:
     rows_affected: int
 
 
-def _to_read(op: pb.ReadOp | tuple[Any, ...]) -> pb.ReadOp:
-    if isinstance(op, pb.ReadOp):
+def _to_read(op: api.ReadOp | tuple[Any, ...]) -> api.ReadOp:
+    if isinstance(op, api.ReadOp):
         return op
     if not isinstance(op, tuple) or len(op) not in (2, 3):
         raise ValueError(f"a read is (table, key) or (table, key, columns), not {op!r}")
     columns = list(op[2]) if len(op) == 3 and op[2] is not None else []
-    return pb.ReadOp(table=op[0], key=to_key(op[1]), columns=columns)
+    return api.ReadOp(table=op[0], key=to_key(op[1]), columns=columns)
 
 
 def _result(r: api.GetResponse) -> Record | None:
@@ -661,7 +661,8 @@ class Client:
     # --- writes (never retried by the channel; see the module docstring) ---
 
     def insert(self, table: str,
-               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]], *,
+               idempotency_key: str = "") -> int:
         """Insert one row (a dict) or several (a list of dicts) atomically.
 
         Returns:
@@ -670,17 +671,21 @@ class Client:
         Raises:
             grpc.RpcError: ALREADY_EXISTS if any row exists (nothing is written).
         """
-        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows),
+                                       idempotency_key=idempotency_key)
         return self._rows.Insert(request, timeout=self.timeout_s).commit_position
 
     def upsert(self, table: str,
-               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]], *,
+               idempotency_key: str = "") -> int:
         """Insert or wholly replace one row or several, atomically; return the commit position."""
-        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows),
+                                       idempotency_key=idempotency_key)
         return self._rows.Upsert(request, timeout=self.timeout_s).commit_position
 
     def update(self, table: str,
-               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
+               rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]], *,
+               idempotency_key: str = "") -> int:
         """Change the given columns of existing rows, atomically; return the commit position.
 
         Each row holds its primary-key columns plus the columns to change (``None``: set NULL).
@@ -688,19 +693,21 @@ class Client:
         Raises:
             grpc.RpcError: NOT_FOUND if any row is missing (nothing is written).
         """
-        request = api.WriteRowsRequest(table=table, rows=_rows(rows))
+        request = api.WriteRowsRequest(table=table, rows=_rows(rows),
+                                       idempotency_key=idempotency_key)
         return self._rows.Update(request, timeout=self.timeout_s).commit_position
 
-    def delete(self, table: str, keys: Iterable[KeyLike]) -> int:
+    def delete(self, table: str, keys: Iterable[KeyLike], *, idempotency_key: str = "") -> int:
         """Delete the rows with these keys (missing ones are skipped); return the commit position.
 
         Raises:
             TypeError: ``keys`` is a single scalar rather than a list of keys.
         """
-        request = api.DeleteRequest(table=table, keys=_keys(keys))
+        request = api.DeleteRequest(table=table, keys=_keys(keys),
+                                    idempotency_key=idempotency_key)
         return self._rows.Delete(request, timeout=self.timeout_s).commit_position
 
-    def write(self, mutations: Iterable[pb.Mutation]) -> int:
+    def write(self, mutations: Iterable[pb.Mutation], *, idempotency_key: str = "") -> int:
         """Apply mixed, possibly conditional, mutations atomically; return the commit position.
 
         Args:
@@ -709,12 +716,13 @@ class Client:
         Raises:
             grpc.RpcError: FAILED_PRECONDITION if an expected version did not hold.
         """
-        request = api.WriteRequest(mutations=list(mutations))
+        request = api.WriteRequest(mutations=list(mutations), idempotency_key=idempotency_key)
         return self._rows.Write(request, timeout=self.timeout_s).commit_position
 
     def execute(self, conditions: Iterable[pb.Condition] = (),
-                reads: Iterable[pb.ReadOp | tuple[Any, ...]] = (),
-                writes: Iterable[pb.Mutation] = ()) -> ExecuteResult:
+                reads: Iterable[api.ReadOp | tuple[Any, ...]] = (),
+                writes: Iterable[pb.Mutation] = (), *,
+                idempotency_key: str = "") -> ExecuteResult:
         """Run a one-shot transaction: check conditions, read, then write, atomically.
 
         Args:
@@ -730,7 +738,8 @@ class Client:
             grpc.RpcError: FAILED_PRECONDITION naming the first failed condition.
         """
         request = api.ExecuteRequest(conditions=list(conditions),
-                                     reads=[_to_read(r) for r in reads], writes=list(writes))
+                                     reads=[_to_read(r) for r in reads], writes=list(writes),
+                                     idempotency_key=idempotency_key)
         response = self._txns.Execute(request, timeout=self.timeout_s)
         return ExecuteResult(reads=[_result(r) for r in response.reads],
                              commit_position=response.commit_position,
@@ -857,10 +866,15 @@ class Transaction:
         request = api.WriteRequest(mutations=list(mutations), transaction_id=self.id)
         return self._rows.Write(request, timeout=self._timeout_s).rows_affected
 
-    def commit(self) -> int:
-        """Commit durably; return the commit position (0 if nothing was written)."""
+    def commit(self, idempotency_key: str = "") -> int:
+        """Commit durably; return the commit position (0 if nothing was written).
+
+        With ``idempotency_key``, a retry of the whole transaction after a lost reply (on any
+        node, same key) commits at most once and returns the first position.
+        """
         self.done = True
-        resp = self._txns.Commit(api.CommitRequest(transaction_id=self.id),
+        resp = self._txns.Commit(api.CommitRequest(transaction_id=self.id,
+                                                   idempotency_key=idempotency_key),
                                  timeout=self._timeout_s)
         return resp.commit_position
 

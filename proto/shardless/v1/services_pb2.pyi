@@ -106,40 +106,48 @@ class BatchGetResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
-    __slots__ = ("table", "rows", "transaction_id")
+    __slots__ = ("table", "rows", "transaction_id", "idempotency_key")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     table: str
     rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
     transaction_id: str
-    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("table", "keys", "transaction_id")
+    __slots__ = ("table", "keys", "transaction_id", "idempotency_key")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
     transaction_id: str
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("mutations", "transaction_id")
+    __slots__ = ("mutations", "transaction_id", "idempotency_key")
     MUTATIONS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     mutations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
     transaction_id: str
-    def __init__(self, mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("commit_position", "rows_affected")
+    __slots__ = ("commit_position", "rows_affected", "replayed")
     COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     commit_position: int
     rows_affected: int
-    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
     __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update")
@@ -186,18 +194,22 @@ class BeginResponse(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("transaction_id",)
+    __slots__ = ("transaction_id", "idempotency_key")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
-    def __init__(self, transaction_id: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("commit_position", "rows_affected")
+    __slots__ = ("commit_position", "rows_affected", "replayed")
     COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     commit_position: int
     rows_affected: int
-    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("transaction_id",)
@@ -220,24 +232,28 @@ class ReadOp(_message.Message):
     def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("conditions", "reads", "writes")
+    __slots__ = ("conditions", "reads", "writes", "idempotency_key")
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     WRITES_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     conditions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Condition]
     reads: _containers.RepeatedCompositeFieldContainer[ReadOp]
     writes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
-    def __init__(self, conditions: _Optional[_Iterable[_Union[_types_pb2.Condition, _Mapping]]] = ..., reads: _Optional[_Iterable[_Union[ReadOp, _Mapping]]] = ..., writes: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, conditions: _Optional[_Iterable[_Union[_types_pb2.Condition, _Mapping]]] = ..., reads: _Optional[_Iterable[_Union[ReadOp, _Mapping]]] = ..., writes: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("reads", "commit_position", "rows_affected")
+    __slots__ = ("reads", "commit_position", "rows_affected", "replayed")
     READS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     reads: _containers.RepeatedCompositeFieldContainer[GetResponse]
     commit_position: int
     rows_affected: int
-    def __init__(self, reads: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, reads: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("local_only",)
