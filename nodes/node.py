@@ -23,6 +23,7 @@ from lockmgr import Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
 from nodes.commit import GroupCommitter, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
+from nodes.deathwatch import DeathWatch
 from nodes.membership import Membership
 from nodes.txn import FENCED, SESSION_LOST, TransactionManager
 from shardless.v1 import services_pb2 as api
@@ -108,6 +109,7 @@ class Node:
         self.membership: Membership | None = None
         self.committer: GroupCommitter | None = None
         self.locks: LockManager | None = None
+        self.deathwatch: DeathWatch | None = None
         self.txns: TransactionManager | None = None
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
@@ -133,14 +135,16 @@ class Node:
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s,
-                                     on_started=self.locks.attach,
+                                     on_started=self._session_started,
                                      on_lost=self._session_lost,
                                      before_close=self.locks.detach)
         self.txns = TransactionManager(cfg.node_id, cfg.listen, self.store, self.committer,
                                        self.locks, idle_timeout_s=cfg.idle_timeout_s,
                                        session_valid=self.membership.is_valid,
                                        on_fenced=self._fenced)
+        self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke)
         self.membership.start(cfg.etcd_wait_s)
+        self.deathwatch.start()
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
@@ -164,6 +168,11 @@ class Node:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
                  cfg.volume, cfg.etcd)
+
+    def _session_started(self, session: Session) -> None:
+        assert self.deathwatch is not None and self.locks is not None
+        self.deathwatch.add_lease(session.lease_id)  # first: peers revoke it if we die now
+        self.locks.attach(session)
 
     def _session_lost(self, session: Session) -> None:
         assert self.txns is not None
@@ -246,6 +255,8 @@ class Node:
             self.membership.close()
         if self.locks is not None:
             self.locks.close()
+        if self.deathwatch is not None:
+            self.deathwatch.close()
         if self.etcd is not None:
             self.etcd.close()
         if self.store is not None:
