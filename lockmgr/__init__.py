@@ -4,6 +4,7 @@ Knows nothing of storage or gRPC APIs. See ``lockmgr/DESIGN.md``.
 """
 
 from lockmgr.deadlock import victims
+from lockmgr.election import Election
 from lockmgr.errors import (
     Aborted,
     Deadlock,
@@ -22,6 +23,7 @@ from lockmgr.table import TxnLocks, plan
 __all__ = [
     "Aborted",
     "Deadlock",
+    "Election",
     "Entry",
     "EtcdClient",
     "EtcdUnavailable",

@@ -171,6 +171,40 @@ class EtcdClient:
                 out.append(None)
         return int(resp.header.revision), out
 
+    def create_if_absent(self, key: bytes, value: bytes, lease_id: int) -> tuple[bool, KeyValue]:
+        """Create ``key`` on ``lease_id`` unless it exists; return (created, the key as it is).
+
+        Raises:
+            SessionExpired: the lease no longer exists.
+            EtcdUnavailable: etcd did not answer.
+        """
+        cmp = etcdrpc.Compare(key=key, result=etcdrpc.Compare.EQUAL,
+                              target=etcdrpc.Compare.CREATE, create_revision=0)
+        get = etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
+        req = etcdrpc.TxnRequest(compare=[cmp], success=[self.put_op(key, value, lease_id), get],
+                                 failure=[get])
+        try:
+            resp = self._client.kvstub.Txn(req, self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._translate(e) from e
+        kvs = resp.responses[-1].response_range.kvs
+        if not kvs:
+            raise EtcdUnavailable(f"{key!r} vanished during create")
+        kv = kvs[0]
+        return bool(resp.succeeded), KeyValue(kv.key, kv.value, kv.lease, kv.create_revision,
+                                              kv.mod_revision)
+
+    def get(self, key: bytes) -> KeyValue | None:
+        """One key, or None."""
+        try:
+            resp = self._client.kvstub.Range(etcdrpc.RangeRequest(key=key), self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._translate(e) from e
+        if not resp.kvs:
+            return None
+        kv = resp.kvs[0]
+        return KeyValue(kv.key, kv.value, kv.lease, kv.create_revision, kv.mod_revision)
+
     def _translate(self, e: grpc.RpcError) -> Exception:
         details = e.details() if hasattr(e, "details") else ""
         if "lease not found" in (details or ""):

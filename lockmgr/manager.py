@@ -257,6 +257,16 @@ class LockManager:
         return [e for e in entries if e.create_revision < mine and e.txn_id != txn.txn_id
                 and not e.mode.compatible(mode)]
 
+    def fence_dead_sessions(self) -> list[int]:
+        """Fence every session that ended without closing cleanly; return their leases (the
+        leader runs this, so dead sessions are fenced even when nobody wants their locks)."""
+        before = len(self.fenced_sessions)
+        _, results = self._client.txn([
+            EtcdClient.range_op(resource.sessions_prefix(self.cluster)),
+            EtcdClient.range_op(resource.live_prefix(self.cluster))])
+        self._fence_dead(results[0] or [], results[1] or [])
+        return self.fenced_sessions[before:]
+
     def _fence_dead(self, markers: list[KeyValue], live: list[KeyValue]) -> None:
         alive = {resource.lease_of_key(kv.key) for kv in live}
         for kv in markers:

@@ -19,11 +19,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from lockmgr import Entry, EtcdClient, EtcdUnavailable, LockManager, Session
+from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
 from nodes.commit import GroupCommitter, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
+from nodes.leader import Leader
 from nodes.membership import Membership
 from nodes.txn import FENCED, SESSION_LOST, TransactionManager
 from shardless.v1 import services_pb2 as api
@@ -110,6 +111,7 @@ class Node:
         self.committer: GroupCommitter | None = None
         self.locks: LockManager | None = None
         self.deathwatch: DeathWatch | None = None
+        self.leader: Leader | None = None
         self.txns: TransactionManager | None = None
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
@@ -145,6 +147,9 @@ class Node:
         self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke)
         self.membership.start(cfg.etcd_wait_s)
         self.deathwatch.start()
+        self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
+                             self.store, node_id=cfg.node_id, address=cfg.listen)
+        self.leader.start()
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0)]
@@ -207,6 +212,10 @@ class Node:
         out.transactions.extend(self._local_transactions())
         if local_only:
             return out
+        leader = Election(self.etcd, self.cfg.cluster).observe()
+        if leader is not None:
+            out.leader = str(leader[1].get("node", ""))
+            out.leader_activity = str(leader[1].get("last_cycle", ""))
         assert self.locks is not None
         out.locks.extend(lock_infos(self.locks.entries()))
         for w in self.locks.waits():
@@ -247,6 +256,8 @@ class Node:
         time.sleep(min(DRAIN_S, self.cfg.grace_s))
         if self.server is not None:
             self.server.stop(self.cfg.grace_s).wait()
+        if self.leader is not None:
+            self.leader.stop()
         if self.txns is not None:
             self.txns.close()
         if self.committer is not None:

@@ -209,6 +209,10 @@ class WriteView(ReadView):
         """Store ``result`` under idempotency key ``key`` (same transaction as the write)."""
         idempotency.record(self._txn, key, result, ts=ts)
 
+    def purge_idempotency(self, *, now: float) -> int:
+        """Delete idempotency records past their retention; return how many went."""
+        return idempotency.purge(self._txn, now=now)
+
     def next_position(self) -> int:
         """The position that the next ``append_log`` in this transaction will return."""
         return commitlog.last_position(self._txn) + 1
