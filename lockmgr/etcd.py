@@ -142,10 +142,11 @@ class EtcdClient:
         return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
 
     @staticmethod
-    def range_op(prefix: bytes) -> Any:
-        """A read of every key under ``prefix`` for :meth:`txn`."""
+    def range_op(prefix: bytes, keys_only: bool = False) -> Any:
+        """A read of every key under ``prefix`` for :meth:`txn` (values left out if
+        ``keys_only``)."""
         return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(
-            key=prefix, range_end=_prefix_end(prefix)))
+            key=prefix, range_end=_prefix_end(prefix), keys_only=keys_only))
 
     def txn(self, ops: list[Any]) -> tuple[int, list[list[KeyValue] | None]]:
         """Run ``ops`` in one etcd transaction (no compare).

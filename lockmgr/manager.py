@@ -83,8 +83,7 @@ class Entry:
     mode: LockMode
     key: bytes
     create_revision: int
-    node: str
-    started_at: float
+    node: str  # from the transaction id, ``<...>@<node id>``
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class LockManager:
 
     def begin(self, txn_id: str) -> TxnLocks:
         """A new transaction's lock state, on the current session. ``txn_id`` must be unique
-        in the cluster and contain no ``/``.
+        in the cluster, contain no ``/`` and end with ``@<node id>``.
 
         Raises:
             SessionExpired: the node has no valid session.
@@ -207,7 +206,7 @@ class LockManager:
 
     def _acquire_chunk(self, txn: TxnLocks, requests: list[tuple[Resource, LockMode]],
                        deadline: float) -> None:
-        value = json.dumps({"node": self.node_id, "started_at": txn.started_at}).encode()
+        value = b""  # everything an entry says is in its key and revision
         ops: list[Any] = []
         keys = []
         for res, mode in requests:
@@ -215,9 +214,10 @@ class LockManager:
             keys.append(key)
             ops.append(EtcdClient.put_op(key, value, txn.lease_id))
         for res, _ in requests:
-            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name)))
-        ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster)))
-        ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster)))
+            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name),
+                                           keys_only=True))
+        ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
+        ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
         rev, results = self._client.txn(ops)
         txn.keys.extend(keys)
         n = len(requests)
@@ -243,12 +243,8 @@ class LockManager:
         out = []
         for kv in kvs:
             res, txn_id, mode = resource.parse_entry_key(self.cluster, kv.key)
-            try:
-                meta = json.loads(kv.value)
-            except ValueError:
-                meta = {}
             out.append(Entry(res, txn_id, LockMode(mode), kv.key, kv.create_revision,
-                             str(meta.get("node", "")), float(meta.get("started_at", 0.0))))
+                             txn_id.rpartition("@")[2]))
         return out
 
     @staticmethod
@@ -306,9 +302,10 @@ class LockManager:
                     cancel()
                 self._check_aborted(txn)
                 seen_rev, results = self._client.txn([
-                    EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name)),
-                    EtcdClient.range_op(resource.sessions_prefix(self.cluster)),
-                    EtcdClient.range_op(resource.live_prefix(self.cluster)),
+                    EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name),
+                                        keys_only=True),
+                    EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True),
+                    EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True),
                 ])
                 self._fence_dead(results[1] or [], results[2] or [])
                 entries = self._entries(results[0] or [])

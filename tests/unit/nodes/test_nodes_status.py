@@ -7,8 +7,8 @@ import pytest
 
 from lockmgr import Aborted, EtcdUnavailable, LockError, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
-from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from nodes.status import CODES, code_for
+from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
     AlreadyExists,
     ConditionFailed,
