@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lockmgr import deadlock, resource
@@ -80,10 +80,11 @@ class Entry:
 
     resource: str
     txn_id: str
-    mode: LockMode
+    mode: LockMode  # on the resource itself (a table or a page)
     key: bytes
     create_revision: int
     node: str  # from the transaction id, ``<...>@<node id>``
+    rows: dict[str, LockMode] = field(default_factory=dict)  # row locks carried by a page entry
 
 
 @dataclass(frozen=True)
@@ -206,52 +207,48 @@ class LockManager:
 
     def _acquire_chunk(self, txn: TxnLocks, requests: list[tuple[Resource, LockMode]],
                        deadline: float) -> None:
-        value = b""  # everything an entry says is in its key and revision
+        reqs = _group(requests)
         ops: list[Any] = []
-        keys = []
-        for res, mode in requests:
-            key = resource.entry_key(self.cluster, res.name, txn.txn_id, mode.value)
-            keys.append(key)
-            ops.append(EtcdClient.put_op(key, value, txn.lease_id))
-        for res, _ in requests:
-            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name),
-                                           keys_only=True))
+        for req in reqs:
+            txn.seq += 1
+            req.key = resource.entry_key(self.cluster, req.name, txn.txn_id, str(txn.seq))
+            ops.append(EtcdClient.put_op(req.key, req.value(), txn.lease_id))
+        for req in reqs:
+            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)))
         ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
         ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
         rev, results = self._client.txn(ops)
-        txn.keys.extend(keys)
-        n = len(requests)
+        txn.keys.extend(req.key for req in reqs)
+        n = len(reqs)
         self._fence_dead(results[2 * n] or [], results[2 * n + 1] or [])
         waits = []
-        for j, (res, mode) in enumerate(requests):
+        for j, req in enumerate(reqs):
             entries = self._entries(results[n + j] or [])
-            mine = next(e.create_revision for e in entries if e.key == keys[j])
-            conflicts = self._conflicts(txn, mode, mine, entries)
+            req.revision = next(e.create_revision for e in entries if e.key == req.key)
+            conflicts = _conflicts(txn, req, entries)
             if conflicts:
-                waits.append((res, mode, mine, conflicts, rev))
+                waits.append((req, conflicts))
             else:
-                self._granted(txn, res, mode)
-        for res, mode, mine, conflicts, seen_rev in waits:
-            self._wait(txn, res, mode, mine, conflicts, seen_rev, deadline)
+                self._granted(txn, req)
+        for req, conflicts in waits:
+            self._wait(txn, req, conflicts, rev, deadline)
 
-    def _granted(self, txn: TxnLocks, res: Resource, mode: LockMode) -> None:
-        if res.kind == "row" and res not in txn.held:
-            txn.rows_per_page[Resource(res.table, res.page)] += 1
-        txn.held[res] = mode
+    @staticmethod
+    def _granted(txn: TxnLocks, req: _Request) -> None:
+        for res, mode in req.grants:
+            if res.kind == "row" and res not in txn.held:
+                txn.rows_per_page[Resource(res.table, res.page)] += 1
+            held = txn.held.get(res)
+            txn.held[res] = mode if held is None else held.supremum(mode)
 
     def _entries(self, kvs: list[KeyValue]) -> list[Entry]:
         out = []
         for kv in kvs:
-            res, txn_id, mode = resource.parse_entry_key(self.cluster, kv.key)
-            out.append(Entry(res, txn_id, LockMode(mode), kv.key, kv.create_revision,
-                             txn_id.rpartition("@")[2]))
+            res, txn_id, _ = resource.parse_entry_key(self.cluster, kv.key)
+            mode, rows = _parse_value(kv.value)
+            out.append(Entry(res, txn_id, mode, kv.key, kv.create_revision,
+                             txn_id.rpartition("@")[2], rows))
         return out
-
-    @staticmethod
-    def _conflicts(txn: TxnLocks, mode: LockMode, mine: int, entries: list[Entry]
-                   ) -> list[Entry]:
-        return [e for e in entries if e.create_revision < mine and e.txn_id != txn.txn_id
-                and not e.mode.compatible(mode)]
 
     def fence_dead_sessions(self) -> list[int]:
         """Fence every session that ended without closing cleanly; return their leases (the
@@ -274,8 +271,8 @@ class LockManager:
             self.fenced_sessions.append(lease)
             self._client.delete(kv.key)
 
-    def _wait(self, txn: TxnLocks, res: Resource, mode: LockMode, mine: int,
-              conflicts: list[Entry], seen_rev: int, deadline: float) -> None:
+    def _wait(self, txn: TxnLocks, req: _Request, conflicts: list[Entry], seen_rev: int,
+              deadline: float) -> None:
         wkey = resource.wait_key(self.cluster, txn.txn_id)
         with self._lock:
             self._waiting[txn.txn_id] = txn
@@ -283,11 +280,12 @@ class LockManager:
             while True:
                 self._check_aborted(txn)
                 blockers = frozenset(e.txn_id for e in conflicts)
-                if blockers != txn.waiting_for or txn.waiting_on != res:
-                    txn.waiting_for, txn.waiting_on = blockers, res
+                on, on_mode = _blocked_on(req, conflicts)
+                if blockers != txn.waiting_for or txn.waiting_on != on:
+                    txn.waiting_for, txn.waiting_on = blockers, on
                     self._client.put(wkey, json.dumps({
                         "node": self.node_id, "started_at": txn.started_at,
-                        "resource": res.name, "mode": mode.value,
+                        "resource": on, "mode": on_mode,
                         "waits_for": sorted(blockers)}).encode(), txn.lease_id)
                 ahead = max(conflicts, key=lambda e: e.create_revision)
                 txn.wake.clear()
@@ -295,27 +293,25 @@ class LockManager:
                 try:
                     remaining = deadline - self._clock()
                     if remaining <= 0 or not txn.wake.wait(remaining):
-                        txn.abort(LockTimeout.reason, f"waited for {res.name} in {mode.value} "
-                                  f"behind {', '.join(sorted(blockers))}")
+                        txn.abort(LockTimeout.reason, f"waited for {req.name} "
+                                  f"({req.describe()}) behind {', '.join(sorted(blockers))}")
                         self._check_aborted(txn)
                 finally:
                     cancel()
                 self._check_aborted(txn)
                 seen_rev, results = self._client.txn([
-                    EtcdClient.range_op(resource.resource_prefix(self.cluster, res.name),
-                                        keys_only=True),
+                    EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)),
                     EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True),
                     EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True),
                 ])
                 self._fence_dead(results[1] or [], results[2] or [])
                 entries = self._entries(results[0] or [])
-                if not any(e.create_revision == mine and e.txn_id == txn.txn_id
-                           for e in entries):
-                    raise SessionExpired(f"lock entry of {txn.txn_id} on {res.name} is gone: "
+                if not any(e.key == req.key for e in entries):
+                    raise SessionExpired(f"lock entry of {txn.txn_id} on {req.name} is gone: "
                                          f"its session ended")
-                conflicts = self._conflicts(txn, mode, mine, entries)
+                conflicts = _conflicts(txn, req, entries)
                 if not conflicts:
-                    self._granted(txn, res, mode)
+                    self._granted(txn, req)
                     return
         finally:
             with self._lock:
@@ -455,3 +451,86 @@ class LockManager:
             self._release_cv.notify_all()
         self._detector.join(timeout=2)
         self._releaser.join(timeout=2)
+
+
+@dataclass
+class _Request:
+    """One lock entry to put: a mode on a table or page, plus the page's row locks."""
+
+    name: str
+    mode: LockMode
+    rows: dict[str, LockMode] = field(default_factory=dict)
+    grants: list[tuple[Resource, LockMode]] = field(default_factory=list)
+    key: bytes = b""
+    revision: int = 0
+
+    def value(self) -> bytes:
+        """The entry's value: ``MODE`` or ``MODE|row=MODE,row=MODE``."""
+        if not self.rows:
+            return self.mode.value.encode()
+        return (self.mode.value + "|" + ",".join(f"{r}={m.value}" for r, m in
+                                                 sorted(self.rows.items()))).encode()
+
+    def describe(self) -> str:
+        """The mode, with the number of rows, for wait records and messages."""
+        return self.mode.value + (f" +{len(self.rows)} row(s)" if self.rows else "")
+
+
+def _parse_value(raw: bytes) -> tuple[LockMode, dict[str, LockMode]]:
+    text = raw.decode()
+    mode, _, rows = text.partition("|")
+    out: dict[str, LockMode] = {}
+    if rows:
+        for item in rows.split(","):
+            r, _, m = item.partition("=")
+            out[r] = LockMode(m)
+    return LockMode(mode), out
+
+
+def _group(requests: list[tuple[Resource, LockMode]]) -> list[_Request]:
+    """One entry per table or page: a page's row locks ride in its page's entry, whose own
+    mode is then at least the rows' intention (IS or IX)."""
+    by_name: dict[str, _Request] = {}
+    order: list[str] = []
+    for res, mode in requests:
+        target = Resource(res.table, res.page) if res.kind == "row" else res
+        req = by_name.get(target.name)
+        if req is None:
+            base = mode.intention() if res.kind == "row" else mode
+            req = by_name[target.name] = _Request(target.name, base)
+            order.append(target.name)
+        if res.kind == "row":
+            assert res.row is not None and "," not in res.row and "=" not in res.row
+            req.rows[res.row] = mode
+            req.mode = req.mode.supremum(mode.intention())
+        else:
+            req.mode = req.mode.supremum(mode) if req.grants else mode
+        req.grants.append((res, mode))
+    for req in by_name.values():
+        if req.rows and all(r.kind == "row" for r, _ in req.grants):
+            page = next(r for r, _ in req.grants)
+            req.grants.append((Resource(page.table, page.page), req.mode))
+    return [by_name[n] for n in order]
+
+
+def _blocked_on(req: _Request, conflicts: list[Entry]) -> tuple[str, str]:
+    """The resource (a row if a row conflicts, else the table or page) and mode waited for."""
+    table = req.name.split("/")[1]
+    for e in conflicts:
+        for r, m in sorted(req.rows.items()):
+            if r in e.rows and not e.rows[r].compatible(m):
+                return f"r/{table}/{r}", m.value
+    return req.name, req.mode.value
+
+
+def _conflicts(txn: TxnLocks, req: _Request, entries: list[Entry]) -> list[Entry]:
+    """Earlier entries of other transactions that ``req`` must wait for: an incompatible mode
+    on the table or page itself, or an incompatible lock on one of the same rows."""
+    out = []
+    for e in entries:
+        if e.create_revision >= req.revision or e.txn_id == txn.txn_id:
+            continue
+        if not e.mode.compatible(req.mode) or any(
+                r in e.rows and not e.rows[r].compatible(m) for r, m in req.rows.items()):
+            out.append(e)
+    return out

@@ -9,7 +9,7 @@ Layout under ``/shardless/<cluster>/``:
 ==============================================  =====================  ==================
 key                                             lease                  value
 ==============================================  =====================  ==================
-``locks/<resource>/<txn id>/<mode>``            holder's session       JSON entry
+``locks/<resource>/<txn id>/<seq>``             holder's session       ``MODE[|row=MODE,...]``
 ``waits/<txn id>``                              waiter's session       JSON wait record
 ``sessions/<lease hex>``                        none (outlives it)     JSON (node, start)
 ``live/<lease hex>``                            the session itself     node id
@@ -71,13 +71,14 @@ def resource_prefix(cluster: str, resource: str) -> bytes:
     return (_base(cluster) + f"locks/{resource}/").encode()
 
 
-def entry_key(cluster: str, resource: str, txn_id: str, mode: str) -> bytes:
-    """Key of one lock entry: one transaction's request of one mode on one resource."""
-    return (_base(cluster) + f"locks/{resource}/{txn_id}/{mode}").encode()
+def entry_key(cluster: str, resource: str, txn_id: str, tag: str) -> bytes:
+    """Key of one lock entry: one request of one transaction on one table or page (``tag``
+    tells a transaction's entries apart: the manager numbers them)."""
+    return (_base(cluster) + f"locks/{resource}/{txn_id}/{tag}").encode()
 
 
 def parse_entry_key(cluster: str, key: bytes) -> tuple[str, str, str]:
-    """(resource name, txn id, mode) of a lock entry key."""
+    """(resource name, txn id, tag) of a lock entry key."""
     rest = key.decode()[len(_base(cluster) + "locks/"):]
     resource, txn_id, mode = rest.rsplit("/", 2)
     return resource, txn_id, mode

@@ -31,7 +31,8 @@ class TxnLocks:
     keys: list[bytes] = field(default_factory=list)
     rows_per_page: Counter[Resource] = field(default_factory=Counter)
     waiting_for: frozenset[str] = frozenset()
-    waiting_on: Resource | None = None
+    waiting_on: str | None = None
+    seq: int = 0  # numbers this transaction's lock entries
     abort_reason: str | None = None
     abort_detail: str = ""
     wake: threading.Event = field(default_factory=threading.Event)

@@ -81,9 +81,16 @@ def lock_infos(entries: list[Entry]) -> list[api.LockInfo]:
     for res in sorted(by_resource):
         queue = sorted(by_resource[res], key=lambda e: e.create_revision)
         for i, e in enumerate(queue):
-            granted = all(o.txn_id == e.txn_id or o.mode.compatible(e.mode) for o in queue[:i])
+            granted = all(o.txn_id == e.txn_id or (o.mode.compatible(e.mode) and all(
+                r not in o.rows or o.rows[r].compatible(m) for r, m in e.rows.items()))
+                for o in queue[:i])
             out.append(api.LockInfo(resource=res, mode=e.mode.value, transaction_id=e.txn_id,
                                     node_id=e.node, granted=granted))
+            table = res.split("/")[1]
+            for row, mode in sorted(e.rows.items()):
+                out.append(api.LockInfo(resource=f"r/{table}/{row}", mode=mode.value,
+                                        transaction_id=e.txn_id, node_id=e.node,
+                                        granted=granted))
     return out
 
 
