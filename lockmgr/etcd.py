@@ -163,6 +163,8 @@ class EtcdClient:
             resp = self._client.kvstub.Txn(req, self.timeout_s)
         except grpc.RpcError as e:
             raise self._translate(e) from e
+        except _ERRORS as e:  # e.g. no endpoint available right now
+            raise EtcdUnavailable(f"etcd transaction failed: {e!r}") from e
         out: list[list[KeyValue] | None] = []
         for r in resp.responses:
             if r.HasField("response_range"):
@@ -188,6 +190,8 @@ class EtcdClient:
             resp = self._client.kvstub.Txn(req, self.timeout_s)
         except grpc.RpcError as e:
             raise self._translate(e) from e
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd transaction failed: {e!r}") from e
         kvs = resp.responses[-1].response_range.kvs
         if not kvs:
             raise EtcdUnavailable(f"{key!r} vanished during create")
@@ -201,6 +205,8 @@ class EtcdClient:
             resp = self._client.kvstub.Range(etcdrpc.RangeRequest(key=key), self.timeout_s)
         except grpc.RpcError as e:
             raise self._translate(e) from e
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd range failed: {e!r}") from e
         if not resp.kvs:
             return None
         kv = resp.kvs[0]

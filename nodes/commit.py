@@ -366,11 +366,31 @@ class GroupCommitter:
             Unavailable: the committer is closed.
             CommitTimeout: no answer within ``timeout_s`` (the outcome is unknown).
         """
+        return self.wait(self.enqueue(work, is_active=is_active), timeout_s)
+
+    def enqueue(self, work: Work, *, is_active: Callable[[], bool] = lambda: True
+                ) -> Future[Outcome]:
+        """Queue ``work`` and return the future of its outcome (it always completes).
+
+        Raises:
+            Unavailable: the committer is closed.
+        """
         fut: Future[Outcome] = Future()
         with self._lock:
             if self._closed:
                 raise Unavailable("node is shutting down")
             self._queue.put(_Pending(work, fut, is_active))
+        return fut
+
+    @staticmethod
+    def wait(fut: Future[Outcome], timeout_s: float | None) -> Outcome:
+        """The outcome of a queued commit.
+
+        Raises:
+            StorageError: the request was refused (nothing of it was written).
+            CommitTimeout: no answer within ``timeout_s``; the commit may still be applied.
+                NB: a caller holding locks for it must keep them until ``fut`` is done.
+        """
         try:
             return fut.result(timeout=timeout_s)
         except TimeoutError as e:

@@ -117,6 +117,7 @@ class Txn:
     rows_affected: int = 0
     mutex: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False
+    pending_abort: tuple[str, str] | None = None  # asked while a call was running
 
 
 class TransactionManager:
@@ -174,6 +175,7 @@ class TransactionManager:
         """
         txn = self._lookup(txn_id)
         with txn.mutex:
+            self._apply_pending_abort(txn)
             if txn.done:
                 raise self._gone(txn_id)
             txn.last_used = self._clock()
@@ -197,6 +199,12 @@ class TransactionManager:
                 raise
             finally:
                 txn.last_used = self._clock()
+                self._apply_pending_abort(txn)
+
+    def _apply_pending_abort(self, txn: Txn) -> None:
+        """Carry out an abort asked for while a call held the transaction (its mutex held)."""
+        if txn.pending_abort is not None and not txn.done:
+            self._abort_locked(txn, *txn.pending_abort)
 
     def _lookup(self, txn_id: str) -> Txn:
         with self._mu:
@@ -222,7 +230,12 @@ class TransactionManager:
         return UnknownTransaction(f"transaction {txn_id} is not open (committed, rolled back "
                                   f"or never begun)")
 
-    def _finish(self, txn: Txn, reason: str, detail: str) -> None:
+    def _fenced_async(self, lease_id: int) -> None:
+        """Report a fenced session without blocking the caller (it may hold a txn mutex)."""
+        threading.Thread(target=self._on_fenced, args=(lease_id,), name="fenced",
+                         daemon=True).start()
+
+    def _finish(self, txn: Txn, reason: str, detail: str, release: bool = True) -> None:
         """End ``txn`` (its mutex held): forget it, keep a tombstone, free what it holds."""
         if txn.done:
             return
@@ -236,7 +249,7 @@ class TransactionManager:
             ctx, _ = txn.snapshot
             txn.snapshot = None
             ctx.__exit__(None, None, None)
-        if txn.locks is not None:
+        if txn.locks is not None and release:
             self.locks.release(txn.locks)
 
     def _abort_locked(self, txn: Txn, reason: str, detail: str) -> None:
@@ -248,15 +261,24 @@ class TransactionManager:
         self._finish(txn, reason, detail)
 
     def abort(self, txn_id: str, reason: str, detail: str) -> None:
-        """Abort an open transaction from outside (idle timeout, session loss)."""
+        """Abort an open transaction from outside (idle timeout, session loss, fencing).
+
+        Never blocks: if a call is running in the transaction (even on this thread), the abort
+        is left for that call to carry out as it ends.
+        """
         with self._mu:
             txn = self._open.get(txn_id)
         if txn is None:
             return
+        if txn.pending_abort is None:
+            txn.pending_abort = (reason, detail)
         if txn.locks is not None:
             txn.locks.abort(reason.lower(), detail)  # wakes it if it waits for a lock
-        with txn.mutex:
-            self._abort_locked(txn, reason, detail)
+        if txn.mutex.acquire(blocking=False):
+            try:
+                self._abort_locked(txn, reason, detail)
+            finally:
+                txn.mutex.release()
 
     def abort_session(self, lease_id: int, reason: str, detail: str) -> None:
         """Abort every read-write transaction of the session ``lease_id``."""
@@ -269,18 +291,29 @@ class TransactionManager:
     def commit(self, txn: Txn, timeout_s: float | None,
                idempotency_key: str = "") -> commit.Outcome:
         """Commit (durably) and release; the transaction is over either way."""
+        if txn.pending_abort is not None:
+            self._abort_locked(txn, *txn.pending_abort)
+            raise TxnAborted(*txn.pending_abort)
+        fut = None
         try:
             if txn.read_only or (not txn.changes and not idempotency_key):
                 return commit.Outcome()
-            return self.committer.submit(
-                _StagedCommit(txn, self._check_session, idempotency_key), timeout_s=timeout_s)
+            fut = self.committer.enqueue(_StagedCommit(txn, self._check_session,
+                                                       idempotency_key))
+            return self.committer.wait(fut, timeout_s)
         except Fenced as e:
             assert txn.locks is not None
-            self._on_fenced(txn.locks.lease_id)
             self._abort_locked(txn, FENCED, str(e))
+            self._fenced_async(txn.locks.lease_id)
             raise TxnAborted(FENCED, str(e)) from e
         finally:
-            self._finish(txn, "ended", "committed")
+            if fut is not None and not fut.done():
+                # The commit may still be applied: keep the locks until it is decided.
+                self._finish(txn, "ended", "commit outcome unknown", release=False)
+                locks = txn.locks
+                fut.add_done_callback(lambda _: self.locks.release(locks))  # type: ignore
+            else:
+                self._finish(txn, "ended", "committed")
 
     def rollback(self, txn: Txn) -> None:
         """Discard the transaction's writes and release its locks."""
@@ -417,14 +450,16 @@ class TransactionManager:
             self._n += 1
             txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
         locks = self.locks.begin(txn_id)
+        fut = None
         try:
             self.locks.acquire(locks, needs, timeout_s)
             work.lease_id = locks.lease_id
             work.check_session = self._check_session
             try:
-                return self.committer.submit(work, timeout_s=timeout_s, is_active=is_active)
+                fut = self.committer.enqueue(work, is_active=is_active)
+                return self.committer.wait(fut, timeout_s)
             except Fenced:
-                self._on_fenced(locks.lease_id)
+                self._fenced_async(locks.lease_id)
                 raise
         except Aborted as e:
             raise TxnAborted(_reason(e), str(e)) from e
@@ -433,7 +468,11 @@ class TransactionManager:
         except SessionExpired as e:
             raise TxnAborted(SESSION_LOST, str(e)) from e
         finally:
-            self.locks.release(locks)
+            if fut is not None and not fut.done():
+                # The commit may still be applied: keep the locks until it is decided.
+                fut.add_done_callback(lambda _: self.locks.release(locks))
+            else:
+                self.locks.release(locks)
 
     def drop_table(self, name: str, if_exists: bool, timeout_s: float | None,
                    is_active: Callable[[], bool]) -> commit.Outcome:
@@ -446,17 +485,22 @@ class TransactionManager:
             self._n += 1
             txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
         locks = self.locks.begin(txn_id)
+        fut = None
         try:
             self.locks.acquire(locks, [(table_resource(schema), LockMode.X)], timeout_s)
-            return self.committer.submit(commit.DropTable(name, if_exists, locks.lease_id,
+            fut = self.committer.enqueue(commit.DropTable(name, if_exists, locks.lease_id,
                                                           self._check_session),
-                                         timeout_s=timeout_s, is_active=is_active)
+                                         is_active=is_active)
+            return self.committer.wait(fut, timeout_s)
         except Aborted as e:
             raise TxnAborted(_reason(e), str(e)) from e
         except SessionExpired as e:
             raise TxnAborted(SESSION_LOST, str(e)) from e
         finally:
-            self.locks.release(locks)
+            if fut is not None and not fut.done():
+                fut.add_done_callback(lambda _: self.locks.release(locks))
+            else:
+                self.locks.release(locks)
 
     # -- status and upkeep ----------------------------------------------------------------------
 
