@@ -85,10 +85,14 @@ def _run_status(args: argparse.Namespace) -> int:
     with Client(args.addresses) as c:
         st = c.status()
     print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
+    print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
     print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
     for m in st.members:
         print(f"{m.node_id:<24} {m.address:<22} {m.pid:>7}  {m.session:<16} "
               f"{m.session_ttl_remaining:>4}")
+    if st.transactions:
+        print(f"{len(st.transactions)} open transaction(s), {len(st.locks)} lock entr(ies), "
+              f"{len(st.waits)} waiting")
     return 0
 
 

@@ -90,5 +90,6 @@ def test_the_readme_client_example_runs(cluster: Cluster) -> None:
         code = code.replace('"127.0.0.1:50051"', repr(cluster[0].address))
         exec(compile(code, "README.md", "exec"), {})
     with connect(cluster.addresses) as db:
-        assert db.get("users", 1)["name"] == "ada"
+        assert db.get("users", 1)["name"] == "Ada"
+        assert db.get("users", 4)["name"] == "barbara"
         assert db.get("users", 3)["name"] == "edsger"
