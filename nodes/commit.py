@@ -205,6 +205,47 @@ def evaluate(view: ReadView, checks: list[Check], reads: list[Read]) -> list[Rea
     return out
 
 
+SKIP: Any = object()  # apply_write: the write changes nothing (a delete of a missing row)
+
+
+def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
+                cur: tuple[int, list[Value]] | None) -> list[Value] | None:
+    """The row after write ``i`` (``w``) given the row's current (version, values), or None if
+    it deletes the row, or ``SKIP`` if it changes nothing. Checks only; writes nothing.
+
+    Raises:
+        ConditionFailed, AlreadyExists, NotFound, InvalidInput: the write is refused.
+    """
+    where = f"row {_key_text(key)} of table {w.table!r}"
+    if w.expected_version is not None:
+        have = cur[0] if cur else 0
+        if have != w.expected_version:
+            raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
+                                  f"{w.expected_version}")
+    if w.kind in (INSERT, UPSERT):
+        new = schema.full_row(w.row)
+        if w.kind == INSERT and cur is not None:
+            raise AlreadyExists(f"{where} already exists")
+    elif w.kind == UPDATE:
+        schema.check_columns(w.row)
+        if cur is None:
+            raise NotFound(f"{where} does not exist")
+        new = list(cur[1])
+        for ci, c in enumerate(schema.columns):
+            if c.name in w.row:
+                new[ci] = w.row[c.name]
+    elif w.kind == DELETE:
+        extra = set(w.row) - set(schema.primary_key)
+        if extra:
+            raise InvalidInput(f"delete takes only primary-key columns; got "
+                               f"{', '.join(sorted(extra))}")
+        return None if cur is not None else SKIP
+    else:
+        raise InvalidInput(f"write {i} has no valid kind")
+    encode_row(0, new)  # refuses an over-size row now, before anything is written
+    return new
+
+
 @dataclass
 class Transaction:
     """Conditions, reads and writes that commit atomically (a one-shot transaction)."""
@@ -243,40 +284,11 @@ class Transaction:
                 cur = None if vals is None else (position, vals)
             else:
                 cur = view.get(schema, enc)
-            where = f"row {_key_text(key)} of table {w.table!r}"
-            if w.expected_version is not None:
-                have = cur[0] if cur else 0
-                if have != w.expected_version:
-                    raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
-                                          f"{w.expected_version}")
-            if w.kind in (INSERT, UPSERT):
-                new = schema.full_row(w.row)
-                if w.kind == INSERT and cur is not None:
-                    raise AlreadyExists(f"{where} already exists")
-            elif w.kind == UPDATE:
-                schema.check_columns(w.row)
-                if cur is None:
-                    raise NotFound(f"{where} does not exist")
-                new = list(cur[1])
-                for ci, c in enumerate(schema.columns):
-                    if c.name in w.row:
-                        new[ci] = w.row[c.name]
-            elif w.kind == DELETE:
-                extra = set(w.row) - set(schema.primary_key)
-                if extra:
-                    raise InvalidInput(f"delete takes only primary-key columns; got "
-                                       f"{', '.join(sorted(extra))}")
-                if cur is None:
-                    continue
-                staged[slot] = (schema, None)
-                changes.append(Change(w.table, "del", key))
-                outcome.rows_affected += 1
+            new = apply_write(i, w, schema, key, cur)
+            if new is SKIP:
                 continue
-            else:
-                raise InvalidInput(f"write {i} has no valid kind")
-            encode_row(position, new)  # refuses an over-size row now, before anything is written
             staged[slot] = (schema, new)
-            changes.append(Change(w.table, "put", key))
+            changes.append(Change(w.table, "put" if new is not None else "del", key))
             outcome.rows_affected += 1
         plan = Plan(outcome, [(s, enc, vals) for (_, enc), (s, vals) in staged.items()], changes,
                     idempotency_key=self.idempotency_key)

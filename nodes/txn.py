@@ -44,9 +44,7 @@ from lockmgr import (
 from nodes import commit, query
 from nodes.commit import ReadResult
 from storage import (
-    AlreadyExists,
     Change,
-    ConditionFailed,
     Fenced,
     InvalidInput,
     NotFound,
@@ -57,7 +55,6 @@ from storage import (
     WriteView,
 )
 from storage.pages import page_of, pages_for_range
-from storage.rows import encode as encode_row
 
 log = logging.getLogger(__name__)
 
@@ -418,8 +415,8 @@ class TransactionManager:
                     cur = None if vals is None else (0, vals)
                 else:
                     cur = view.get(schema, enc)
-                new = _apply_write(i, w, schema, key, cur)
-                if new is _SKIP:
+                new = commit.apply_write(i, w, schema, key, cur)
+                if new is commit.SKIP:
                     continue
                 staged[slot] = (schema, key, new)
                 changes.append(Change(w.table, "put" if new is not None else "del", key))
@@ -522,38 +519,6 @@ class TransactionManager:
         self._stop.set()
         for txn in self.open_transactions():
             self.abort(txn.txn_id, reason, detail)
-
-
-_SKIP: Any = object()
-
-
-def _apply_write(i: int, w: commit.Write, schema: Schema, key: tuple[Value, ...],
-                 cur: tuple[int, list[Value]] | None) -> list[Value] | None:
-    """The row after ``w`` given its current state (None: deleted; _SKIP: no change)."""
-    where = f"row {key!r} of table {w.table!r}"
-    if w.expected_version is not None:
-        have = cur[0] if cur else 0
-        if have != w.expected_version:
-            raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
-                                  f"{w.expected_version}")
-    if w.kind in (commit.INSERT, commit.UPSERT):
-        new = schema.full_row(w.row)
-        if w.kind == commit.INSERT and cur is not None:
-            raise AlreadyExists(f"{where} already exists")
-    elif w.kind == commit.UPDATE:
-        schema.check_columns(w.row)
-        if cur is None:
-            raise NotFound(f"{where} does not exist")
-        new = list(cur[1])
-        for ci, c in enumerate(schema.columns):
-            if c.name in w.row:
-                new[ci] = w.row[c.name]
-    elif w.kind == commit.DELETE:
-        return None if cur is not None else _SKIP
-    else:
-        raise InvalidInput(f"write {i} has no valid kind")
-    encode_row(0, new)  # refuses an over-size row now
-    return new
 
 
 def _staged_in_range(txn: Txn, schema: Schema, lo: bytes | None, hi: bytes | None,

@@ -71,26 +71,8 @@ class ReadView:
     def scan(self, schema: Schema, lo: bytes | None, hi: bytes | None,
              reverse: bool = False) -> Iterator[tuple[int, list[Value]]]:
         """Rows with ``lo <= encoded pk < hi`` (None: unbounded) in key order or reverse."""
-        prefix = keys.row_prefix(schema.table_id)
-        start = prefix + (lo or b"")
-        end = prefix + hi if hi is not None else prefix + b"\xff" * 8
-        cur = self._txn.cursor()
-        if not reverse:
-            if not cur.set_range(start):
-                return
-            for k, v in cur:
-                if k >= end:
-                    return
-                yield rows.decode(v)
-            return
-        ok = cur.prev() if cur.set_range(end) else cur.last()
-        while ok:
-            k = cur.key()
-            if k < start:
-                return
-            if k < end:
-                yield rows.decode(cur.value())
-            ok = cur.prev()
+        for _, version, values in self.scan_keyed(schema, lo, hi, reverse):
+            yield version, values
 
     def scan_keyed(self, schema: Schema, lo: bytes | None, hi: bytes | None,
                    reverse: bool = False) -> Iterator[tuple[bytes, int, list[Value]]]:
