@@ -8,20 +8,25 @@ Owns:
     * small builders for mutations and conditions (:class:`Mutation`, :class:`Condition`);
     * :class:`Client`, one method per RPC, each call bounded by ``timeout_s``.
 
+Retries:
+    * Reads: the channel retries UNAVAILABLE for RowService ``Get``, ``BatchGet`` and ``Scan``,
+      TableService ``ListTables`` and ``DescribeTable`` and ClusterService ``Status``.
+    * Row writes and ``Execute``: each call gets an idempotency key (unless the caller gives
+      one, or ``idempotent_writes=False``) and is retried on UNAVAILABLE, ABORTED and
+      DEADLINE_EXCEEDED with exponential backoff, on whichever node the channel picks: the key
+      makes the retry apply at most once, even if the first attempt committed before its reply
+      was lost. ``CreateTable`` and ``DropTable`` are not retried.
+    * :meth:`Client.run_transaction` runs a function in an interactive transaction and re-runs
+      it on ABORTED or UNAVAILABLE, committing every attempt with one idempotency key.
+    * The client refreshes the member list from Status every ``refresh_s`` and rebuilds its
+      channel when nodes join or leave.
+
 Does not:
-    * retry writes. The channel retries UNAVAILABLE only for RowService ``Get``, ``BatchGet``
-      and ``Scan``, TableService ``ListTables`` and ``DescribeTable`` and ClusterService
-      ``Status``. A write (``Insert``, ``Upsert``, ``Update``, ``Delete``, ``Write``,
-      ``Execute``, ``CreateTable``, ``DropTable``) that fails with UNAVAILABLE may have
-      committed before the connection broke, so re-sending it blindly could apply it twice; the
-      caller decides (a conditional write with ``expected_version`` is one safe way to retry).
-      Idempotency keys and a transaction retry loop come later. NB: gRPC still retries
-      *transparently* any call, write or not, that never reached a server; that is always safe.
     * wrap errors. Every failure surfaces as the ``grpc.RpcError`` raised by the stub; read
       ``err.code()`` (a ``grpc.StatusCode``) and ``err.details()``. The status codes are listed
       in ``services.proto``. Bad Python input is rejected before any call with ``TypeError`` or
       ``ValueError``.
-    * discover members, use TLS, or validate against schemas (the node does that).
+    * use TLS, or validate against schemas (the node does that).
 
 Addresses:
     ``host:port`` strings (or one comma-separated string). Hosts must be IP literals
@@ -47,7 +52,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -456,12 +465,17 @@ class Client:
     wrapped). Use it as a context manager, or call :meth:`close`.
     """
 
-    def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0) -> None:
+    def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0,
+                 attempts: int = 8, idempotent_writes: bool = True,
+                 refresh_s: float | None = 2.0) -> None:
         """Open the channel (lazily: nothing connects until the first call).
 
         Args:
             addresses: Node addresses; see :func:`channel_target`.
             timeout_s: Deadline of each call, in seconds (a whole scan for :meth:`scan`).
+            attempts: How many times a write or transaction is tried in all.
+            idempotent_writes: Give each write an idempotency key, so that it may be retried.
+            refresh_s: How often to refresh the member list (None: never; keep ``addresses``).
 
         Raises:
             ValueError: bad addresses or a non-positive timeout.
@@ -469,13 +483,100 @@ class Client:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         self.timeout_s = timeout_s
-        self.target = channel_target(addresses)
-        self._channel = grpc.insecure_channel(self.target, options=channel_options())
-        self._tables = api_grpc.TableServiceStub(self._channel)
-        self._rows = api_grpc.RowServiceStub(self._channel)
-        self._txns = api_grpc.TransactionServiceStub(self._channel)
-        self._cluster = api_grpc.ClusterServiceStub(self._channel)
+        self.attempts = max(1, attempts)
+        self.idempotent_writes = idempotent_writes
+        self._old_channels: list[grpc.Channel] = []
         self._node_channels: dict[str, grpc.Channel] = {}
+        self._use(addresses)
+        self._closed = threading.Event()
+        if refresh_s:
+            threading.Thread(target=self._refresh_loop, args=(refresh_s,), daemon=True,
+                             name="shardless-members").start()
+
+    def _use(self, addresses: str | Sequence[str]) -> None:
+        """Point the client at these addresses (a new channel; calls in flight finish)."""
+        self.addresses = sorted(addresses.split(",") if isinstance(addresses, str)
+                                else addresses)
+        self.target = channel_target(self.addresses)
+        channel = grpc.insecure_channel(self.target, options=channel_options())
+        old = getattr(self, "_channel", None)
+        self._channel = channel
+        self._tables = api_grpc.TableServiceStub(channel)
+        self._rows = api_grpc.RowServiceStub(channel)
+        self._txns = api_grpc.TransactionServiceStub(channel)
+        self._cluster = api_grpc.ClusterServiceStub(channel)
+        if old is not None:
+            self._old_channels.append(old)
+
+    def _refresh_loop(self, every_s: float) -> None:
+        while not self._closed.wait(every_s):
+            try:
+                members = sorted(m.address for m in self.status().members)
+            except (grpc.RpcError, ValueError):
+                continue
+            if members and members != self.addresses:
+                self._use(members)
+
+    # --- retries ---
+
+    _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED,
+                  grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def _backoff(self, attempt: int) -> None:
+        time.sleep(min(1.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
+
+    def _send(self, stub_method: str, service: str, request: Any) -> Any:
+        """Send a write, with an idempotency key and retries (see the module docstring)."""
+        if self.idempotent_writes and not request.idempotency_key:
+            request.idempotency_key = uuid.uuid4().hex
+        tries = self.attempts if request.idempotency_key else 1
+        for attempt in range(tries):
+            stub = getattr(self, service)
+            try:
+                return getattr(stub, stub_method)(request, timeout=self.timeout_s)
+            except grpc.RpcError as e:
+                if attempt + 1 >= tries or e.code() not in self._RETRYABLE:
+                    raise
+            self._backoff(attempt)
+        raise AssertionError("unreachable")
+
+    def run_transaction(self, fn: Callable[[Transaction], Any], *, read_only: bool = False
+                        ) -> Any:
+        """Run ``fn(txn)`` in an interactive transaction and commit; re-run it on ABORTED or
+        UNAVAILABLE (any node), up to ``attempts`` times, with backoff.
+
+        Every attempt commits with the same idempotency key, so if an attempt's commit reply
+        was lost, a later attempt returns without applying anything twice. ``fn`` must only
+        talk to the database through ``txn`` (it may run several times).
+
+        Returns:
+            What ``fn`` returned in the attempt that committed.
+        """
+        key = uuid.uuid4().hex
+        for attempt in range(self.attempts):
+            txn: Transaction | None = None
+            try:
+                txn = self.begin(read_only=read_only)
+                result = fn(txn)
+                txn.commit(idempotency_key="" if read_only else key)
+                return result
+            except grpc.RpcError as e:
+                if txn is not None and not txn.done:
+                    try:
+                        txn.rollback()
+                    except grpc.RpcError:
+                        pass
+                if attempt + 1 >= self.attempts or e.code() not in self._RETRYABLE:
+                    raise
+            except BaseException:
+                if txn is not None and not txn.done:
+                    try:
+                        txn.rollback()
+                    except grpc.RpcError:
+                        pass
+                raise
+            self._backoff(attempt)
+        raise AssertionError("unreachable")
 
     def _node_channel(self, address: str) -> grpc.Channel:
         """A channel to one node (interactive transactions are bound to their node)."""
@@ -502,10 +603,12 @@ class Client:
 
     def close(self) -> None:
         """Close the channels; calls in flight are cancelled."""
+        self._closed.set()
         self._channel.close()
-        for ch in self._node_channels.values():
+        for ch in [*self._node_channels.values(), *self._old_channels]:
             ch.close()
         self._node_channels.clear()
+        self._old_channels.clear()
 
     def __enter__(self) -> Client:
         """Return self."""
@@ -673,7 +776,7 @@ class Client:
         """
         request = api.WriteRowsRequest(table=table, rows=_rows(rows),
                                        idempotency_key=idempotency_key)
-        return self._rows.Insert(request, timeout=self.timeout_s).commit_position
+        return self._send("Insert", "_rows", request).commit_position
 
     def upsert(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]], *,
@@ -681,7 +784,7 @@ class Client:
         """Insert or wholly replace one row or several, atomically; return the commit position."""
         request = api.WriteRowsRequest(table=table, rows=_rows(rows),
                                        idempotency_key=idempotency_key)
-        return self._rows.Upsert(request, timeout=self.timeout_s).commit_position
+        return self._send("Upsert", "_rows", request).commit_position
 
     def update(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]], *,
@@ -695,7 +798,7 @@ class Client:
         """
         request = api.WriteRowsRequest(table=table, rows=_rows(rows),
                                        idempotency_key=idempotency_key)
-        return self._rows.Update(request, timeout=self.timeout_s).commit_position
+        return self._send("Update", "_rows", request).commit_position
 
     def delete(self, table: str, keys: Iterable[KeyLike], *, idempotency_key: str = "") -> int:
         """Delete the rows with these keys (missing ones are skipped); return the commit position.
@@ -705,7 +808,7 @@ class Client:
         """
         request = api.DeleteRequest(table=table, keys=_keys(keys),
                                     idempotency_key=idempotency_key)
-        return self._rows.Delete(request, timeout=self.timeout_s).commit_position
+        return self._send("Delete", "_rows", request).commit_position
 
     def write(self, mutations: Iterable[pb.Mutation], *, idempotency_key: str = "") -> int:
         """Apply mixed, possibly conditional, mutations atomically; return the commit position.
@@ -717,7 +820,7 @@ class Client:
             grpc.RpcError: FAILED_PRECONDITION if an expected version did not hold.
         """
         request = api.WriteRequest(mutations=list(mutations), idempotency_key=idempotency_key)
-        return self._rows.Write(request, timeout=self.timeout_s).commit_position
+        return self._send("Write", "_rows", request).commit_position
 
     def execute(self, conditions: Iterable[pb.Condition] = (),
                 reads: Iterable[api.ReadOp | tuple[Any, ...]] = (),
@@ -740,7 +843,7 @@ class Client:
         request = api.ExecuteRequest(conditions=list(conditions),
                                      reads=[_to_read(r) for r in reads], writes=list(writes),
                                      idempotency_key=idempotency_key)
-        response = self._txns.Execute(request, timeout=self.timeout_s)
+        response = self._send("Execute", "_txns", request)
         return ExecuteResult(reads=[_result(r) for r in response.reads],
                              commit_position=response.commit_position,
                              rows_affected=response.rows_affected)
@@ -885,6 +988,8 @@ class Transaction:
                             timeout=self._timeout_s)
 
 
-def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0) -> Client:
-    """Return a :class:`Client` over these node addresses; see :func:`channel_target`."""
-    return Client(addresses, timeout_s=timeout_s)
+def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0, **options: Any
+            ) -> Client:
+    """Return a :class:`Client` over these node addresses; see :func:`channel_target` and
+    :class:`Client` for the options."""
+    return Client(addresses, timeout_s=timeout_s, **options)

@@ -265,6 +265,7 @@ class FlakyRows(api_grpc.RowServiceServicer):
         self.lock = threading.Lock()
         self.calls = {"Get": 0, "Insert": 0, "Scan": 0}
         self.requests: list[api.GetRequest] = []
+        self.insert_keys: list[str] = []
 
     def _count(self, method: str) -> int:
         with self.lock:
@@ -281,6 +282,7 @@ class FlakyRows(api_grpc.RowServiceServicer):
 
     def Insert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
                ) -> api.WriteResponse:
+        self.insert_keys.append(request.idempotency_key)
         if self._count("Insert") == 1:
             context.abort(grpc.StatusCode.UNAVAILABLE, "first Insert fails")
         return api.WriteResponse(commit_position=10, rows_affected=len(request.rows))
@@ -321,16 +323,31 @@ def test_get_round_trips_and_is_retried_on_unavailable(flaky: tuple[FlakyRows, i
 
 
 @pytest.mark.timeout(30)
-def test_insert_is_not_retried_on_unavailable(flaky: tuple[FlakyRows, int]) -> None:
-    """An Insert answered UNAVAILABLE raises at once; the channel never re-sends a write."""
+def test_insert_without_idempotency_is_not_retried_on_unavailable(
+        flaky: tuple[FlakyRows, int]) -> None:
+    """With idempotent_writes off, an Insert answered UNAVAILABLE raises at once: a write
+    without a key is never re-sent."""
     servicer, port = flaky
-    with connect(f"localhost:{port}", timeout_s=5) as db:
+    with connect(f"localhost:{port}", timeout_s=5, idempotent_writes=False,
+                 refresh_s=None) as db:
         with pytest.raises(grpc.RpcError) as err:
             db.insert("users", {"id": 1, "name": "ada"})
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert servicer.calls["Insert"] == 1
         assert db.insert("users", [{"id": 1}, {"id": 2}]) == 10
     assert servicer.calls["Insert"] == 2
+    assert servicer.insert_keys == ["", ""]
+
+
+@pytest.mark.timeout(30)
+def test_insert_is_retried_on_unavailable_with_one_idempotency_key(
+        flaky: tuple[FlakyRows, int]) -> None:
+    """By default a write carries an idempotency key and is retried under that same key."""
+    servicer, port = flaky
+    with connect(f"localhost:{port}", timeout_s=5, refresh_s=None) as db:
+        assert db.insert("users", {"id": 1, "name": "ada"}) == 10
+    assert servicer.calls["Insert"] == 2
+    assert len(set(servicer.insert_keys)) == 1 and servicer.insert_keys[0]
 
 
 @pytest.mark.timeout(30)
