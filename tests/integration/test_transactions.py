@@ -457,7 +457,8 @@ def test_a_range_scan_sees_no_phantom_until_it_ends(cluster: Cluster) -> None:
     and a deleter to delete id 100 (one-shot, 0.3 s deadline). A's scan ~1 s later returns the
     same rows; no insert or delete succeeds before A commits; after it they all land."""
     clients = _items(cluster)
-    fast = [connect([a], timeout_s=0.3) for a in cluster.addresses]
+    # one attempt per call: the test counts the failed ones itself
+    fast = [connect([a], timeout_s=0.3, attempts=1) for a in cluster.addresses]
     a = clients[0].begin()
     first = [r["id"] for r in a.scan("items", 100, 199)]
     assert first == list(range(100, 200, 2))
@@ -620,6 +621,7 @@ def test_a_lock_wait_ends_with_lock_timeout(make_cluster: Callable[..., Cluster]
     goes on and commits."""
     cluster = make_cluster("--lock-timeout", "1")
     c0, c1, c2 = _pinned(cluster)
+    c2.attempts = 1  # the helper would retry the ABORTED one-shot write; time one attempt
     c0.create_table("acct", {"id": "int64", "bal": "int64"}, primary_key="id")
     c0.insert("acct", {"id": 1, "bal": 10})
     holder = c0.begin()
