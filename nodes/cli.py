@@ -1,5 +1,5 @@
 """The ``shardless`` command: ``node`` runs one node, ``up`` runs a local cluster, ``status``
-prints a cluster's status."""
+prints a cluster's status, ``drain`` makes one node leave without failing a client call."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import math
 import signal
 import sys
-import threading
+import time
 from collections.abc import Sequence
 
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
@@ -31,7 +31,8 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
                    help="LMDB map size in bytes (the volume's size limit)")
     p.add_argument("--grace", type=float, default=10.0,
-                   help="seconds to let in-flight calls finish on SIGTERM")
+                   help="seconds the open transactions get to finish when the node leaves "
+                        "(SIGTERM or drain); the rest are aborted with NODE_DRAINING")
     p.add_argument("--workers", type=int, default=64, help="gRPC worker threads")
     p.add_argument("--lock-timeout", type=float, default=10.0,
                    help="seconds a transaction waits for a lock before it is aborted")
@@ -57,14 +58,13 @@ def _run_node(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
         return 2
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: node.stop_requested.set())
     try:
         node.start()
-        while not stop.wait(1.0):
+        while not node.stop_requested.wait(1.0):
             pass
-        log.info("signal received; stopping")
+        log.info("leaving the cluster")
         return 0
     except (EtcdUnavailable, RuntimeError) as e:
         log.error("cannot start: %s", e)
@@ -96,6 +96,72 @@ def _run_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_drain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("drain", help="make one node leave the cluster without failing a "
+                                     "client call")
+    p.add_argument("node", help="the node's address HOST:PORT, or its node id (with --via)")
+    p.add_argument("--via", default="",
+                   help="addresses of any nodes, HOST:PORT[,...], to find NODE by its id")
+    p.add_argument("--wait", type=float, default=120.0,
+                   help="seconds to wait until the node is gone (0: do not wait)")
+    p.set_defaults(func=_run_drain)
+
+
+def _gone(address: str) -> bool:
+    """Whether nothing answers at ``address`` any more."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        try:
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.RpcError as e:
+            return e.code() == grpc.StatusCode.UNAVAILABLE
+    return False
+
+
+def _run_drain(args: argparse.Namespace) -> int:
+    import grpc
+
+    from shardless.client import Client
+    from shardless.v1 import services_pb2 as api
+    from shardless.v1 import services_pb2_grpc as rpc
+
+    node_id, address = "", args.node
+    if ":" not in args.node:
+        if not args.via:
+            print("shardless drain: give the node's address, or its id with --via",
+                  file=sys.stderr)
+            return 2
+        with Client(args.via, refresh_s=None) as c:
+            members = {m.node_id: m.address for m in c.status().members}
+        if args.node not in members:
+            print(f"shardless drain: no member {args.node!r} (members: "
+                  f"{', '.join(sorted(members)) or 'none'})", file=sys.stderr)
+            return 1
+        node_id, address = args.node, members[args.node]
+    start = time.monotonic()
+    try:
+        with grpc.insecure_channel(address) as ch:
+            resp = rpc.ClusterServiceStub(ch).Drain(api.DrainRequest(node_id=node_id),
+                                                    timeout=10)
+    except grpc.RpcError as e:
+        print(f"shardless drain: {address}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print(f"node {resp.node_id} ({address}) is leaving: {resp.open_transactions} open "
+          f"transaction(s) get {resp.grace_seconds:g} s to finish", flush=True)
+    if args.wait <= 0:
+        return 0
+    while time.monotonic() - start < args.wait:
+        if _gone(address):
+            print(f"node {resp.node_id} has left after {time.monotonic() - start:.1f} s")
+            return 0
+        time.sleep(0.2)
+    print(f"shardless drain: node {resp.node_id} still answers after {args.wait:g} s",
+          file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``shardless`` command."""
     parser = argparse.ArgumentParser(prog="shardless", description=__doc__)
@@ -107,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_arguments(p)
     p.set_defaults(func=up.run)
     _add_status(sub)
+    _add_drain(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")

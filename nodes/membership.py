@@ -70,6 +70,7 @@ class Membership:
         self._on_lost = on_lost
         self._before_close = before_close
         self._closing = threading.Event()
+        self._withdrawn = False
         self._thread: threading.Thread | None = None
 
     def _record(self, lease_id: int) -> bytes:
@@ -81,8 +82,9 @@ class Membership:
         session = Session(self._client, self.ttl_s, etcd_timeout_s=self.etcd_timeout_s)
         try:
             self._on_started(session)
-            self._client.put(member_key(self.cluster, self.node_id),
-                             self._record(session.lease_id), session.lease_id)
+            if not self._withdrawn:
+                self._client.put(member_key(self.cluster, self.node_id),
+                                 self._record(session.lease_id), session.lease_id)
         except (EtcdUnavailable, SessionExpired):
             session.close()
             raise EtcdUnavailable("could not register the new session") from None
@@ -161,6 +163,15 @@ class Membership:
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring malformed member key %r", kv.key)
         return out
+
+    def withdraw(self) -> None:
+        """Delete the member key now (clients stop sending here) but keep the session: the
+        locks of the transactions still open live on it. No later session writes the key."""
+        self._withdrawn = True
+        try:
+            self._client.delete(member_key(self.cluster, self.node_id))
+        except EtcdUnavailable as e:
+            log.warning("could not delete the member key (%s); it goes with the session", e)
 
     def close(self) -> None:
         """Stop renewing and revoke the session: the member key goes at once."""

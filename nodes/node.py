@@ -1,18 +1,31 @@
 """One node process: storage, session, group committer and gRPC server, started and stopped.
 
 Start order: open the volume, join etcd (session + member key), start the committer, start
-serving, report SERVING. Stop order (SIGTERM): report NOT_SERVING, refuse new calls with
-UNAVAILABLE (nothing done, safe to retry elsewhere) and let in-flight ones finish (``grace_s``),
-stop the gRPC server, drain the committer, revoke the session (the member key goes
-at once), close the volume.
+serving, report SERVING.
+
+Leaving (SIGTERM, SIGINT or the Drain call; ``shardless drain``) loses no client call:
+
+1. report NOT_SERVING and refuse calls that start new work with UNAVAILABLE (nothing done, so
+   any client may send them elsewhere); calls for transactions open here still pass;
+2. delete the member key (clients that refresh their member list stop sending here) and give up
+   the leader's post if held, so another node takes it at once; the session stays, since the
+   open transactions' locks live on it;
+3. wait up to ``grace_s`` for the open transactions to commit or roll back, then abort the rest
+   with reason NODE_DRAINING (ABORTED: the client re-runs it on another node);
+4. keep answering for ``DRAIN_S`` (UNAVAILABLE for new work, ABORTED for the transactions just
+   aborted) so that clients move on before the transport goes; refuse every call, wait for those
+   in flight, stop the gRPC server, drain the committer, revoke
+   the session and close the volume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -26,7 +39,7 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.leader import Leader
 from nodes.membership import Membership
-from nodes.txn import FENCED, SESSION_LOST, TransactionManager
+from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import Store
@@ -45,27 +58,51 @@ def lmdb_path(volume: str) -> str:
 
 
 class Gate:
-    """Counts calls in flight and, once closed, refuses new ones with ``Unavailable``."""
+    """Counts calls in flight and refuses new work with ``Unavailable`` once the node leaves.
+
+    Two steps: :meth:`drain` refuses calls that start new work but still admits calls for
+    transactions already open here (so they can finish); :meth:`close` refuses everything and
+    waits for the calls in flight. A refused call did nothing, so the client may send it
+    anywhere else.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._draining = False
         self._closed = False
 
-    def __enter__(self) -> None:
-        with self._cond:
-            if self._closed:
-                raise Unavailable("node is shutting down; retry on another node (nothing was "
-                                  "done)")
-            self._in_flight += 1
+    @contextlib.contextmanager
+    def enter(self, continuing: bool = False) -> Iterator[None]:
+        """Admit one call for its duration; ``continuing``: it belongs to an open transaction.
 
-    def __exit__(self, *exc: object) -> None:
+        Raises:
+            Unavailable: the node is leaving and takes no such call.
+        """
         with self._cond:
-            self._in_flight -= 1
-            self._cond.notify_all()
+            if self._closed or (self._draining and not continuing):
+                raise Unavailable("node is leaving the cluster; retry on another node "
+                                  "(nothing was done)")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    @property
+    def draining(self) -> bool:
+        """Whether the node has begun to leave."""
+        return self._draining or self._closed
+
+    def drain(self) -> None:
+        """Refuse new work; calls for open transactions still pass."""
+        with self._cond:
+            self._draining = True
 
     def close(self, timeout_s: float) -> bool:
-        """Refuse new calls and wait for those in flight; return whether they all finished."""
+        """Refuse every call and wait for those in flight; return whether they all finished."""
         with self._cond:
             self._closed = True
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
@@ -124,6 +161,8 @@ class Node:
         self.health = health.HealthServicer()
         self.port = 0
         self.gate = Gate()
+        self.stop_requested = threading.Event()
+        """Set when the node has been asked to leave; whoever runs the node then calls stop."""
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -250,21 +289,50 @@ class Node:
                     locks_held=len(t.locks.held) if t.locks is not None else 0)
                 for t in self.txns.open_transactions()]
 
+    def request_stop(self) -> int:
+        """Ask the node to leave (see the module docstring); return its open transactions."""
+        self.gate.drain()
+        self.stop_requested.set()
+        assert self.txns is not None
+        return len(self.txns.open_transactions())
+
+    def _wait_for_transactions(self, deadline: float) -> int:
+        """Wait until no transaction is open here or ``deadline``; return how many are left."""
+        assert self.txns is not None
+        while True:
+            left = len(self.txns.open_transactions())
+            if left == 0 or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.02)
+
     def stop(self) -> None:
         """Leave cleanly (see the module docstring); idempotent."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.stop_requested.set()
+        deadline = time.monotonic() + self.cfg.grace_s
         self.health.enter_graceful_shutdown()
-        if not self.gate.close(self.cfg.grace_s):
-            log.warning("calls still in flight after %.1f s; stopping anyway", self.cfg.grace_s)
-        # Keep answering UNAVAILABLE ("nothing done") for a moment, so that clients move on
-        # before the transport goes away (a call that reaches a stopping server is CANCELLED).
-        time.sleep(min(DRAIN_S, self.cfg.grace_s))
-        if self.server is not None:
-            self.server.stop(self.cfg.grace_s).wait()
+        self.gate.drain()
+        if self.membership is not None:
+            self.membership.withdraw()
         if self.leader is not None:
             self.leader.stop()
+        if self.txns is not None:
+            left = self._wait_for_transactions(deadline)
+            if left:
+                log.warning("%d transaction(s) still open after %.1f s; aborting them",
+                            left, self.cfg.grace_s)
+            self.txns.close(NODE_DRAINING, f"node {self.cfg.node_id} is leaving the cluster; "
+                                           f"run the transaction again on another node")
+        # Keep answering for a moment (UNAVAILABLE "nothing done" for new work, ABORTED
+        # NODE_DRAINING for the transactions just aborted), so that clients move on before the
+        # transport goes away (a call that reaches a stopping server is CANCELLED).
+        time.sleep(min(DRAIN_S, self.cfg.grace_s))
+        if not self.gate.close(max(0.0, deadline - time.monotonic()) + DRAIN_S):
+            log.warning("calls still in flight after %.1f s; stopping anyway", self.cfg.grace_s)
+        if self.server is not None:
+            self.server.stop(self.cfg.grace_s).wait()
         if self.txns is not None:
             self.txns.close()
         if self.committer is not None:

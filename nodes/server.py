@@ -6,6 +6,7 @@ snapshot taken when the call starts; writes go through the node's group committe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -13,10 +14,13 @@ import grpc
 
 from nodes import commit, convert, query
 from nodes.status import stream, unary
+from nodes.txn import WrongNode
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
 from storage import InvalidInput, Schema, Value, idempotency
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from nodes.node import Node
@@ -306,3 +310,16 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
     def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
                ) -> api.StatusResponse:
         return self.node.status(local_only=request.local_only)
+
+    @unary
+    def Drain(self, request: api.DrainRequest, context: grpc.ServicerContext
+              ) -> api.DrainResponse:
+        me = self.node.cfg.node_id
+        if request.node_id and request.node_id != me:
+            raise WrongNode(f"this is node {me}, not {request.node_id}; send Drain to that "
+                            f"node's address")
+        open_txns = self.node.request_stop()
+        log.info("drain requested by %s: leaving with %d open transaction(s)", context.peer(),
+                 open_txns)
+        return api.DrainResponse(node_id=me, open_transactions=open_txns,
+                                 grace_seconds=self.node.cfg.grace_s)

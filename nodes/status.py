@@ -3,7 +3,8 @@
 Every servicer method is wrapped by ``unary`` or ``stream``: a known error becomes its status
 code with its message; anything else is logged with its traceback and becomes INTERNAL. A node
 never crashes on a request. Each call also passes the node's ``gate``, which refuses new calls
-with UNAVAILABLE once the node is shutting down (before any work is done). NB: servicers raise
+with UNAVAILABLE once the node is leaving (before any work is done), though calls for the
+transactions still open on it pass until they end or the grace period is over. NB: servicers raise
 domain errors and never call ``context.abort`` themselves (it raises a bare ``Exception`` that
 the guard would re-map).
 """
@@ -95,13 +96,18 @@ def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _continuing(request: Any) -> bool:
+    """Whether a request belongs to an interactive transaction that is already open."""
+    return bool(getattr(request, "transaction_id", ""))
+
+
 def unary(fn: F) -> F:
     """Guard a unary servicer method (see the module docstring)."""
 
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            with self.node.gate:
+            with self.node.gate.enter(_continuing(request)):
                 return fn(self, request, context)
         except Exception as e:
             _abort(context, e, fn.__name__)
@@ -115,7 +121,7 @@ def stream(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
-            with self.node.gate:
+            with self.node.gate.enter(_continuing(request)):
                 yield from fn(self, request, context)
         except Exception as e:
             _abort(context, e, fn.__name__)

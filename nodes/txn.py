@@ -63,7 +63,9 @@ MAX_TOMBSTONES = 10_000
 
 DEADLOCK, LOCK_TIMEOUT, FENCED = "DEADLOCK", "LOCK_TIMEOUT", "FENCED"
 NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST = "NODE_RESTARTED", "IDLE_TIMEOUT", "SESSION_LOST"
-REASONS = frozenset({DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST})
+NODE_DRAINING = "NODE_DRAINING"
+REASONS = frozenset({DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST,
+                     NODE_DRAINING})
 
 
 def _reason(e: Aborted) -> str:
@@ -81,7 +83,8 @@ class TxnAborted(Exception):
 
 
 class WrongNode(Exception):
-    """The transaction belongs to another node (FAILED_PRECONDITION: send it there)."""
+    """The transaction (or the Drain call) is for another node (FAILED_PRECONDITION: send it
+    there)."""
 
 
 class UnknownTransaction(Exception):

@@ -9,7 +9,7 @@ Invariant: every process a fixture started is stopped in its teardown, pass or f
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
 import pytest
@@ -89,3 +89,24 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster
             _report_logs(request, "cluster logs", c.dump_logs())
         finally:
             c.stop()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, request: pytest.FixtureRequest
+                 ) -> Generator[Callable[..., Cluster], None, None]:
+    """A factory of clusters started with extra node flags; all stopped, logs on failure."""
+    made: list[Cluster] = []
+
+    def make(*node_args: str, n: int = 3) -> Cluster:
+        c = Cluster(tmp_path / f"cluster-{len(made)}", n=n, ttl_s=3, node_args=node_args)
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            try:
+                _report_logs(request, f"logs of {c.base_dir.name}", c.dump_logs())
+            finally:
+                c.stop()

@@ -10,7 +10,8 @@ Owns:
 
 Retries:
     * Reads: the channel retries UNAVAILABLE for RowService ``Get``, ``BatchGet`` and ``Scan``,
-      TableService ``ListTables`` and ``DescribeTable`` and ClusterService ``Status``.
+      TableService ``ListTables`` and ``DescribeTable``, ClusterService ``Status`` and
+      TransactionService ``Begin``.
     * Row writes and ``Execute``: each call gets an idempotency key (unless the caller gives
       one, or ``idempotent_writes=False``) and is retried on UNAVAILABLE, ABORTED and
       DEADLINE_EXCEEDED with exponential backoff, on whichever node the channel picks: the key
@@ -86,8 +87,10 @@ RETRYABLE_METHODS: tuple[tuple[str, str], ...] = (
     ("shardless.v1.TableService", "ListTables"),
     ("shardless.v1.TableService", "DescribeTable"),
     ("shardless.v1.ClusterService", "Status"),
+    ("shardless.v1.TransactionService", "Begin"),
 )
-"""(full service name, method) pairs that have no side effects, so the channel may re-send them."""
+"""(full service name, method) pairs the channel may re-send on UNAVAILABLE: they change no
+data (a Begin whose reply was lost leaves an empty transaction that the idle timeout ends)."""
 
 RETRY_POLICY: dict[str, Any] = {
     "maxAttempts": 5,
@@ -857,7 +860,7 @@ class Client:
 
 def abort_reason(error: grpc.RpcError) -> str | None:
     """The reason an ABORTED error carries (DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED,
-    IDLE_TIMEOUT, SESSION_LOST), or None."""
+    IDLE_TIMEOUT, SESSION_LOST, NODE_DRAINING), or None."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 

@@ -27,9 +27,8 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -49,31 +48,6 @@ ABORTED = grpc.StatusCode.ABORTED
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path, request: pytest.FixtureRequest
-                 ) -> Generator[Callable[..., Cluster], None, None]:
-    """A factory of clusters started with extra node flags; all stopped, logs on failure."""
-    made: list[Cluster] = []
-
-    def make(*node_args: str, n: int = 3) -> Cluster:
-        c = Cluster(tmp_path / f"cluster-{len(made)}", n=n, ttl_s=3, node_args=node_args)
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            try:
-                report = getattr(request.node, "rep_call", None)
-                if report is not None and report.failed:
-                    text = "\n".join(f"===== {label} =====\n{log.rstrip()}\n"
-                                     for label, log in c.dump_logs().items())
-                    report.sections.append(("Captured cluster logs", text))
-            finally:
-                c.stop()
 
 
 def _pinned(cluster: Cluster, timeout_s: float = CALL_TIMEOUT_S) -> list[Client]:

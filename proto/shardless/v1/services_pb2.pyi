@@ -255,6 +255,22 @@ class ExecuteResponse(_message.Message):
     replayed: bool
     def __init__(self, reads: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
+class DrainRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("node_id", "open_transactions", "grace_seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    open_transactions: int
+    grace_seconds: float
+    def __init__(self, node_id: _Optional[str] = ..., open_transactions: _Optional[int] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ("local_only",)
     LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]

@@ -833,6 +833,11 @@ class ClusterServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.StatusRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/shardless.v1.ClusterService/Drain',
+                request_serializer=shardless_dot_v1_dot_services__pb2.DrainRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -844,6 +849,17 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Ask the node that receives this call to leave the cluster without failing a client call:
+        it leaves the member list, refuses new work with UNAVAILABLE ("nothing done, retry
+        elsewhere"), lets open transactions finish for its grace period and aborts the rest with
+        reason NODE_DRAINING, then stops. Returns at once; the node is gone when its address stops
+        answering. `shardless drain` calls this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -851,6 +867,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.StatusRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.StatusResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.DrainRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -880,6 +901,33 @@ class ClusterService:
             '/shardless.v1.ClusterService/Status',
             shardless_dot_v1_dot_services__pb2.StatusRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.ClusterService/Drain',
+            shardless_dot_v1_dot_services__pb2.DrainRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -224,7 +224,8 @@ def test_bad_addresses_are_rejected(addresses: list[str]) -> None:
 
 
 def test_service_config_retries_only_safe_methods() -> None:
-    """The retry policy names exactly the read-only methods, all real, and no write."""
+    """The retry policy names exactly the methods that change no data (reads, and Begin),
+    all real, and no write."""
     options = dict(client_mod.channel_options())
     assert options["grpc.lb_policy_name"] == "round_robin"
     assert options["grpc.enable_retries"] == 1
@@ -238,6 +239,7 @@ def test_service_config_retries_only_safe_methods() -> None:
         ("shardless.v1.TableService", "ListTables"),
         ("shardless.v1.TableService", "DescribeTable"),
         ("shardless.v1.ClusterService", "Status"),
+        ("shardless.v1.TransactionService", "Begin"),
     }
     assert not named & WRITE_METHODS
     by_full_name = {s.full_name: s for s in api.DESCRIPTOR.services_by_name.values()}
