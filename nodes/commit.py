@@ -28,6 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nodes import faultpoints
 from storage import (
     AlreadyExists,
     Change,
@@ -464,6 +465,8 @@ class GroupCommitter:
         self.batches += 1
         self.commits += len(done)
         for p, outcome in done:
+            faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
+                                 getattr(p.work, "idempotency_key", ""))
             p.future.set_result(outcome)
 
     def close(self) -> None:

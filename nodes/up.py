@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -178,6 +178,7 @@ class NodeProcess:
         ttl_s: Lease TTL passed as ``--ttl`` (None: not passed).
         cluster: Cluster name passed as ``--cluster`` (None: not passed).
         extra_args: More node arguments.
+        extra_env: More environment variables for the process (e.g. fault points in tests).
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class NodeProcess:
         ttl_s: float | None = None,
         cluster: str | None = None,
         extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.etcd = etcd
@@ -202,6 +204,7 @@ class NodeProcess:
         self.ttl_s = ttl_s
         self.cluster = cluster
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(extra_env or {})
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -257,7 +260,7 @@ class NodeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=node_env(),
+                env={**node_env(), **self.extra_env},
                 start_new_session=True,
             )
 

@@ -543,19 +543,21 @@ class Client:
             self._backoff(attempt)
         raise AssertionError("unreachable")
 
-    def run_transaction(self, fn: Callable[[Transaction], Any], *, read_only: bool = False
-                        ) -> Any:
+    def run_transaction(self, fn: Callable[[Transaction], Any], *, read_only: bool = False,
+                        idempotency_key: str = "") -> Any:
         """Run ``fn(txn)`` in an interactive transaction and commit; re-run it on ABORTED or
         UNAVAILABLE (any node), up to ``attempts`` times, with backoff.
 
-        Every attempt commits with the same idempotency key, so if an attempt's commit reply
-        was lost, a later attempt returns without applying anything twice. ``fn`` must only
-        talk to the database through ``txn`` (it may run several times).
+        Every attempt commits with the same idempotency key (``idempotency_key``, or a new
+        random one), so if an attempt's commit reply was lost, a later attempt returns without
+        applying anything twice. ``fn`` must only talk to the database through ``txn`` (it may
+        run several times). Give your own key to make an operation exactly-once across calls
+        of this method too (e.g. a request id your caller may send twice).
 
         Returns:
             What ``fn`` returned in the attempt that committed.
         """
-        key = uuid.uuid4().hex
+        key = idempotency_key or uuid.uuid4().hex
         for attempt in range(self.attempts):
             txn: Transaction | None = None
             try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -212,22 +212,25 @@ class Cluster:
             self.stop()
             raise
 
-    def add_node(self, node_id: str | None = None, wait: bool = True) -> Node:
+    def add_node(self, node_id: str | None = None, wait: bool = True,
+                 env: Mapping[str, str] | None = None) -> Node:
         """Start one more node on the same volume and etcd.
 
         Args:
             node_id: Its id; ``node-<k>`` with the next free k if None.
             wait: Whether to wait until it is SERVING.
+            env: More environment variables for it (e.g. ``SHARDLESS_FAULTS``).
 
         Returns:
             The node (already in :attr:`nodes`).
         """
-        node = self._spawn(node_id)
+        node = self._spawn(node_id, env)
         if wait:
             self._wait_serving_or_repick_port(node)
         return node
 
-    def _spawn(self, node_id: str | None = None) -> Node:
+    def _spawn(self, node_id: str | None = None, env: Mapping[str, str] | None = None
+               ) -> Node:
         if self.etcd is None:
             raise RuntimeError("cluster has no etcd; call start() first")
         if node_id is None:
@@ -242,6 +245,7 @@ class Cluster:
             ttl_s=self.ttl_s,
             cluster=self.cluster_name,
             extra_args=self.node_args,
+            extra_env=env,
         )
         self.nodes.append(node)
         node.start()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+
 import grpc
 import pytest
 
-from shardless import Condition, Mutation, connect
+from nodes import faultpoints
+from shardless import Condition, Mutation, Transaction, connect, to_row
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +87,52 @@ def test_a_malformed_idempotency_key_is_refused_and_changes_nothing(cluster: Clu
             transaction_id=txn.transaction_id, idempotency_key="k"), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(db.scan("t")) == []
+
+
+def test_a_commit_whose_reply_dies_with_its_node_is_applied_once_when_retried_elsewhere(
+        cluster: Cluster) -> None:
+    """Two extra nodes kill themselves (SIGKILL) right after the commit carrying a given key is
+    durable, before replying: the client sees UNAVAILABLE, the commit stands, and the same
+    transaction or write retried on another node with the same key returns the first result
+    and applies nothing more."""
+    crash_txn = cluster.add_node(env={faultpoints.ENV: "crash-after-commit=transfer-1"})
+    crash_write = cluster.add_node(env={faultpoints.ENV: "crash-after-commit=insert-1"})
+    db = connect([cluster[0].address], attempts=1, refresh_s=None)
+    db.create_table("acct", {"id": "int64", "bal": "int64"}, primary_key="id")
+    db.insert("acct", [{"id": 1, "bal": 100}, {"id": 2, "bal": 0}])
+
+    def transfer(t: Transaction) -> None:
+        a = t.get("acct", 1, for_update=True)
+        b = t.get("acct", 2, for_update=True)
+        t.update("acct", [{"id": 1, "bal": a["bal"] - 30}, {"id": 2, "bal": b["bal"] + 30}])
+
+    with connect([crash_txn.address], attempts=1, refresh_s=None) as doomed:
+        t = doomed.begin()
+        transfer(t)
+        with pytest.raises(grpc.RpcError) as lost:
+            t.commit(idempotency_key="transfer-1")
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, lost.value
+    wait_for(lambda: not crash_txn.is_alive, 10, message="the node to die after its commit")
+    assert crash_txn.returncode == -signal.SIGKILL
+    assert [r["bal"] for r in db.scan("acct")] == [70, 30], "the durable commit was lost"
+    # Retried elsewhere: the dead node's row locks are freed, and nothing is applied again.
+    db.run_transaction(transfer, idempotency_key="transfer-1")
+    db.run_transaction(transfer, idempotency_key="transfer-1")
+    assert [r["bal"] for r in db.scan("acct")] == [70, 30], "the retry applied again"
+
+    with connect([crash_write.address], attempts=1, refresh_s=None) as doomed:
+        with pytest.raises(grpc.RpcError) as lost:
+            doomed.insert("acct", {"id": 3, "bal": 5}, idempotency_key="insert-1")
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, lost.value
+    wait_for(lambda: not crash_write.is_alive, 10, message="the node to die after its commit")
+    first = db.get("acct", 3)
+    assert first is not None and first["bal"] == 5
+    # Without the key the retry would fail with ALREADY_EXISTS; with it, it returns the first
+    # result, and a different value sent under the same key is not applied either.
+    retried = rpc.RowServiceStub(db.channel).Insert(api.WriteRowsRequest(
+        table="acct", rows=[to_row({"id": 3, "bal": 6})], idempotency_key="insert-1"),
+        timeout=10)
+    assert retried.replayed and retried.commit_position > 0
+    assert db.get("acct", 3)["bal"] == 5
+    assert len(list(db.scan("acct"))) == 3
+    db.close()
