@@ -449,12 +449,22 @@ def service_config() -> dict[str, Any]:
     }
 
 
+RECONNECT_BACKOFF_MS = (100, 1000)
+"""(first, longest) wait before reconnecting to a node that went away. gRPC's default grows to
+two minutes, which would keep a restarted node idle long after it serves again."""
+
+
 def channel_options() -> list[tuple[str, Any]]:
-    """Return the channel options: round-robin, retries on, and :func:`service_config`."""
+    """Return the channel options: round-robin, retries on, :func:`service_config`, and a
+    short reconnect backoff (:data:`RECONNECT_BACKOFF_MS`)."""
+    first, longest = RECONNECT_BACKOFF_MS
     return [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", json.dumps(service_config())),
+        ("grpc.initial_reconnect_backoff_ms", first),
+        ("grpc.min_reconnect_backoff_ms", first),
+        ("grpc.max_reconnect_backoff_ms", longest),
     ]
 
 
