@@ -5,6 +5,11 @@ manager needs (put with lease, range by prefix, delete, lease grant / keepalive 
 to live), each bounded by a timeout. Translates every client failure into ``EtcdUnavailable``.
 Does not own: what keys mean (callers build keys) or any retry policy beyond endpoint failover.
 
+NB: python3-etcd3 0.13's watch thread refers to ``six`` without importing it, so when a watch
+stream breaks (an etcd member dies) it crashes before telling the watchers, and a lock waiter
+would sleep until its lock timeout. We give the module the one function it needs
+(``_patch_watch_module``), so that every watcher is called with the error and re-checks.
+
 NB: python3-etcd3 marks an endpoint failed for ``time_retry`` seconds after one error and refuses
 it meanwhile; with several endpoints we set ``time_retry`` short (``ENDPOINT_RETRY_S``), so a
 member that comes back is used again at once.
@@ -26,6 +31,20 @@ from etcd3 import exceptions as etcd_exceptions
 from lockmgr.errors import EtcdUnavailable, SessionExpired
 
 ENDPOINT_RETRY_S = 0.5
+
+
+def _patch_watch_module() -> None:
+    """Supply ``six.itervalues`` to ``etcd3.watch`` if it lacks it (see the module docstring)."""
+    import types
+
+    from etcd3 import watch as etcd_watch
+
+    if not hasattr(etcd_watch, "six"):
+        etcd_watch.six = types.SimpleNamespace(  # type: ignore[attr-defined]
+            itervalues=lambda d: iter(list(d.values())))
+
+
+_patch_watch_module()
 _ERRORS = (etcd_exceptions.Etcd3Exception, grpc.RpcError, ValueError)
 
 

@@ -110,3 +110,24 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest
                 _report_logs(request, f"logs of {c.base_dir.name}", c.dump_logs())
             finally:
                 c.stop()
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster, None, None]:
+    """Three node processes over a three-member etcd (``cluster3.etcd`` is an ``EtcdCluster``
+    with fault verbs); all logs shown on failure. The nodes run the default TTL (5 s): the death
+    of etcd's raft leader costs an election of one to two seconds, which a 3 s TTL (2 s before
+    self-fencing) does not always cover."""
+    c = Cluster(tmp_path / "cluster", n=3, ttl_s=5, etcd_members=3, start=False)
+    try:
+        c.start(3)
+    except Exception as e:  # Cluster.start has already stopped what it started
+        e.add_note(f"cluster logs:\n{_format_logs(c.dump_logs())}")
+        raise
+    try:
+        yield c
+    finally:
+        try:
+            _report_logs(request, "cluster logs", c.dump_logs())
+        finally:
+            c.stop()

@@ -26,7 +26,7 @@ from typing import TypeVar
 from nodes.etcdserver import EtcdServer, free_port, port_is_free
 from nodes.up import NodeProcess, NodeStartError, stop_nodes
 
-from .etcd import start_etcd
+from .etcd import EtcdCluster, start_etcd
 
 T = TypeVar("T")
 
@@ -156,6 +156,8 @@ class Cluster:
         n: How many nodes to start.
         ttl_s: Session lease TTL passed to each node (``--ttl``); None for the node default.
         etcd: A running etcd to use (not stopped by :meth:`stop`); None to start one here.
+        etcd_members: How many etcd members to start here (1, or 3 for member-loss faults:
+            then ``cluster.etcd`` is an :class:`EtcdCluster` with its fault verbs).
         cluster_name: Passed as ``--cluster`` if set.
         node_args: Extra arguments for every node.
         start: Start etcd and the nodes now (and wait until every node is SERVING).
@@ -171,8 +173,9 @@ class Cluster:
         tmp_path: str | os.PathLike[str],
         n: int = 3,
         ttl_s: float | None = 3,
-        etcd: EtcdServer | None = None,
+        etcd: EtcdServer | EtcdCluster | None = None,
         *,
+        etcd_members: int = 1,
         cluster_name: str | None = None,
         node_args: tuple[str, ...] = (),
         start: bool = True,
@@ -185,7 +188,8 @@ class Cluster:
         self.cluster_name = cluster_name
         self.node_args = node_args
         self.ready_timeout_s = ready_timeout_s
-        self.etcd: EtcdServer | None = etcd
+        self.etcd: EtcdServer | EtcdCluster | None = etcd
+        self.etcd_members = etcd_members
         self.owns_etcd = etcd is None
         self.nodes: list[Node] = []
         self._next_index = 1
@@ -204,7 +208,8 @@ class Cluster:
             self.volume.mkdir(parents=True, exist_ok=True)
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             if self.etcd is None:
-                self.etcd = start_etcd(self.base_dir, name="etcd")
+                self.etcd = (start_etcd(self.base_dir, name="etcd") if self.etcd_members == 1
+                             else EtcdCluster(self.base_dir, self.etcd_members))
             new = [self._spawn() for _ in range(n)]
             for node in new:
                 self._wait_serving_or_repick_port(node)
@@ -372,7 +377,11 @@ class Cluster:
             ``{"etcd (pid ..., log path)": text, "node-1 (pid ..., ...)": text, ...}``.
         """
         logs: dict[str, str] = {}
-        if self.etcd is not None:
+        if isinstance(self.etcd, EtcdCluster):
+            for m in self.etcd.members:
+                state = "running" if m.is_alive else f"exit {m.returncode}"
+                logs[f"{m.name} (pid {m.pid}, {state}, {m.log_path})"] = _read_log(m.log_path)
+        elif self.etcd is not None:
             logs[f"etcd (pid {self.etcd.pid}, {self.etcd.log_path})"] = _read_log(
                 self.etcd.log_path
             )

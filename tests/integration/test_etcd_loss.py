@@ -1,0 +1,139 @@
+"""The cluster over a three-member etcd: losing one member changes nothing for clients; losing
+quorum makes writes fail fast with UNAVAILABLE while snapshot reads go on, and everything resumes
+when quorum returns."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from shardless import connect
+from tests.harness.cluster import Cluster, wait_for
+from tests.harness.etcd import EtcdCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(180)]
+
+
+def _etcd(cluster: Cluster) -> EtcdCluster:
+    assert isinstance(cluster.etcd, EtcdCluster)
+    return cluster.etcd
+
+
+def _sessions(cluster: Cluster) -> dict[str, str]:
+    with connect(cluster.addresses, refresh_s=None) as db:
+        return {m.node_id: m.session for m in db.status().members}
+
+
+def test_losing_one_etcd_member_changes_nothing_for_clients(cluster3: Cluster) -> None:
+    """Helper clients write and read through all three nodes while each etcd member in turn is
+    killed for a few seconds and restarted: no client call fails, every acknowledged write is
+    there, and no node lost its session."""
+    etcd = _etcd(cluster3)
+    db = connect(cluster3.addresses, refresh_s=None)
+    db.create_table("kv", {"id": "int64", "w": "int64"}, primary_key="id")
+    db.create_table("ctr", {"id": "int64", "n": "int64"}, primary_key="id")
+    db.insert("ctr", [{"id": i, "n": 0} for i in range(4)])
+    before = _sessions(cluster3)
+    acked: list[list[int]] = [[] for _ in range(4)]
+    increments = [0] * 4
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        with connect(cluster3.addresses, timeout_s=10, refresh_s=None) as c:
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                try:
+                    c.insert("kv", {"id": i * 1_000_000 + seq, "w": i})
+                    acked[i].append(i * 1_000_000 + seq)
+
+                    def incr(t, i=i):  # type: ignore[no-untyped-def]
+                        row = t.get("ctr", i, for_update=True)
+                        t.update("ctr", {"id": i, "n": row["n"] + 1})
+
+                    c.run_transaction(incr)
+                    increments[i] += 1
+                except grpc.RpcError as e:
+                    errors.append(f"client {i}: {e.code().name}: {e.details()}")
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for m in range(3):
+            done = sum(increments)
+            etcd.kill(m)
+            wait_for(lambda done=done: sum(increments) >= done + 20, 30,
+                     message=f"progress with etcd member {m + 1} down")
+            time.sleep(1.0)
+            etcd.restart(m)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors[:10]
+    rows = {r["id"] for r in db.scan("kv")}
+    assert rows == {x for xs in acked for x in xs}
+    assert {r["id"]: r["n"] for r in db.scan("ctr")} == dict(enumerate(increments))
+    assert _sessions(cluster3) == before, "a node lost its session to one member's death"
+    db.close()
+
+
+def test_without_etcd_quorum_writes_fail_fast_and_snapshot_reads_go_on(
+        cluster3: Cluster) -> None:
+    """With two of three etcd members killed: a one-shot write and a locking read end with
+    UNAVAILABLE well before their deadline; point reads, scans and read-only transactions still
+    answer from the volume. When quorum returns, writes succeed again on every node and
+    nothing acknowledged before was lost."""
+    etcd = _etcd(cluster3)
+    db = connect(cluster3.addresses, refresh_s=None)
+    db.create_table("kv", {"id": "int64", "v": "string"}, primary_key="id")
+    db.insert("kv", [{"id": i, "v": f"before-{i}"} for i in range(20)])
+    pinned = [connect([a], timeout_s=8, attempts=1, refresh_s=None) for a in cluster3.addresses]
+    gone = etcd.lose_quorum()
+    try:
+        for c in pinned:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failed:
+                c.insert("kv", {"id": 100, "v": "during"})
+            took = time.monotonic() - started
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+            assert took < 4.0, f"a write took {took:.1f}s to fail (deadline 8 s)"
+            t = c.begin()
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as failed:
+                t.get("kv", 1, for_update=True)
+            took = time.monotonic() - started
+            assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                           grpc.StatusCode.ABORTED), failed.value
+            assert took < 4.0, f"a locking read took {took:.1f}s to fail"
+            # Snapshot reads need no etcd.
+            assert c.get("kv", 3)["v"] == "before-3"
+            assert [r["id"] for r in c.scan("kv", 0, 9)] == list(range(10))
+            with c.begin(read_only=True) as ro:
+                assert ro.get("kv", 7)["v"] == "before-7"
+        time.sleep(4.0)  # past the session TTL (3 s): sessions are gone, reads still answer
+        assert all(c.get("kv", 5)["v"] == "before-5" for c in pinned)
+    finally:
+        etcd.regain_quorum(gone)
+    for k, c in enumerate(pinned):
+        wait_for(lambda c=c, k=k: _try_insert(c, 200 + k), 30,
+                 message=f"writes to resume on node {k + 1}")
+    rows = {r["id"]: r["v"] for r in db.scan("kv")}
+    assert {i: f"before-{i}" for i in range(20)}.items() <= rows.items()
+    assert 100 not in rows
+    assert {200, 201, 202} <= rows.keys()
+    for c in [*pinned, db]:
+        c.close()
+
+
+def _try_insert(c, key: int) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        c.insert("kv", {"id": key, "v": "after"})
+        return True
+    except grpc.RpcError as e:
+        return e.code() == grpc.StatusCode.ALREADY_EXISTS
