@@ -35,6 +35,7 @@ from storage import (
     Column,
     ConditionFailed,
     InvalidInput,
+    MapFull,
     NotFound,
     ReadView,
     Schema,
@@ -427,11 +428,13 @@ class GroupCommitter:
                 batch.append(nxt)
             self._commit(batch)
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending], retry_if_grown: bool = True) -> None:
         done: list[tuple[_Pending, Outcome]] = []
         try:
             with self._store.write() as view:
                 for p in batch:
+                    if p.future.done():
+                        continue
                     if not p.is_active():
                         p.future.set_exception(CommitTimeout("the caller went away before the "
                                                              "commit; nothing was applied"))
@@ -454,6 +457,11 @@ class GroupCommitter:
                                                ts=self._wall_clock())
                     done.append((p, plan.outcome))
         except Exception as e:  # the whole transaction failed: none of the group was applied
+            if isinstance(e, MapFull) and retry_if_grown and self._store.adopt_map_size():
+                log.info("the volume's map grew (another node set a bigger --map-size); "
+                         "retrying the group commit")
+                self._commit(batch, retry_if_grown=False)
+                return
             if not isinstance(e, StorageError):
                 log.exception("group commit failed")
             for p, _ in done:

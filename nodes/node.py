@@ -42,7 +42,7 @@ from nodes.membership import Membership
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import Store
+from storage import MapFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,14 @@ class StorageFencer:
 
     def fence(self, lease_id: int) -> None:
         """Write the fence record of ``lease_id`` (in its own, synced, write transaction)."""
-        with self._store.write() as view:
-            view.fence(lease_id, ts=time.time(), by=self._node_id)
+        for retry_if_grown in (True, False):
+            try:
+                with self._store.write() as view:
+                    view.fence(lease_id, ts=time.time(), by=self._node_id)
+                return
+            except MapFull:
+                if not (retry_if_grown and self._store.adopt_map_size()):
+                    raise
 
 
 class Node:

@@ -223,6 +223,11 @@ class Store:
         with self.env.write_txn() as txn:
             yield WriteView(txn)
 
+    def adopt_map_size(self) -> bool:
+        """After ``MapFull``: take up a bigger map size set by another process; return whether
+        the map grew (then retry the write). See ``lmdb_env``."""
+        return self.env.adopt_map_size()
+
     def close(self) -> None:
         """Close the environment."""
         self.env.close()

@@ -6,7 +6,18 @@ meaning of keys (``keys.py``) or of values.
 
 NB: LMDB allows one write transaction at a time across all processes of the host; a process must
 open the environment once and share it between its threads, and must never fork while it holds
-it (spawn instead). The environment is opened with ``sync=True`` and ``metasync=True``: a write
+it (spawn instead).
+
+Growing the map while nodes run: a process opened with a bigger ``map_size`` writes that size into
+the environment's meta page at its first commit. Another process then gets ``MapResizedError``
+when it begins a transaction (or ``MapFullError`` when it writes past its own, smaller map), and
+may take up the new size with ``set_mapsize(0)``, but only while none of its transactions is
+open. :class:`_MapGate` gives that moment: every transaction holds the gate shared, and
+:meth:`LmdbEnv.adopt_map_size` takes it exclusively (giving up after ``ADOPT_WAIT_S`` rather than
+wait for a long scan forever). Read transactions adopt by themselves; writers call
+:meth:`LmdbEnv.adopt_map_size` after ``MapFull`` and retry if the map grew.
+
+The environment is opened with ``sync=True`` and ``metasync=True``: a write
 transaction's commit returns only after its data is on disk, which is what makes a commit
 durable before it is acknowledged.
 """
@@ -15,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +37,65 @@ from storage.errors import MapFull, StorageError
 
 DEFAULT_MAP_SIZE = 8 << 30  # 8 GiB of address space; the file grows only as data is written
 DEFAULT_MAX_READERS = 1024
+ADOPT_WAIT_S = 2.0
+
+
+class _MapGate:
+    """A readers-writer gate: transactions share it; adopting a new map size excludes them.
+
+    Re-entrant for a thread that already holds it shared (a nested transaction never waits on
+    a resize that waits on it), and a resize gives up after its timeout so a transaction held
+    open by a slow consumer only delays it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holders = 0
+        self._waiting = 0
+        self._exclusive = False
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+                self._holders += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth -= 1
+            if self._local.depth == 0:
+                with self._cond:
+                    self._holders -= 1
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout_s: float) -> Iterator[bool]:
+        """Yield True once no transaction of this process is open, or False after
+        ``timeout_s`` (or if this thread holds the gate itself)."""
+        if getattr(self._local, "depth", 0):
+            yield False
+            return
+        with self._cond:
+            self._waiting += 1
+            try:
+                got = self._cond.wait_for(lambda: not self._holders and not self._exclusive,
+                                          timeout=timeout_s)
+            finally:
+                self._waiting -= 1
+                self._cond.notify_all()
+            if got:
+                self._exclusive = True
+        try:
+            yield got
+        finally:
+            if got:
+                with self._cond:
+                    self._exclusive = False
+                    self._cond.notify_all()
 
 
 class LmdbEnv:
@@ -39,25 +111,69 @@ class LmdbEnv:
                                   readahead=False, max_dbs=0)
         except lmdb.Error as e:
             raise StorageError(f"cannot open LMDB environment at {path}: {e}") from e
+        self._gate = _MapGate()
         self.reader_check()
+
+    def map_size(self) -> int:
+        """The map size this process uses now, in bytes."""
+        return int(self._env.info()["map_size"])
+
+    def adopt_map_size(self, timeout_s: float = ADOPT_WAIT_S) -> bool:
+        """Take up the map size another process wrote to the meta page, once no transaction
+        of this process is open; return whether the map grew.
+
+        Raises:
+            StorageError: LMDB refused.
+        """
+        with self._gate.exclusive(timeout_s) as ready:
+            if not ready:
+                return False
+            before = self.map_size()
+            try:
+                self._env.set_mapsize(0)
+            except lmdb.Error as e:
+                raise StorageError(f"cannot adopt the volume's new map size: {e}") from e
+            return self.map_size() > before
+
+    def _begin(self, write: bool) -> Any:
+        """Begin a transaction (the caller holds the gate shared)."""
+        return self._env.begin(write=write, buffers=False)
 
     def reader_check(self) -> int:
         """Free reader slots held by dead processes; return how many were freed."""
         return int(self._env.reader_check())
 
     @contextlib.contextmanager
+    def _shared_begin(self, write: bool) -> Iterator[Any]:
+        """Hold the gate shared and begin a transaction, adopting a grown map on the way."""
+        for attempt in range(3):
+            with self._gate.shared():
+                try:
+                    txn = self._begin(write)
+                except lmdb.MapResizedError:
+                    txn = None
+                except lmdb.Error as e:
+                    kind = "write" if write else "read"
+                    raise StorageError(f"cannot begin a {kind} transaction: {e}") from e
+                if txn is not None:
+                    yield txn
+                    return
+            # Another process grew the map: adopt it outside the gate, then begin again.
+            if not self.adopt_map_size() and attempt:
+                time.sleep(0.05)
+        raise StorageError("cannot begin a transaction: the map was resized by another "
+                           "process and this one could not adopt the new size")
+
+    @contextlib.contextmanager
     def read_txn(self) -> Iterator[Any]:
         """A read-only snapshot transaction, aborted on exit."""
-        try:
-            txn = self._env.begin(write=False, buffers=False)
-        except lmdb.Error as e:
-            raise StorageError(f"cannot begin a read transaction: {e}") from e
-        try:
-            yield txn
-        except lmdb.Error as e:
-            raise StorageError(f"read failed: {e}") from e
-        finally:
-            txn.abort()
+        with self._shared_begin(write=False) as txn:
+            try:
+                yield txn
+            except lmdb.Error as e:
+                raise StorageError(f"read failed: {e}") from e
+            finally:
+                txn.abort()
 
     @contextlib.contextmanager
     def write_txn(self) -> Iterator[Any]:
@@ -67,29 +183,30 @@ class LmdbEnv:
             MapFull: the map or the disk is full; nothing was written.
             StorageError: any other LMDB failure; nothing was written.
         """
-        try:
-            txn = self._env.begin(write=True, buffers=False)
-        except lmdb.Error as e:
-            raise StorageError(f"cannot begin a write transaction: {e}") from e
-        try:
-            yield txn
-        except lmdb.MapFullError as e:
-            txn.abort()
-            raise MapFull("the volume's LMDB map is full; grow --map-size or free space") from e
-        except lmdb.Error as e:
-            txn.abort()
-            raise StorageError(f"write failed: {e}") from e
-        except BaseException:
-            txn.abort()
-            raise
-        try:
-            txn.commit()
-        except lmdb.MapFullError as e:
-            raise MapFull("the volume's LMDB map is full; grow --map-size or free space") from e
-        except lmdb.DiskError as e:
-            raise MapFull(f"the volume's disk refused the write: {e}") from e
-        except lmdb.Error as e:
-            raise StorageError(f"commit failed: {e}") from e
+        with self._shared_begin(write=True) as txn:
+            try:
+                yield txn
+            except lmdb.MapFullError as e:
+                txn.abort()
+                raise MapFull(self._full_message()) from e
+            except lmdb.Error as e:
+                txn.abort()
+                raise StorageError(f"write failed: {e}") from e
+            except BaseException:
+                txn.abort()
+                raise
+            try:
+                txn.commit()
+            except lmdb.MapFullError as e:
+                raise MapFull(self._full_message()) from e
+            except lmdb.DiskError as e:
+                raise MapFull(f"the volume's disk refused the write: {e}") from e
+            except lmdb.Error as e:
+                raise StorageError(f"commit failed: {e}") from e
+
+    def _full_message(self) -> str:
+        return (f"the volume is full (LMDB map of {self.map_size() >> 20} MiB); restart a node "
+                f"with a bigger --map-size (the others take it up) or free space")
 
     def stat(self) -> dict[str, int]:
         """LMDB's environment info (map size, last page, readers in use...)."""
