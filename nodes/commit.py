@@ -107,18 +107,21 @@ class Outcome:
     reads: list[ReadResult] = field(default_factory=list)
     value: Any = None
     replayed: bool = False  # an idempotent retry: the first result, nothing applied again
+    committed_by: str = ""  # the interactive transaction whose commit this is (or replays)
 
     def to_record(self) -> dict[str, Any]:
         """What an idempotency record stores of this outcome."""
         return {"pos": self.commit_position, "rows": self.rows_affected,
-                "reads": [None if r is None else [r[0], r[1]] for r in self.reads]}
+                "reads": [None if r is None else [r[0], r[1]] for r in self.reads],
+                "txn": self.committed_by}
 
     @staticmethod
     def replay(record: dict[str, Any]) -> Outcome:
         """The outcome a retry gets back from an idempotency record."""
         return Outcome(commit_position=int(record["pos"]), rows_affected=int(record["rows"]),
                        reads=[None if r is None else (int(r[0]), dict(r[1]))
-                              for r in record["reads"]], replayed=True)
+                              for r in record["reads"]], replayed=True,
+                       committed_by=str(record.get("txn", "")))
 
 
 @dataclass

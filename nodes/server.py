@@ -275,7 +275,8 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         with self.node.txns.use(request.transaction_id) as txn:
             out = self.node.txns.commit(txn, _timeout(context), request.idempotency_key)
         return api.CommitResponse(commit_position=out.commit_position,
-                                  rows_affected=out.rows_affected, replayed=out.replayed)
+                                  rows_affected=out.rows_affected, replayed=out.replayed,
+                                  committed_transaction_id=out.committed_by or txn.txn_id)
 
     @unary
     def Rollback(self, request: api.RollbackRequest, context: grpc.ServicerContext

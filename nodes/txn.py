@@ -576,5 +576,6 @@ class _StagedCommit:
         puts = [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.txn.staged.items()]
         wrote = bool(self.txn.changes)
         return commit.Plan(commit.Outcome(commit_position=position if wrote else 0,
-                                          rows_affected=self.txn.rows_affected),
+                                          rows_affected=self.txn.rows_affected,
+                                          committed_by=self.txn.txn_id),
                            puts, list(self.txn.changes), idempotency_key=self.idempotency_key)

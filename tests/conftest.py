@@ -97,9 +97,11 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest
     """A factory of clusters started with extra node flags; all stopped, logs on failure."""
     made: list[Cluster] = []
 
-    def make(*node_args: str, n: int = 3) -> Cluster:
-        c = Cluster(tmp_path / f"cluster-{len(made)}", n=n, ttl_s=3, node_args=node_args)
+    def make(*node_args: str, n: int = 3, etcd_members: int = 1, ttl_s: float = 3) -> Cluster:
+        c = Cluster(tmp_path / f"cluster-{len(made)}", n=n, ttl_s=ttl_s, node_args=node_args,
+                    etcd_members=etcd_members, start=False)
         made.append(c)
+        c.start(n)
         return c
 
     try:

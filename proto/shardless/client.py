@@ -565,16 +565,19 @@ class Client:
         of this method too (e.g. a request id your caller may send twice).
 
         Returns:
-            What ``fn`` returned in the attempt that committed.
+            What ``fn`` returned in the attempt that committed: when a commit reply was lost and
+            a later attempt finds the key committed, the result of the attempt whose commit it
+            was, not the later one's.
         """
         key = idempotency_key or uuid.uuid4().hex
+        results: dict[str, Any] = {}
         for attempt in range(self.attempts):
             txn: Transaction | None = None
             try:
                 txn = self.begin(read_only=read_only)
-                result = fn(txn)
+                result = results[txn.id] = fn(txn)
                 txn.commit(idempotency_key="" if read_only else key)
-                return result
+                return results.get(txn.committed_by, result)
             except grpc.RpcError as e:
                 if txn is not None and not txn.done:
                     try:
@@ -904,6 +907,10 @@ class Transaction:
         self._rows = api_grpc.RowServiceStub(ch)
         self._txns = api_grpc.TransactionServiceStub(ch)
         self.done = False
+        self.replayed = False
+        """Whether :meth:`commit` found its idempotency key already committed."""
+        self.committed_by = ""
+        """After :meth:`commit`: the id of the transaction whose commit applied the key."""
 
     def __enter__(self) -> Transaction:
         """Return self."""
@@ -994,6 +1001,8 @@ class Transaction:
         resp = self._txns.Commit(api.CommitRequest(transaction_id=self.id,
                                                    idempotency_key=idempotency_key),
                                  timeout=self._timeout_s)
+        self.replayed = resp.replayed
+        self.committed_by = resp.committed_transaction_id or self.id
         return resp.commit_position
 
     def rollback(self) -> None:

@@ -202,14 +202,16 @@ class CommitRequest(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("commit_position", "rows_affected", "replayed")
+    __slots__ = ("commit_position", "rows_affected", "replayed", "committed_transaction_id")
     COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     commit_position: int
     rows_affected: int
     replayed: bool
-    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    committed_transaction_id: str
+    def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ..., committed_transaction_id: _Optional[str] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("transaction_id",)

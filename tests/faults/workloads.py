@@ -1,0 +1,290 @@
+"""Workloads of the fault-injection suite: clients of the helper that record what they asked and
+what came back, for the checkers.
+
+Owns: :class:`Workload` and its three kinds, :class:`Registers`, :class:`Bank` and
+:class:`ListAppend`: the table they use, one client loop (``step``), the final reads after every
+fault has healed, and the check. Does not own the cluster or the faults (:mod:`.nemesis`), nor the
+checkers themselves.
+
+How outcomes are recorded (the soundness of every check rests on this):
+
+* ``ok``: the call returned; its effect happened between call and return;
+* ``fail``: it certainly had no effect: a condition or a check in the transaction said no
+  (FAILED_PRECONDITION, a transfer refused for lack of funds), or the request was refused as bad
+  (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS); reads that fail are ``fail`` too (no effect);
+* ``info``: anything else (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED,
+  INTERNAL): the helper retried with the write's idempotency key and still gave up, so the write
+  may or may not have been applied, at any time after its call.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import grpc
+
+from shardless import Client, Condition, Mutation, Transaction
+from tests.faults.bank import BankResult, check_bank
+from tests.faults.history import FAIL, INFO, OK, History, Op, Status
+from tests.faults.linearizability import LinearizabilityResult, check_registers
+from tests.faults.list_append import ListAppendResult, check_list_append
+
+CERTAIN_NO_EFFECT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                               grpc.StatusCode.ALREADY_EXISTS})
+
+
+def _outcome(e: grpc.RpcError) -> Status:
+    return FAIL if e.code() in CERTAIN_NO_EFFECT else INFO
+
+
+class Workload:
+    """One kind of client load and its check; see the module docstring."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.history = History()
+        self.final: Any = None
+
+    def setup(self, db: Client) -> None:
+        """Create the tables and the initial rows."""
+        raise NotImplementedError
+
+    def step(self, process: int, db: Client, rng: random.Random) -> None:
+        """Run one operation and record it in :attr:`history`."""
+        raise NotImplementedError
+
+    def read_final(self, db: Client) -> None:
+        """Read the final state once every fault has healed (recorded as ok reads too)."""
+        raise NotImplementedError
+
+    def check(self) -> tuple[bool, str]:
+        """Return (no violation found, a summary)."""
+        raise NotImplementedError
+
+    def run_client(self, process: int, db: Client, stop: threading.Event,
+                   errors: list[str]) -> None:
+        """Call :meth:`step` until ``stop``; unexpected exceptions go to ``errors``."""
+        rng = random.Random(f"{self.seed}-{process}")
+        while not stop.is_set():
+            try:
+                self.step(process, db, rng)
+            except Exception as e:  # a bug in the workload, not a database outcome
+                errors.append(f"{self.name} client {process}: {e!r}")
+                return
+
+    def counts(self) -> dict[str, int]:
+        out = {OK: 0, FAIL: 0, INFO: 0}
+        for op in self.history.ops():
+            out[op.status] += 1
+        return out
+
+
+class Registers(Workload):
+    """Single-key registers: reads, writes and compare-and-set, checked for linearizability.
+
+    Table ``reg(k, v)``, keys 0..``KEYS``-1 starting at 0; written values are unique
+    (``process * 10**9 + seq``). A cas is a one-shot transaction: "v equals expected" then set v.
+    """
+
+    name = "registers"
+    KEYS = 4
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._seq = [0] * 64
+        self._seen: dict[tuple[int, int], int] = {}
+
+    def setup(self, db: Client) -> None:
+        db.create_table("reg", {"k": "int64", "v": "int64"}, primary_key="k")
+        db.insert("reg", [{"k": k, "v": 0} for k in range(self.KEYS)])
+
+    def step(self, process: int, db: Client, rng: random.Random) -> None:
+        key = rng.randrange(self.KEYS)
+        roll = rng.random()
+        h = self.history
+        if roll < 0.5:
+            handle = h.invoke(process, "read", key)
+            try:
+                row = db.get("reg", key)
+            except grpc.RpcError:
+                h.complete(handle, FAIL)
+                return
+            value = None if row is None else row["v"]
+            if value is not None:
+                self._seen[(process, key)] = value
+            h.complete(handle, OK, value)
+            return
+        self._seq[process] += 1
+        new = process * 10**9 + self._seq[process]
+        if roll < 0.8:
+            handle = h.invoke(process, "write", key, new)
+            try:
+                db.upsert("reg", {"k": key, "v": new})
+            except grpc.RpcError as e:
+                h.complete(handle, _outcome(e))
+                return
+            h.complete(handle, OK)
+            return
+        expected = self._seen.get((process, key), 0)
+        handle = h.invoke(process, "cas", key, (expected, new))
+        try:
+            db.execute(conditions=[Condition.column_equals("reg", key, "v", expected)],
+                       writes=[Mutation.update("reg", {"k": key, "v": new})])
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                h.complete(handle, OK, False)
+            else:
+                h.complete(handle, _outcome(e))
+            return
+        h.complete(handle, OK, True)
+
+    def read_final(self, db: Client) -> None:
+        for key in range(self.KEYS):
+            handle = self.history.invoke(-1, "read", key)
+            row = db.get("reg", key)
+            self.history.complete(handle, OK, None if row is None else row["v"])
+
+    def check(self) -> tuple[bool, str]:
+        result: LinearizabilityResult = check_registers(
+            self.history.ops(), initial=dict.fromkeys(range(self.KEYS), 0), max_seconds=60)
+        summary = f"linearizability: {result.verdict}"
+        if not result.ok:
+            summary += f"\n{result.explanation}"
+        return result.ok, summary
+
+
+class Bank(Workload):
+    """Transfers between accounts in interactive transactions; the total is invariant.
+
+    Table ``acct(id, bal)``, ``ACCOUNTS`` accounts of ``START`` each. A transfer reads both
+    accounts FOR UPDATE and moves 1..5 if the source has enough (else it changes nothing and is
+    recorded ``fail``). Reads are snapshot scans of the whole table.
+    """
+
+    name = "bank"
+    ACCOUNTS = 8
+    START = 100
+
+    def setup(self, db: Client) -> None:
+        db.create_table("acct", {"id": "int64", "bal": "int64"}, primary_key="id")
+        db.insert("acct", [{"id": i, "bal": self.START} for i in range(self.ACCOUNTS)])
+
+    def step(self, process: int, db: Client, rng: random.Random) -> None:
+        h = self.history
+        if rng.random() < 0.2:
+            handle = h.invoke(process, "read")
+            try:
+                snapshot = {r["id"]: r["bal"] for r in db.scan("acct")}
+            except grpc.RpcError:
+                h.complete(handle, FAIL)
+                return
+            h.complete(handle, OK, snapshot)
+            return
+        src, dst = rng.sample(range(self.ACCOUNTS), 2)
+        amount = rng.randint(1, 5)
+
+        def transfer(t: Transaction) -> bool:
+            a = t.get("acct", src, for_update=True)
+            b = t.get("acct", dst, for_update=True)
+            if a["bal"] < amount:
+                return False
+            t.update("acct", [{"id": src, "bal": a["bal"] - amount},
+                              {"id": dst, "bal": b["bal"] + amount}])
+            return True
+
+        handle = h.invoke(process, "transfer", None, (src, dst, amount))
+        try:
+            moved = db.run_transaction(transfer)
+        except grpc.RpcError as e:
+            h.complete(handle, _outcome(e))
+            return
+        h.complete(handle, OK if moved else FAIL)
+
+    def read_final(self, db: Client) -> None:
+        handle = self.history.invoke(-1, "read")
+        self.final = {r["id"]: r["bal"] for r in db.scan("acct")}
+        self.history.complete(handle, OK, dict(self.final))
+
+    def check(self) -> tuple[bool, str]:
+        result: BankResult = check_bank(dict.fromkeys(range(self.ACCOUNTS), self.START),
+                                        self.history.ops(), final=self.final)
+        return result.ok, f"bank: {result.summary()}"
+
+
+class ListAppend(Workload):
+    """Transactions of 1-3 micro-ops over ``KEYS`` lists: append a unique value, or read.
+
+    Table ``lists(k, v)`` where ``v`` is the list as comma-separated integers (absent: no row).
+    An append reads the row FOR UPDATE and writes it back longer; a read takes the row's shared
+    lock, so a transaction's reads are serializable.
+    """
+
+    name = "list-append"
+    KEYS = 6
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._seq = [0] * 64
+
+    def setup(self, db: Client) -> None:
+        db.create_table("lists", {"k": "int64", "v": "string"}, primary_key="k")
+
+    @staticmethod
+    def _list(row: Any) -> list[int] | None:
+        if row is None:
+            return None
+        return [int(x) for x in row["v"].split(",") if x]
+
+    def step(self, process: int, db: Client, rng: random.Random) -> None:
+        mops: list[tuple[str, int, Any]] = []
+        for _ in range(rng.randint(1, 3)):
+            key = rng.randrange(self.KEYS)
+            if rng.random() < 0.5:
+                self._seq[process] += 1
+                mops.append(("append", key, process * 10**9 + self._seq[process]))
+            else:
+                mops.append(("r", key, None))
+
+        def txn(t: Transaction) -> list[tuple[str, int, Any]]:
+            out: list[tuple[str, int, Any]] = []
+            for f, key, value in mops:
+                if f == "r":
+                    out.append(("r", key, self._list(t.get("lists", key))))
+                else:
+                    cur = self._list(t.get("lists", key, for_update=True)) or []
+                    t.upsert("lists", {"k": key, "v": ",".join(map(str, [*cur, value]))})
+                    out.append((f, key, value))
+            return out
+
+        handle = self.history.invoke(process, "txn", None, mops)
+        try:
+            done = db.run_transaction(txn)
+        except grpc.RpcError as e:
+            self.history.complete(handle, _outcome(e))
+            return
+        self.history.complete(handle, OK, done)
+
+    def read_final(self, db: Client) -> None:
+        mops = [("r", k, None) for k in range(self.KEYS)]
+        handle = self.history.invoke(-1, "txn", None, mops)
+        rows = {r["k"]: self._list(r) for r in db.scan("lists")}
+        self.history.complete(handle, OK, [("r", k, rows.get(k)) for k in range(self.KEYS)])
+
+    def check(self) -> tuple[bool, str]:
+        result: ListAppendResult = check_list_append(self.history.ops())
+        return result.ok, f"list-append: {result.summary()}"
+
+
+WORKLOADS: dict[str, Callable[[int], Workload]] = {
+    w.name: w for w in (Registers, Bank, ListAppend)
+}
+
+
+def ops_of(workload: Workload) -> list[Op]:
+    """The recorded history (for reports)."""
+    return workload.history.ops()
