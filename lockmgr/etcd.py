@@ -255,8 +255,11 @@ class EtcdClient:
         def on_event(resp: Any) -> None:
             if fired.is_set():
                 return
-            if isinstance(resp, Exception) or any(
-                    isinstance(ev, etcd_events.DeleteEvent) for ev in resp.events):
+            # An error, or None when the client closed the stream (it does so whenever it fails
+            # over to another member), ends the watch: wake the waiter to look again.
+            if resp is None or isinstance(resp, Exception) or any(
+                    isinstance(ev, etcd_events.DeleteEvent)
+                    for ev in getattr(resp, "events", ())):
                 fired.set()
                 callback()
 

@@ -64,6 +64,10 @@ from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT_TIMEOUT_S = 10.0
+RECHECK_S = 2.0
+"""A waiter re-reads its resource this often even without a watch event: a safety net for a
+notification lost with an etcd member (a watch stream that broke and was re-created on a member
+still catching up). Normal wake-ups come from the watch, at once."""
 DEFAULT_MAX_OPS = 128  # etcd's default --max-txn-ops
 DETECT_INTERVAL_S = 0.1
 
@@ -217,8 +221,10 @@ class LockManager:
             ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)))
         ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
         ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
-        rev, results = self._client.txn(ops)
+        # Known before etcd answers: a request that times out may still have written them, and
+        # the release must then delete them (else they block others as long as the session).
         txn.keys.extend(req.key for req in reqs)
+        rev, results = self._client.txn(ops)
         n = len(reqs)
         self._fence_dead(results[2 * n] or [], results[2 * n + 1] or [])
         waits = []
@@ -292,7 +298,8 @@ class LockManager:
                 cancel = self._client.watch_delete(ahead.key, seen_rev + 1, txn.wake.set)
                 try:
                     remaining = deadline - self._clock()
-                    if remaining <= 0 or not txn.wake.wait(remaining):
+                    if remaining <= 0 or (not txn.wake.wait(min(remaining, RECHECK_S))
+                                          and self._clock() >= deadline):
                         txn.abort(LockTimeout.reason, f"waited for {req.name} "
                                   f"({req.describe()}) behind {', '.join(sorted(blockers))}")
                         self._check_aborted(txn)
@@ -320,8 +327,12 @@ class LockManager:
                 txn.waiting_for, txn.waiting_on = frozenset(), None
                 try:
                     self._client.delete(wkey)
-                except EtcdUnavailable:
-                    pass  # it goes with the release, or with the lease
+                except (EtcdUnavailable, SessionExpired):
+                    # A stale wait record could make the detector see a deadlock: the releaser
+                    # deletes it once etcd answers.
+                    with self._release_cv:
+                        self._to_release.append(([wkey], txn.lease_id))
+                        self._release_cv.notify()
 
     def _check_aborted(self, txn: TxnLocks) -> None:
         if txn.abort_reason is None:

@@ -27,6 +27,10 @@ from lockmgr.errors import EtcdUnavailable, SessionExpired
 log = logging.getLogger(__name__)
 
 
+RETRY_S = 0.1
+"""How soon a failed keepalive is tried again (instead of the refresh interval)."""
+
+
 class LeaseBackend(Protocol):
     """What a session needs from etcd (``lockmgr.etcd.EtcdClient`` provides it)."""
 
@@ -102,7 +106,9 @@ class Session:
         self._valid_until = max(self._valid_until, sent + min(ttl, self.ttl_s) - self.margin_s)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.refresh_s):
+        wait_s = self.refresh_s
+        while not self._stop.wait(wait_s):
+            wait_s = self.refresh_s
             if self._clock() >= self._valid_until:
                 log.warning("session %x: deadline passed before renewal; session lost",
                             self.lease_id)
@@ -111,6 +117,9 @@ class Session:
             try:
                 self.keepalive_once()
             except EtcdUnavailable as e:
+                # Try again soon: the client has moved to another etcd member (or will once
+                # its failed ones may be retried), and the deadline does not wait.
+                wait_s = RETRY_S
                 log.warning("session %x: keepalive failed: %s", self.lease_id, e)
             except Exception:  # the loop must survive anything
                 log.exception("session %x: keepalive crashed", self.lease_id)

@@ -36,6 +36,7 @@ from storage import (
 )
 
 DOMAIN = "shardless.dev"
+NOT_APPLIED = "NOT_APPLIED"
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
     if code is None:
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {e!r}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # Every UNAVAILABLE a node raises comes before any effect (refused at the gate, or etcd
+        # unreachable while locking); say so, unlike a transport failure, which is ambiguous.
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=NOT_APPLIED, domain=DOMAIN))
+        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message=str(e), details=[info])))
     context.abort(code, str(e))
 
 

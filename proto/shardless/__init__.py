@@ -1,8 +1,8 @@
 """Shardless's Python client: :func:`connect` and the value helpers.
 
 The API contract and its generated stubs live in :mod:`shardless.v1`; :mod:`shardless.client`
-holds the helper itself (see its docstring for what it does and does not do, notably that writes
-are never retried on UNAVAILABLE and that errors are the stubs' ``grpc.RpcError``).
+holds the helper itself (see its docstring for what it does and does not do, notably which calls
+it retries and that errors are the stubs' ``grpc.RpcError``).
 """
 
 from shardless.client import (
@@ -13,6 +13,7 @@ from shardless.client import (
     Record,
     Transaction,
     abort_reason,
+    certainly_not_applied,
     connect,
     from_key,
     from_row,
@@ -31,6 +32,7 @@ __all__ = [
     "Record",
     "Transaction",
     "abort_reason",
+    "certainly_not_applied",
     "connect",
     "from_key",
     "from_row",

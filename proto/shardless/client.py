@@ -543,13 +543,15 @@ class Client:
         if self.idempotent_writes and not request.idempotency_key:
             request.idempotency_key = uuid.uuid4().hex
         tries = self.attempts if request.idempotency_key else 1
+        not_applied = True
         for attempt in range(tries):
             stub = getattr(self, service)
             try:
                 return getattr(stub, stub_method)(request, timeout=self.timeout_s)
             except grpc.RpcError as e:
+                not_applied = not_applied and _node_said_not_applied(e)
                 if attempt + 1 >= tries or e.code() not in self._RETRYABLE:
-                    raise
+                    raise _mark(e, not_applied) from None
             self._backoff(attempt)
         raise AssertionError("unreachable")
 
@@ -571,21 +573,26 @@ class Client:
         """
         key = idempotency_key or uuid.uuid4().hex
         results: dict[str, Any] = {}
+        maybe_applied = False  # some attempt's Commit failed without proof it changed nothing
         for attempt in range(self.attempts):
             txn: Transaction | None = None
+            committing = False
             try:
                 txn = self.begin(read_only=read_only)
                 result = results[txn.id] = fn(txn)
+                committing = True
                 txn.commit(idempotency_key="" if read_only else key)
                 return results.get(txn.committed_by, result)
             except grpc.RpcError as e:
+                if committing and not read_only and not _node_said_not_applied(e):
+                    maybe_applied = True
                 if txn is not None and not txn.done:
                     try:
                         txn.rollback()
                     except grpc.RpcError:
                         pass
                 if attempt + 1 >= self.attempts or e.code() not in self._RETRYABLE:
-                    raise
+                    raise _mark(e, not maybe_applied) from None
             except BaseException:
                 if txn is not None and not txn.done:
                     try:
@@ -871,6 +878,39 @@ class Client:
     def status(self) -> api.StatusResponse:
         """Return the answering node's view of the cluster (members, leader, commit position)."""
         return self._cluster.Status(api.StatusRequest(), timeout=self.timeout_s)
+
+
+_NOT_APPLIED_ATTR = "_shardless_not_applied"
+_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+
+
+def _node_said_not_applied(error: grpc.RpcError) -> bool:
+    """Whether this one call's error proves it changed nothing: a node refused it (a bad or
+    conflicting request, a full volume, an abort) or said UNAVAILABLE with reason NOT_APPLIED.
+    A transport failure or a deadline proves nothing (the commit may have happened)."""
+    code = error.code()
+    if code in _REFUSED:
+        return True
+    return code == grpc.StatusCode.UNAVAILABLE and abort_reason(error) == "NOT_APPLIED"
+
+
+def certainly_not_applied(error: grpc.RpcError) -> bool:
+    """Whether a write, or a transaction of :meth:`Client.run_transaction`, that raised
+    ``error`` certainly changed nothing, counting every attempt the helper made. False means
+    unknown: it may have been applied (its reply was lost); retry with the same idempotency key
+    to find out without applying it twice."""
+    flag = getattr(error, _NOT_APPLIED_ATTR, None)
+    return bool(flag) if flag is not None else _node_said_not_applied(error)
+
+
+def _mark(error: grpc.RpcError, not_applied: bool) -> grpc.RpcError:
+    try:
+        setattr(error, _NOT_APPLIED_ATTR, not_applied)
+    except AttributeError:
+        pass
+    return error
 
 
 def abort_reason(error: grpc.RpcError) -> str | None:

@@ -9,12 +9,14 @@ checkers themselves.
 How outcomes are recorded (the soundness of every check rests on this):
 
 * ``ok``: the call returned; its effect happened between call and return;
-* ``fail``: it certainly had no effect: a condition or a check in the transaction said no
-  (FAILED_PRECONDITION, a transfer refused for lack of funds), or the request was refused as bad
-  (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS); reads that fail are ``fail`` too (no effect);
-* ``info``: anything else (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED,
-  INTERNAL): the helper retried with the write's idempotency key and still gave up, so the write
-  may or may not have been applied, at any time after its call.
+* ``fail``: it certainly had no effect: a check in the transaction said no (a transfer refused
+  for lack of funds), or ``shardless.certainly_not_applied`` says that no attempt the helper made
+  can have changed anything (every one was refused or aborted by a node, or answered
+  UNAVAILABLE with reason NOT_APPLIED); reads that fail are ``fail`` too (no effect);
+* ``info``: anything else (a transport failure or a deadline in some attempt's commit): the
+  write may or may not have been applied, at any time after its call.
+
+A cas whose condition fails (FAILED_PRECONDITION) is an ``ok`` op that returned False.
 """
 
 from __future__ import annotations
@@ -26,18 +28,15 @@ from typing import Any, ClassVar
 
 import grpc
 
-from shardless import Client, Condition, Mutation, Transaction
+from shardless import Client, Condition, Mutation, Transaction, certainly_not_applied
 from tests.faults.bank import BankResult, check_bank
 from tests.faults.history import FAIL, INFO, OK, History, Op, Status
 from tests.faults.linearizability import LinearizabilityResult, check_registers
 from tests.faults.list_append import ListAppendResult, check_list_append
 
-CERTAIN_NO_EFFECT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                               grpc.StatusCode.ALREADY_EXISTS})
-
 
 def _outcome(e: grpc.RpcError) -> Status:
-    return FAIL if e.code() in CERTAIN_NO_EFFECT else INFO
+    return FAIL if certainly_not_applied(e) else INFO
 
 
 class Workload:

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from shardless import connect
+from shardless import certainly_not_applied, connect
 from tests.harness.cluster import Cluster, wait_for
 from tests.harness.etcd import EtcdCluster
 
@@ -102,6 +102,7 @@ def test_without_etcd_quorum_writes_fail_fast_and_snapshot_reads_go_on(
                 c.insert("kv", {"id": 100, "v": "during"})
             took = time.monotonic() - started
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+            assert certainly_not_applied(failed.value), failed.value
             assert took < 4.0, f"a write took {took:.1f}s to fail (deadline 8 s)"
             t = c.begin()
             started = time.monotonic()

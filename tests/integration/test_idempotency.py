@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from nodes import faultpoints
-from shardless import Condition, Mutation, Transaction, connect, to_row
+from shardless import Condition, Mutation, Transaction, certainly_not_applied, connect, to_row
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
@@ -112,10 +112,16 @@ def test_a_commit_whose_reply_dies_with_its_node_is_applied_once_when_retried_el
         with pytest.raises(grpc.RpcError) as lost:
             t.commit(idempotency_key="transfer-1")
         assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, lost.value
+        assert not certainly_not_applied(lost.value), "a lost reply was called certain"
     wait_for(lambda: not crash_txn.is_alive, 10, message="the node to die after its commit")
     assert crash_txn.returncode == -signal.SIGKILL
     assert [r["bal"] for r in db.scan("acct")] == [70, 30], "the durable commit was lost"
-    # Retried elsewhere: the dead node's row locks are freed, and nothing is applied again.
+    # Retried elsewhere: the dead node's row locks are freed, and nothing is applied again;
+    # the commit names the transaction that applied the key.
+    again = db.begin()
+    transfer(again)
+    again.commit(idempotency_key="transfer-1")
+    assert again.replayed and again.committed_by == t.id
     db.run_transaction(transfer, idempotency_key="transfer-1")
     db.run_transaction(transfer, idempotency_key="transfer-1")
     assert [r["bal"] for r in db.scan("acct")] == [70, 30], "the retry applied again"
@@ -124,6 +130,7 @@ def test_a_commit_whose_reply_dies_with_its_node_is_applied_once_when_retried_el
         with pytest.raises(grpc.RpcError) as lost:
             doomed.insert("acct", {"id": 3, "bal": 5}, idempotency_key="insert-1")
         assert lost.value.code() == grpc.StatusCode.UNAVAILABLE, lost.value
+        assert not certainly_not_applied(lost.value), "a lost reply was called certain"
     wait_for(lambda: not crash_write.is_alive, 10, message="the node to die after its commit")
     first = db.get("acct", 3)
     assert first is not None and first["bal"] == 5
