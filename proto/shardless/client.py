@@ -607,9 +607,13 @@ class Client:
         """A channel to one node (interactive transactions are bound to their node)."""
         ch = self._node_channels.get(address)
         if ch is None:
+            first, longest = RECONNECT_BACKOFF_MS
             ch = self._node_channels[address] = grpc.insecure_channel(
                 address, options=[("grpc.max_receive_message_length", 64 << 20),
-                                  ("grpc.max_send_message_length", 64 << 20)])
+                                  ("grpc.max_send_message_length", 64 << 20),
+                                  ("grpc.initial_reconnect_backoff_ms", first),
+                                  ("grpc.min_reconnect_backoff_ms", first),
+                                  ("grpc.max_reconnect_backoff_ms", longest)])
         return ch
 
     def begin(self, read_only: bool = False) -> Transaction:
@@ -946,11 +950,19 @@ class Transaction:
         ch = client._node_channel(begun.address)
         self._rows = api_grpc.RowServiceStub(ch)
         self._txns = api_grpc.TransactionServiceStub(ch)
+        self._used = False
         self.done = False
         self.replayed = False
         """Whether :meth:`commit` found its idempotency key already committed."""
         self.committed_by = ""
         """After :meth:`commit`: the id of the transaction whose commit applied the key."""
+
+    def _opts(self) -> dict[str, Any]:
+        """Call options: the first call waits for the node's connection (its Begin was just
+        answered through the shared channel, so the node is up, but this channel may still be
+        in its reconnect backoff from an earlier death of the node); later ones fail fast."""
+        first, self._used = not self._used, True
+        return {"timeout": self._timeout_s, "wait_for_ready": True if first else None}
 
     def __enter__(self) -> Transaction:
         """Return self."""
@@ -974,7 +986,7 @@ class Transaction:
         """Read one row (locking it: shared, or exclusive with ``for_update``)."""
         request = api.GetRequest(table=table, key=to_key(key), columns=list(columns or ()),
                                  transaction_id=self.id, for_update=for_update)
-        return _result(self._rows.Get(request, timeout=self._timeout_s))
+        return _result(self._rows.Get(request, **self._opts()))
 
     def batch_get(self, table: str, keys: Iterable[KeyLike],
                   columns: Iterable[str] | None = None, *, for_update: bool = False
@@ -983,7 +995,7 @@ class Transaction:
         request = api.BatchGetRequest(table=table, keys=_keys(keys),
                                       columns=list(columns or ()), transaction_id=self.id,
                                       for_update=for_update)
-        return [_result(r) for r in self._rows.BatchGet(request, timeout=self._timeout_s)
+        return [_result(r) for r in self._rows.BatchGet(request, **self._opts())
                 .results]
 
     def scan(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
@@ -1000,36 +1012,36 @@ class Transaction:
             request.start.CopyFrom(pb.Bound(key=to_key(start), exclusive=start_exclusive))
         if end is not None:
             request.end.CopyFrom(pb.Bound(key=to_key(end), exclusive=end_exclusive))
-        return [from_row(r) for resp in self._rows.Scan(request, timeout=self._timeout_s)
+        return [from_row(r) for resp in self._rows.Scan(request, **self._opts())
                 for r in resp.rows]
 
     def insert(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
         """Insert rows (ALREADY_EXISTS if one exists); return the rows affected."""
         request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
-        return self._rows.Insert(request, timeout=self._timeout_s).rows_affected
+        return self._rows.Insert(request, **self._opts()).rows_affected
 
     def upsert(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
         """Insert or replace rows; return the rows affected."""
         request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
-        return self._rows.Upsert(request, timeout=self._timeout_s).rows_affected
+        return self._rows.Upsert(request, **self._opts()).rows_affected
 
     def update(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:
         """Change columns of existing rows (NOT_FOUND if one is missing)."""
         request = api.WriteRowsRequest(table=table, rows=_rows(rows), transaction_id=self.id)
-        return self._rows.Update(request, timeout=self._timeout_s).rows_affected
+        return self._rows.Update(request, **self._opts()).rows_affected
 
     def delete(self, table: str, keys: Iterable[KeyLike]) -> int:
         """Delete rows by key; return how many existed."""
         request = api.DeleteRequest(table=table, keys=_keys(keys), transaction_id=self.id)
-        return self._rows.Delete(request, timeout=self._timeout_s).rows_affected
+        return self._rows.Delete(request, **self._opts()).rows_affected
 
     def write(self, mutations: Iterable[pb.Mutation]) -> int:
         """Apply mixed, possibly conditional, mutations; return the rows affected."""
         request = api.WriteRequest(mutations=list(mutations), transaction_id=self.id)
-        return self._rows.Write(request, timeout=self._timeout_s).rows_affected
+        return self._rows.Write(request, **self._opts()).rows_affected
 
     def commit(self, idempotency_key: str = "") -> int:
         """Commit durably; return the commit position (0 if nothing was written).
@@ -1040,7 +1052,7 @@ class Transaction:
         self.done = True
         resp = self._txns.Commit(api.CommitRequest(transaction_id=self.id,
                                                    idempotency_key=idempotency_key),
-                                 timeout=self._timeout_s)
+                                 **self._opts())
         self.replayed = resp.replayed
         self.committed_by = resp.committed_transaction_id or self.id
         return resp.commit_position
@@ -1049,7 +1061,7 @@ class Transaction:
         """Discard the writes and release the locks."""
         self.done = True
         self._txns.Rollback(api.RollbackRequest(transaction_id=self.id),
-                            timeout=self._timeout_s)
+                            **self._opts())
 
 
 def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0, **options: Any

@@ -12,11 +12,13 @@ Fault kinds:
   fenced); heal: SIGCONT;
 * ``restart-node``: SIGTERM one node (it drains) and start it again;
 * ``kill-etcd``: SIGKILL one etcd member of three; heal: restart it;
-* ``lose-quorum``: SIGKILL two etcd members of three; heal: restart them.
+* ``lose-quorum``: SIGKILL two etcd members of three; heal: restart them;
+* ``fill-disk``: fill the volume's LMDB map (nodes started with ``--map-size``) with junk rows
+  until writes fail with RESOURCE_EXHAUSTED; heal: restart one node with a map ``FILL_STEP``
+  bigger, which the other nodes take up by themselves.
 
 At most one fault is active at a time, so two nodes of three always run (but they may have no
-etcd quorum). The disk-full fault has its own test (``test_disk_full.py``): it needs a node
-restarted with other flags to heal.
+etcd quorum, or no room to write).
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import grpc
+
+from shardless import connect
 from tests.harness.cluster import Cluster
 from tests.harness.etcd import EtcdCluster
+
+FILL_STEP = 16 << 20
+FILL_TABLE = "nemesis_fill"
 
 Heal = Callable[[], None]
 
@@ -76,12 +84,55 @@ def lose_quorum(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
     return f"lose etcd quorum (kill -9 {names})", lambda: etcd.regain_quorum(gone)
 
 
+def _map_size(node) -> int:  # type: ignore[no-untyped-def]
+    args = list(node.extra_args)
+    if "--map-size" not in args:
+        raise RuntimeError("fill-disk needs nodes started with --map-size")
+    return int(args[args.index("--map-size") + 1])
+
+
+def _set_map_size(node, size: int) -> None:  # type: ignore[no-untyped-def]
+    args = list(node.extra_args)
+    args[args.index("--map-size") + 1] = str(size)
+    node.extra_args = tuple(args)
+
+
+def fill_disk(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
+    size = max(_map_size(n) for n in cluster.nodes)
+    junk = "j" * 2000
+    with connect(cluster.addresses, timeout_s=10, attempts=1, refresh_s=None) as db:
+        db.create_table(FILL_TABLE, {"id": "int64", "v": "string"}, primary_key="id",
+                        if_not_exists=True)
+        base = rng.randrange(1 << 40)
+        for batch in range(100_000):
+            try:
+                db.insert(FILL_TABLE, [{"id": base + batch * 64 + i, "v": junk}
+                                       for i in range(64)])
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    break
+                if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    continue  # another fault's aftermath; keep filling
+        else:
+            raise RuntimeError("the volume never filled up")
+
+    def heal() -> None:
+        node = rng.choice([n for n in cluster.nodes if n.is_alive])
+        for n in cluster.nodes:  # later restarts of any node keep the bigger map
+            _set_map_size(n, size + FILL_STEP)
+        node.terminate()
+        node.restart()
+
+    return f"fill the volume ({size >> 20} MiB map)", heal
+
+
 FAULTS: dict[str, Callable[[Cluster, random.Random], tuple[str, Heal]]] = {
     "kill-node": kill_node,
     "pause-node": pause_node,
     "restart-node": restart_node,
     "kill-etcd": kill_etcd,
     "lose-quorum": lose_quorum,
+    "fill-disk": fill_disk,
 }
 
 
@@ -93,9 +144,10 @@ class Event:
 
 @dataclass
 class Nemesis:
-    """Inject ``faults`` into ``cluster`` for ``seconds``: each cycle waits 0.3-1.5 s, applies
-    the next fault (in turn when ``rotate``, else at random), holds it 0.5-3 s (a pause 1-5 s),
-    then heals it. :meth:`stop` heals whatever is active."""
+    """Inject ``faults`` into ``cluster`` for ``seconds`` (in turn: at least until each kind ran
+    once): each cycle waits 0.3-1.5 s, applies the next fault (in turn when ``rotate``, else at
+    random), holds it 1-3 s (a pause 1-5 s), then heals it. :meth:`wait` waits for the end of
+    the schedule; :meth:`stop` heals whatever is active."""
 
     cluster: Cluster
     faults: Sequence[str]
@@ -132,8 +184,8 @@ class Nemesis:
         i = 0
         try:
             while not self._stop.wait(self._rng.uniform(0.3, 1.5)):
-                if time.monotonic() >= deadline:
-                    break
+                if time.monotonic() >= deadline and (not self.rotate or i >= len(self.faults)):
+                    break  # in turn, every kind runs at least once however short the time
                 kind = (self.faults[i % len(self.faults)] if self.rotate
                         else self._rng.choice(list(self.faults)))
                 i += 1
@@ -147,6 +199,10 @@ class Nemesis:
         except Exception as e:  # reported by the runner: a broken nemesis proves nothing
             self.errors.append(f"nemesis: {e!r}")
             self._event(f"ERROR {e!r}")
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait until the schedule has ended (or ``timeout_s``)."""
+        self._thread.join(timeout=timeout_s)
 
     def _heal_now(self, why: str) -> None:
         heal, self._heal = self._heal, None

@@ -31,6 +31,9 @@ from tests.faults.nemesis import FAULTS, Nemesis
 from tests.faults.workloads import WORKLOADS, Workload
 from tests.harness.cluster import Cluster
 
+NODE_ARGS = ("--map-size", str(32 << 20))
+"""Flags of the nodes of a fault run: a small volume, so that ``fill-disk`` fills it fast."""
+
 
 @dataclass
 class Report:
@@ -101,6 +104,7 @@ def run_workload(name: str, cluster: Cluster, *, seconds: float, seed: int,
     try:
         nemesis.start()
         time.sleep(seconds)
+        nemesis.wait(120)
     finally:
         nemesis.stop()
     try:
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         round_seed = seed + k
         seconds = min(args.round_minutes * 60, max(10.0, deadline - time.monotonic()))
         with tempfile.TemporaryDirectory(prefix="shardless-faults-") as tmp:
-            cluster = Cluster(Path(tmp) / "cluster", n=3, ttl_s=3, etcd_members=3)
+            cluster = Cluster(Path(tmp) / "cluster", n=3, ttl_s=3, etcd_members=3,
+                              node_args=NODE_ARGS)
             report: Report | None = None
             try:
                 report = run_workload(name, cluster, seconds=seconds, seed=round_seed,

@@ -3,8 +3,9 @@
 Each test runs one workload (registers with a linearizability check, bank, list-append) with six
 clients of the helper over three nodes and a three-member etcd, while the nemesis applies every
 fault kind in turn (kill -9, SIGSTOP and restart of a node; kill of an etcd member; loss of etcd
-quorum) at random moments. The seed is printed; set ``SHARDLESS_FAULT_SEED`` to replay a run's
-schedule. The long form: ``python -m tests.faults.run --minutes 60`` (docs/development.md).
+quorum; a full volume) at random moments. The seed is printed; set ``SHARDLESS_FAULT_SEED`` to
+replay a run's schedule. The long form: ``python -m tests.faults.run --minutes 60``
+(docs/development.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import random
 import pytest
 
 from tests.faults.nemesis import FAULTS
-from tests.faults.run import run_workload
+from tests.faults.run import NODE_ARGS, run_workload
 from tests.faults.workloads import WORKLOADS
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.timeout(300)]
@@ -27,7 +28,7 @@ SECONDS = float(os.environ.get("SHARDLESS_FAULT_SECONDS", "25"))
 def test_workload_under_every_fault_kind(workload: str, make_cluster) -> None:  # type: ignore[no-untyped-def]
     seed = int(os.environ.get("SHARDLESS_FAULT_SEED", random.randrange(1 << 31)))
     print(f"{workload}: seed {seed} (SHARDLESS_FAULT_SEED={seed} replays the schedule)")
-    cluster = make_cluster(etcd_members=3)
+    cluster = make_cluster(*NODE_ARGS, etcd_members=3)
     report = run_workload(workload, cluster, seconds=SECONDS, seed=seed, faults=list(FAULTS))
     print(report.text())
     assert set(report.faults) == set(FAULTS), f"not every fault kind ran: {report.faults}"
