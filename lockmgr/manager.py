@@ -67,9 +67,7 @@ DEFAULT_WAIT_TIMEOUT_S = 10.0
 WIDE_PAGES = 4
 """Page requests of one table in one batch from which they share one range read."""
 WIDE_MAX_ENTRIES = 512
-"""A table whose last shared read returned more entries reads page by page again..."""
-WIDE_RETRY_EVERY = 64
-"""...except for one request in this many, whose shared read tells whether it still must."""
+"""A table whose last shared read returned more entries reads page by page again."""
 RECHECK_S = 2.0
 """A waiter re-reads its resource this often even without a watch event: a safety net for a
 notification lost with an etcd member (a watch stream that broke and was re-created on a member
@@ -131,7 +129,6 @@ class LockManager:
         self._lock = threading.Lock()
         self._waiting: dict[str, TxnLocks] = {}
         self._wide_sizes: dict[str, int] = {}  # table -> entries its last shared page read got
-        self._wide_skips: dict[str, int] = {}  # table -> requests that skipped the shared read
         self._page_prefix_slashes = resource.resource_prefix(cluster, "p/x").count(b"/")
         self._stop = threading.Event()
         self.deadlocks_found = 0
@@ -266,21 +263,13 @@ class LockManager:
             if req.name.startswith("p/"):
                 table = req.name.split("/")[1]
                 pages[table] = pages.get(table, 0) + 1
-        wide_ok: dict[str, bool] = {}
-        for table, count in pages.items():
-            if count < WIDE_PAGES:
-                continue
-            ok = self._wide_sizes.get(table, 0) <= WIDE_MAX_ENTRIES
-            if not ok:  # try a wide read again now and then: the table may have calmed down
-                self._wide_skips[table] = self._wide_skips.get(table, 0) + 1
-                ok = self._wide_skips[table] % WIDE_RETRY_EVERY == 0
-            wide_ok[table] = ok
         out: list[tuple[int, bytes]] = []
         shared: dict[str, int] = {}
         next_at = 0
         for req in reqs:
             table = req.name.split("/")[1]
-            if req.name.startswith("p/") and wide_ok.get(table, False):
+            if (req.name.startswith("p/") and pages[table] >= WIDE_PAGES
+                    and self._wide_sizes.get(table, 0) <= WIDE_MAX_ENTRIES):
                 if table not in shared:
                     shared[table] = next_at
                     next_at += 1
