@@ -64,10 +64,6 @@ from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT_TIMEOUT_S = 10.0
-WIDE_PAGES = 4
-"""Page requests of one table in one batch from which they share one range read."""
-WIDE_MAX_ENTRIES = 512
-"""A table whose last shared read returned more entries reads page by page again."""
 RECHECK_S = 2.0
 """A waiter re-reads its resource this often even without a watch event: a safety net for a
 notification lost with an etcd member (a watch stream that broke and was re-created on a member
@@ -128,8 +124,6 @@ class LockManager:
         self._session: Session | None = None
         self._lock = threading.Lock()
         self._waiting: dict[str, TxnLocks] = {}
-        self._wide_sizes: dict[str, int] = {}  # table -> entries its last shared page read got
-        self._page_prefix_slashes = resource.resource_prefix(cluster, "p/x").count(b"/")
         self._stop = threading.Event()
         self.deadlocks_found = 0
         self.fenced_sessions: list[int] = []
@@ -223,26 +217,19 @@ class LockManager:
             txn.seq += 1
             req.key = resource.entry_key(self.cluster, req.name, txn.txn_id, str(txn.seq))
             ops.append(EtcdClient.put_op(req.key, req.value(), txn.lease_id))
-        reads = self._plan_reads(reqs)
-        prefixes: dict[int, bytes] = {}
-        for at, prefix in reads:
-            prefixes.setdefault(at, prefix)
-        ops.extend(EtcdClient.range_op(prefixes[at]) for at in range(len(prefixes)))
+        for req in reqs:
+            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)))
         ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
         ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
         # Known before etcd answers: a request that times out may still have written them, and
         # the release must then delete them (else they block others as long as the session).
         txn.keys.extend(req.key for req in reqs)
         rev, results = self._client.txn(ops)
-        n, n_reads = len(reqs), len(prefixes)
-        self._fence_dead(results[n + n_reads] or [], results[n + n_reads + 1] or [])
-        parsed = [self._entries(results[n + at] or []) for at in range(n_reads)]
-        for at, prefix in prefixes.items():
-            if b"/locks/p/" in prefix and prefix.count(b"/") == self._page_prefix_slashes:
-                self._wide_sizes[prefix.decode().split("/")[-2]] = len(parsed[at])
+        n = len(reqs)
+        self._fence_dead(results[2 * n] or [], results[2 * n + 1] or [])
         waits = []
         for j, req in enumerate(reqs):
-            entries = [e for e in parsed[reads[j][0]] if e.resource == req.name]
+            entries = self._entries(results[n + j] or [])
             req.revision = next(e.create_revision for e in entries if e.key == req.key)
             conflicts = _conflicts(txn, req, entries)
             if conflicts:
@@ -251,34 +238,6 @@ class LockManager:
                 self._granted(txn, req)
         for req, conflicts in waits:
             self._wait(txn, req, conflicts, rev, deadline)
-
-    def _plan_reads(self, reqs: list[_Request]) -> list[tuple[int, bytes]]:
-        """Per request, (index of its range read, the prefix read). Page requests of one table
-        share one read of all the table's page entries when there are at least ``WIDE_PAGES``
-        of them and the last such read was small (``WIDE_MAX_ENTRIES``); others read their own
-        resource. Fewer etcd ops for a transaction spread over many pages, at the price of
-        reading other pages' entries."""
-        pages: dict[str, int] = {}
-        for req in reqs:
-            if req.name.startswith("p/"):
-                table = req.name.split("/")[1]
-                pages[table] = pages.get(table, 0) + 1
-        out: list[tuple[int, bytes]] = []
-        shared: dict[str, int] = {}
-        next_at = 0
-        for req in reqs:
-            table = req.name.split("/")[1]
-            if (req.name.startswith("p/") and pages[table] >= WIDE_PAGES
-                    and self._wide_sizes.get(table, 0) <= WIDE_MAX_ENTRIES):
-                if table not in shared:
-                    shared[table] = next_at
-                    next_at += 1
-                out.append((shared[table],
-                            resource.resource_prefix(self.cluster, f"p/{table}")))
-            else:
-                out.append((next_at, resource.resource_prefix(self.cluster, req.name)))
-                next_at += 1
-        return out
 
     @staticmethod
     def _granted(txn: TxnLocks, req: _Request) -> None:
