@@ -1,0 +1,74 @@
+"""The lock manager against a real etcd, without nodes: a transaction over many pages waits for
+a conflict on any one of them, and only for that."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator
+
+import pytest
+
+from lockmgr import EtcdClient, LockManager, LockMode, Resource, Session
+from tests.harness.etcd import EtcdServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class _NoFence:
+    def fence(self, lease_id: int) -> None:
+        """No session dies here."""
+
+
+@pytest.fixture
+def lm(etcd: EtcdServer) -> Generator[LockManager, None, None]:
+    client = EtcdClient(etcd.endpoint)
+    session = Session(client, 5)
+    m = LockManager(client, "t", "n1", _NoFence(), wait_timeout_s=5)
+    m.attach(session)
+    try:
+        yield m
+    finally:
+        m.close()
+        session.close()
+        client.close()
+
+
+def _rows(pages: range, table: str = "1") -> list[tuple[Resource, LockMode]]:
+    return [(Resource(table, f"{p:04d}", f"r{p}"), LockMode.X) for p in pages]
+
+
+@pytest.mark.parametrize("spread", [2, 8])
+def test_a_transaction_over_many_pages_waits_for_a_conflict_on_any_of_them(
+        lm: LockManager, spread: int) -> None:
+    """B holds X on one row of one page; A asks for X on that row among rows of ``spread``
+    pages: A waits until B releases, then gets all;
+    rows of the same pages that nobody holds never block, and a page S lock waits for A."""
+    b = lm.begin("b@n1")
+    lm.acquire(b, _rows(range(1, 2)))
+    a = lm.begin("a@n1")
+    granted = threading.Event()
+
+    def take() -> None:
+        lm.acquire(a, _rows(range(spread)))
+        granted.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert not granted.wait(0.5), "A was granted a row B holds"
+    other = lm.begin("c@n1")
+    lm.acquire(other, [(Resource("1", "0001", "other-row"), LockMode.X)], timeout_s=2)
+    lm.release(other)
+    lm.release(b)
+    assert granted.wait(5), "A was not granted after B released"
+    t.join(5)
+    assert all(Resource("1", f"{p:04d}", f"r{p}") in a.held for p in range(spread))
+    scan = lm.begin("d@n1")
+    started = time.monotonic()
+    with pytest.raises(Exception) as timed_out:
+        lm.acquire(scan, [(Resource("1", f"{spread - 1:04d}"), LockMode.S)], timeout_s=0.5)
+    assert "lock_timeout" in str(timed_out.value).lower()
+    assert time.monotonic() - started < 3
+    lm.release(scan)
+    lm.release(a)
+    assert lm.flush_releases()
