@@ -14,8 +14,9 @@ when it begins a transaction (or ``MapFullError`` when it writes past its own, s
 may take up the new size with ``set_mapsize(0)``, but only while none of its transactions is
 open. :class:`_MapGate` gives that moment: every transaction holds the gate shared, and
 :meth:`LmdbEnv.adopt_map_size` takes it exclusively (giving up after ``ADOPT_WAIT_S`` rather than
-wait for a long scan forever). Read transactions adopt by themselves; writers call
-:meth:`LmdbEnv.adopt_map_size` after ``MapFull`` and retry if the map grew.
+wait for a long scan forever; the next MapFull or MapResized tries again). Read transactions
+adopt by themselves; writers call :meth:`LmdbEnv.adopt_map_size` after ``MapFull`` and retry if
+the map grew.
 
 The environment is opened with ``sync=True`` and ``metasync=True``: a write
 transaction's commit returns only after its data is on disk, which is what makes a commit
@@ -43,42 +44,39 @@ ADOPT_WAIT_S = 2.0
 class _MapGate:
     """A readers-writer gate: transactions share it; adopting a new map size excludes them.
 
-    Re-entrant for a thread that already holds it shared (a nested transaction never waits on
-    a resize that waits on it), and a resize gives up after its timeout so a transaction held
-    open by a slow consumer only delays it.
+    A transaction may be opened in one thread and closed in another (a scan's snapshot), so the
+    gate counts holders, not threads. A waiting resize gets a short head start
+    (``HEAD_START_S``) over new transactions, never an unbounded one: a thread that already
+    holds the gate and opens another transaction is delayed at most that long, and the resize
+    gives up after its own timeout if transactions keep it waiting.
     """
+
+    HEAD_START_S = 0.2
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._holders = 0
         self._waiting = 0
         self._exclusive = False
-        self._local = threading.local()
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
-        depth = getattr(self._local, "depth", 0)
-        if depth == 0:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
-                self._holders += 1
-        self._local.depth = depth + 1
+        with self._cond:
+            if self._waiting:
+                self._cond.wait_for(lambda: not self._waiting, timeout=self.HEAD_START_S)
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._holders += 1
         try:
             yield
         finally:
-            self._local.depth -= 1
-            if self._local.depth == 0:
-                with self._cond:
-                    self._holders -= 1
-                    self._cond.notify_all()
+            with self._cond:
+                self._holders -= 1
+                self._cond.notify_all()
 
     @contextlib.contextmanager
     def exclusive(self, timeout_s: float) -> Iterator[bool]:
         """Yield True once no transaction of this process is open, or False after
-        ``timeout_s`` (or if this thread holds the gate itself)."""
-        if getattr(self._local, "depth", 0):
-            yield False
-            return
+        ``timeout_s``."""
         with self._cond:
             self._waiting += 1
             try:

@@ -95,6 +95,27 @@ def test_a_writer_adopts_after_map_full_when_the_meta_page_grew(tmp_path: Path) 
     env.close()
 
 
+def test_a_transaction_may_end_in_another_thread_than_the_one_that_began_it(tmp_path: Path
+                                                                            ) -> None:
+    env = LmdbEnv(str(tmp_path / "v"), map_size=SMALL)
+    ctx = env.read_txn()
+    ctx.__enter__()
+    ended: list[BaseException] = []
+
+    def end() -> None:
+        try:
+            ctx.__exit__(None, None, None)
+        except BaseException as e:
+            ended.append(e)
+
+    t = threading.Thread(target=end)
+    t.start()
+    t.join(10)
+    assert not ended, ended
+    assert env.adopt_map_size(timeout_s=1) is False  # the gate is free again: nothing grew
+    env.close()
+
+
 def test_adoption_waits_for_open_transactions_and_gives_up_after_its_timeout(tmp_path: Path
                                                                              ) -> None:
     env = LmdbEnv(str(tmp_path / "v"), map_size=SMALL)
@@ -110,7 +131,7 @@ def test_adoption_waits_for_open_transactions_and_gives_up_after_its_timeout(tmp
     try:
         assert opened.wait(10)
         assert env.adopt_map_size(timeout_s=0.2) is False
-        # A thread inside a transaction may begin another (re-entrant), resize pending or not.
+        # A thread inside a transaction may begin another, a resize pending or not.
         with env.read_txn(), env.read_txn():
             pass
     finally:
