@@ -161,6 +161,11 @@ class EtcdClient:
         return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=key))
 
     @staticmethod
+    def get_op(key: bytes) -> Any:
+        """A read of exactly ``key`` for :meth:`txn` (values left out)."""
+        return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key, keys_only=True))
+
+    @staticmethod
     def range_op(prefix: bytes, keys_only: bool = False) -> Any:
         """A read of every key under ``prefix`` for :meth:`txn` (values left out if
         ``keys_only``)."""

@@ -215,22 +215,26 @@ class LockManager:
         ops: list[Any] = []
         for req in reqs:
             txn.seq += 1
-            req.key = resource.entry_key(self.cluster, req.name, txn.txn_id, str(txn.seq))
+            stored = resource.entry_name(req.name, req.mode.is_intention())
+            req.key = resource.entry_key(self.cluster, stored, txn.txn_id, str(txn.seq))
             ops.append(EtcdClient.put_op(req.key, req.value(), txn.lease_id))
+        reads: list[tuple[int, int]] = []  # per request: (first read op, how many)
         for req in reqs:
-            ops.append(EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)))
+            names = resource.read_names(req.name, req.mode.is_intention())
+            reads.append((len(ops), len(names)))
+            ops.extend(EtcdClient.range_op(resource.resource_prefix(self.cluster, name))
+                       for name in names)
         ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
         ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
         # Known before etcd answers: a request that times out may still have written them, and
         # the release must then delete them (else they block others as long as the session).
         txn.keys.extend(req.key for req in reqs)
         rev, results = self._client.txn(ops)
-        n = len(reqs)
-        self._fence_dead(results[2 * n] or [], results[2 * n + 1] or [])
+        self._fence_dead(results[-2] or [], results[-1] or [])
         waits = []
-        for j, req in enumerate(reqs):
-            entries = self._entries(results[n + j] or [])
-            req.revision = next(e.create_revision for e in entries if e.key == req.key)
+        for req, (at, count) in zip(reqs, reads, strict=True):
+            entries = self._entries([kv for r in results[at:at + count] for kv in (r or [])])
+            req.revision = rev  # a key created in this etcd transaction has its revision
             conflicts = _conflicts(txn, req, entries)
             if conflicts:
                 waits.append((req, conflicts))
@@ -250,7 +254,8 @@ class LockManager:
     def _entries(self, kvs: list[KeyValue]) -> list[Entry]:
         out = []
         for kv in kvs:
-            res, txn_id, _ = resource.parse_entry_key(self.cluster, kv.key)
+            name, txn_id, _ = resource.parse_entry_key(self.cluster, kv.key)
+            res = resource.resource_of_entry_name(name)
             mode, rows = _parse_value(kv.value)
             out.append(Entry(res, txn_id, mode, kv.key, kv.create_revision,
                              txn_id.rpartition("@")[2], rows))
@@ -306,14 +311,17 @@ class LockManager:
                 finally:
                     cancel()
                 self._check_aborted(txn)
+                names = resource.read_names(req.name, req.mode.is_intention())
                 seen_rev, results = self._client.txn([
-                    EtcdClient.range_op(resource.resource_prefix(self.cluster, req.name)),
+                    EtcdClient.get_op(req.key),
+                    *(EtcdClient.range_op(resource.resource_prefix(self.cluster, name))
+                      for name in names),
                     EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True),
                     EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True),
                 ])
-                self._fence_dead(results[1] or [], results[2] or [])
-                entries = self._entries(results[0] or [])
-                if not any(e.key == req.key for e in entries):
+                self._fence_dead(results[-2] or [], results[-1] or [])
+                entries = self._entries([kv for r in results[1:-2] for kv in (r or [])])
+                if not results[0]:
                     raise SessionExpired(f"lock entry of {txn.txn_id} on {req.name} is gone: "
                                          f"its session ended")
                 conflicts = _conflicts(txn, req, entries)

@@ -47,6 +47,10 @@ class LockMode(enum.Enum):
                 return m
         raise AssertionError("X covers every mode")
 
+    def is_intention(self) -> bool:
+        """Whether this is IS or IX (modes that conflict only with S, SIX and X)."""
+        return self in (LockMode.IS, LockMode.IX)
+
     def intention(self) -> LockMode:
         """The intention mode a parent needs for a lock in this mode on a child."""
         return LockMode.IS if self in (LockMode.IS, LockMode.S) else LockMode.IX

@@ -16,7 +16,11 @@ key                                             lease                  value
 ==============================================  =====================  ==================
 
 A resource name never prefixes another's (each ends with ``/`` in the key), so one range read
-returns exactly the entries of one resource. The session marker outlives its lease on purpose: a
+returns exactly the entries of one resource. A table's entries live under two names: intention
+modes (IS, IX) under ``t/<table>``, the others (S, SIX, X) under ``ts/<table>``. Intention modes
+never conflict with each other, so an IS or IX request reads only ``ts/<table>`` (almost always
+empty) instead of every concurrent transaction's intention entry of the table; a strong request
+reads both. The session marker outlives its lease on purpose: a
 marker whose ``live`` key is gone names a session that ended without a clean close, which must be
 fenced in storage before anyone acts on a lock it may have held (see ``manager.py``).
 """
@@ -117,3 +121,30 @@ def live_key(cluster: str, lease_id: int) -> bytes:
 def lease_of_key(key: bytes) -> int:
     """The lease id at the end of a session marker or liveness key."""
     return int(key.rsplit(b"/", 1)[1], 16)
+
+
+STRONG_TABLE = "ts/"
+"""Name prefix of a table's S, SIX and X entries (see the module docstring)."""
+
+
+def entry_name(name: str, intention: bool) -> str:
+    """The name under which an entry of resource ``name`` is stored: a table's strong modes go
+    to ``ts/<table>``; everything else to its own name."""
+    if name.startswith("t/") and not intention:
+        return STRONG_TABLE + name[2:]
+    return name
+
+
+def read_names(name: str, intention: bool) -> list[str]:
+    """The names whose entries a request on ``name`` must read to find its conflicts."""
+    if name.startswith("t/"):
+        strong = STRONG_TABLE + name[2:]
+        return [strong] if intention else [name, strong]
+    return [name]
+
+
+def resource_of_entry_name(name: str) -> str:
+    """The resource an entry name stands for (``ts/<table>`` is table ``t/<table>``)."""
+    if name.startswith(STRONG_TABLE):
+        return "t/" + name[len(STRONG_TABLE):]
+    return name

@@ -72,3 +72,40 @@ def test_a_transaction_over_many_pages_waits_for_a_conflict_on_any_of_them(
     lm.release(scan)
     lm.release(a)
     assert lm.flush_releases()
+
+
+def _granted_within(lm: LockManager, txn, needs, seconds: float) -> threading.Event:  # type: ignore[no-untyped-def]
+    done = threading.Event()
+
+    def take() -> None:
+        lm.acquire(txn, needs)
+        done.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    done.wait(seconds)
+    return done
+
+
+def test_table_locks_conflict_across_the_split_of_intention_and_strong_entries(
+        lm: LockManager) -> None:
+    """A holds IX on the table (through a row); B's table S waits for A; C's row X (IX on the
+    table) waits behind B's S (FIFO) though it is compatible with A; D's table IS does not
+    wait for A (IS and IX are compatible) but waits for nothing else either."""
+    a = lm.begin("a@n1")
+    lm.acquire(a, _rows(range(1)))
+    b = lm.begin("b@n1")
+    b_done = _granted_within(lm, b, [(Resource("1"), LockMode.S)], 0.5)
+    assert not b_done.is_set(), "a table S was granted over an IX"
+    c = lm.begin("c@n1")
+    c_done = _granted_within(lm, c, [(Resource("1", "0009", "r9"), LockMode.X)], 0.5)
+    assert not c_done.is_set(), "an IX jumped over the S waiting before it"
+    lm.release(a)
+    assert b_done.wait(5), "the table S was not granted once the IX went"
+    assert not c_done.wait(0.3), "the IX was granted while the S is held"
+    lm.release(b)
+    assert c_done.wait(5), "the IX was not granted once the S went"
+    d = lm.begin("d@n1")
+    assert _granted_within(lm, d, [(Resource("1", "0001", "r1"), LockMode.S)], 5).is_set()
+    for t in (c, d):
+        lm.release(t)
+    assert lm.flush_releases()

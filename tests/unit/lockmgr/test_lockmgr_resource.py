@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +150,24 @@ def test_different_leases_have_different_keys(cluster: str, a: int, b: int):
     """Session markers and liveness keys of different leases never collide."""
     assert (rk.session_key(cluster, a) == rk.session_key(cluster, b)) == (a == b)
     assert (rk.live_key(cluster, a) == rk.live_key(cluster, b)) == (a == b)
+
+
+@pytest.mark.parametrize("held", list(LockMode))
+@pytest.mark.parametrize("wanted", list(LockMode))
+def test_a_table_request_reads_every_name_where_a_conflicting_entry_can_be(
+        held: LockMode, wanted: LockMode) -> None:
+    """Table entries are split by mode (intention under t/, strong under ts/): whatever two
+    modes conflict, the request reads the name the other's entry is stored under."""
+    stored = rk.entry_name("t/7", held.is_intention())
+    reads = rk.read_names("t/7", wanted.is_intention())
+    if not held.compatible(wanted):
+        assert stored in reads, (held, wanted, stored, reads)
+    assert rk.resource_of_entry_name(stored) == "t/7"
+
+
+def test_intention_requests_read_only_the_strong_entries_and_pages_are_not_split() -> None:
+    assert rk.read_names("t/7", True) == ["ts/7"]
+    assert rk.read_names("t/7", False) == ["t/7", "ts/7"]
+    assert rk.entry_name("p/7/0a", False) == "p/7/0a"
+    assert rk.read_names("p/7/0a", True) == ["p/7/0a"]
+    assert rk.resource_of_entry_name("p/7/0a") == "p/7/0a"
