@@ -205,13 +205,21 @@ class LockManager:
             return
         limit = self.wait_timeout_s if timeout_s is None else min(timeout_s, self.wait_timeout_s)
         deadline = self._clock() + limit
-        per_chunk = max(1, (self.max_ops - 2) // 2)
-        for i in range(0, len(requests), per_chunk):
-            self._acquire_chunk(txn, requests[i:i + per_chunk], deadline)
+        # Group first (a page's rows ride in its entry), then cut at etcd's operation limit:
+        # each entry costs a put and its reads, and each batch two session reads.
+        chunk: list[_Request] = []
+        budget = self.max_ops - 2
+        for req in _group(requests):
+            cost = 1 + len(resource.read_names(req.name, req.mode.is_intention()))
+            if chunk and cost > budget:
+                self._acquire_chunk(txn, chunk, deadline)
+                chunk, budget = [], self.max_ops - 2
+            chunk.append(req)
+            budget -= cost
+        if chunk:
+            self._acquire_chunk(txn, chunk, deadline)
 
-    def _acquire_chunk(self, txn: TxnLocks, requests: list[tuple[Resource, LockMode]],
-                       deadline: float) -> None:
-        reqs = _group(requests)
+    def _acquire_chunk(self, txn: TxnLocks, reqs: list[_Request], deadline: float) -> None:
         ops: list[Any] = []
         for req in reqs:
             txn.seq += 1

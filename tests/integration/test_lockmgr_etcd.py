@@ -109,3 +109,18 @@ def test_table_locks_conflict_across_the_split_of_intention_and_strong_entries(
     for t in (c, d):
         lm.release(t)
     assert lm.flush_releases()
+
+
+def test_a_request_beyond_etcds_operation_limit_goes_in_batches_one_entry_per_page(
+        lm: LockManager) -> None:
+    """300 rows on 300 pages: more than one etcd transaction holds (128 operations), yet each
+    page gets one entry carrying its row, plus one table entry: 301 entries in all."""
+    t = lm.begin("big@n1")
+    lm.acquire(t, _rows(range(300)))
+    mine = [e for e in lm.entries() if e.txn_id == t.txn_id]
+    assert len(mine) == 301, len(mine)
+    assert sorted(len(e.rows) for e in mine) == [0] + [1] * 300
+    assert all(Resource("1", f"{p:04d}", f"r{p}") in t.held for p in range(300))
+    lm.release(t)
+    assert lm.flush_releases()
+    assert not [e for e in lm.entries() if e.txn_id == t.txn_id]
