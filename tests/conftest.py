@@ -73,12 +73,11 @@ def etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[EtcdServer
             server.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster, None, None]:
-    """Three node processes on one volume with their own etcd; all logs shown on failure."""
-    c = Cluster(tmp_path / "cluster", n=3, start=False)
+def _running(c: Cluster, request: pytest.FixtureRequest, n: int = 3
+             ) -> Generator[Cluster, None, None]:
+    """Start ``n`` nodes of ``c``, yield it, stop it; its logs go to the report on failure."""
     try:
-        c.start(3)
+        c.start(n)
     except Exception as e:  # Cluster.start has already stopped what it started
         e.add_note(f"cluster logs:\n{_format_logs(c.dump_logs())}")
         raise
@@ -89,6 +88,12 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster
             _report_logs(request, "cluster logs", c.dump_logs())
         finally:
             c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluster, None, None]:
+    """Three node processes on one volume with their own etcd; all logs shown on failure."""
+    yield from _running(Cluster(tmp_path / "cluster", n=3, start=False), request)
 
 
 @pytest.fixture
@@ -120,16 +125,5 @@ def cluster3(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluste
     with fault verbs); all logs shown on failure. The nodes run the default TTL (5 s): the death
     of etcd's raft leader costs an election of one to two seconds, which a 3 s TTL (2 s before
     self-fencing) does not always cover."""
-    c = Cluster(tmp_path / "cluster", n=3, ttl_s=5, etcd_members=3, start=False)
-    try:
-        c.start(3)
-    except Exception as e:  # Cluster.start has already stopped what it started
-        e.add_note(f"cluster logs:\n{_format_logs(c.dump_logs())}")
-        raise
-    try:
-        yield c
-    finally:
-        try:
-            _report_logs(request, "cluster logs", c.dump_logs())
-        finally:
-            c.stop()
+    yield from _running(
+        Cluster(tmp_path / "cluster", n=3, ttl_s=5, etcd_members=3, start=False), request)
