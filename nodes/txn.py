@@ -152,9 +152,7 @@ class TransactionManager:
 
     def begin(self, read_only: bool) -> Txn:
         """Open a transaction."""
-        with self._mu:
-            self._n += 1
-            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
+        txn_id = self._next_id()
         now = self._clock()
         txn = Txn(txn_id, read_only, time.time(), now)
         if read_only:
@@ -446,33 +444,13 @@ class TransactionManager:
             for r in work.reads:
                 schema = view.require_table(r.table)
                 needs.append((row_resource(schema, schema.check_key(r.key)), LockMode.S))
-        with self._mu:
-            self._n += 1
-            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
-        locks = self.locks.begin(txn_id)
-        fut = None
-        try:
-            self.locks.acquire(locks, needs, timeout_s)
+
+        def locked(locks: TxnLocks) -> commit.Work:
             work.lease_id = locks.lease_id
             work.check_session = self._check_session
-            try:
-                fut = self.committer.enqueue(work, is_active=is_active)
-                return self.committer.wait(fut, timeout_s)
-            except Fenced:
-                self._fenced_async(locks.lease_id)
-                raise
-        except Aborted as e:
-            raise TxnAborted(_reason(e), str(e)) from e
-        except Fenced as e:
-            raise TxnAborted(FENCED, str(e)) from e
-        except SessionExpired as e:
-            raise TxnAborted(SESSION_LOST, str(e)) from e
-        finally:
-            if fut is not None and not fut.done():
-                # The commit may still be applied: keep the locks until it is decided.
-                fut.add_done_callback(lambda _: self.locks.release(locks))
-            else:
-                self.locks.release(locks)
+            return work
+
+        return self._commit_under_locks(needs, locked, timeout_s, is_active)
 
     def drop_table(self, name: str, if_exists: bool, timeout_s: float | None,
                    is_active: Callable[[], bool]) -> commit.Outcome:
@@ -481,17 +459,33 @@ class TransactionManager:
             schema = view.table(name) if if_exists else view.require_table(name)
         if schema is None:
             return commit.Outcome(value=False)
+        return self._commit_under_locks(
+            [(table_resource(schema), LockMode.X)],
+            lambda locks: commit.DropTable(name, if_exists, locks.lease_id, self._check_session),
+            timeout_s, is_active)
+
+    def _next_id(self) -> str:
+        """A new transaction id, unique in the cluster: ``<incarnation>.<n>@<node id>``."""
         with self._mu:
             self._n += 1
-            txn_id = f"{self.incarnation}.{self._n}@{self.node_id}"
-        locks = self.locks.begin(txn_id)
+            return f"{self.incarnation}.{self._n}@{self.node_id}"
+
+    def _commit_under_locks(self, needs: list[tuple[Resource, LockMode]],
+                            make_work: Callable[[TxnLocks], commit.Work],
+                            timeout_s: float | None,
+                            is_active: Callable[[], bool]) -> commit.Outcome:
+        """Take ``needs`` for a transaction of its own, commit ``make_work(its locks)``, and
+        release the locks once the commit is decided: a commit still queued when the caller's
+        deadline passes may yet be applied, so its locks stay until it is (strict 2PL)."""
+        locks = self.locks.begin(self._next_id())
         fut = None
         try:
-            self.locks.acquire(locks, [(table_resource(schema), LockMode.X)], timeout_s)
-            fut = self.committer.enqueue(commit.DropTable(name, if_exists, locks.lease_id,
-                                                          self._check_session),
-                                         is_active=is_active)
+            self.locks.acquire(locks, needs, timeout_s)
+            fut = self.committer.enqueue(make_work(locks), is_active=is_active)
             return self.committer.wait(fut, timeout_s)
+        except Fenced as e:
+            self._fenced_async(locks.lease_id)
+            raise TxnAborted(FENCED, str(e)) from e
         except Aborted as e:
             raise TxnAborted(_reason(e), str(e)) from e
         except SessionExpired as e:
