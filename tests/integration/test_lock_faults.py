@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import grpc
 import pytest
 
 from shardless import abort_reason, connect
 from shardless.client import Client
+from tests.harness.calls import Call
+from tests.harness.calls import in_thread as _in_thread
+from tests.harness.calls import join as _join
 from tests.harness.cluster import Cluster, Node, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -92,63 +94,6 @@ def _rw_round_trip(db: Client, key: int, value: int) -> bool:
                 pass
         raise
     return True
-
-
-@dataclass
-class Call:
-    """The outcome of a call made in a background thread."""
-
-    started: float = 0.0
-    ended: float = 0.0
-    result: Any = None
-    error: grpc.RpcError | None = None
-    unexpected: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    @property
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK if self.error is None else self.error.code()
-
-    @property
-    def reason(self) -> str | None:
-        return None if self.error is None else abort_reason(self.error)
-
-    def describe(self) -> str:
-        if self.unexpected is not None:
-            return f"raised {self.unexpected!r}"
-        if self.error is not None:
-            return (f"{self.error.code().name} ({self.reason}): {self.error.details()} "
-                    f"after {self.ended - self.started:.2f}s")
-        return f"OK {self.result!r} after {self.ended - self.started:.2f}s"
-
-
-def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, Call]:
-    call = Call()
-
-    def run() -> None:
-        call.started = time.monotonic()
-        try:
-            call.result = fn(*args)
-        except grpc.RpcError as e:
-            call.error = e
-        except BaseException as e:  # reported by the test
-            call.unexpected = e
-        finally:
-            call.ended = time.monotonic()
-            call.done.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    call.thread = t
-    t.start()
-    return t, call
-
-
-def _join(t: threading.Thread, call: Call, timeout_s: float, what: str) -> Call:
-    t.join(timeout_s)
-    assert not t.is_alive(), f"{what} did not finish within {timeout_s:.0f}s"
-    assert call.unexpected is None, f"{what}: {call.describe()}"
-    return call
 
 
 def _sleep_until(t: float) -> None:

@@ -38,6 +38,8 @@ from shardless import abort_reason, connect
 from shardless.client import Client, Transaction, to_key
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
+from tests.harness.calls import in_thread as _in_thread
+from tests.harness.calls import join as _join
 from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -76,68 +78,6 @@ def _code_and_reason(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, str | None
     except grpc.RpcError as e:
         return e.code(), abort_reason(e), e.details() or ""
     return grpc.StatusCode.OK, None, ""
-
-
-@dataclass
-class Call:
-    """The outcome of a call made in a background thread."""
-
-    started: float = 0.0
-    ended: float = 0.0
-    result: Any = None
-    error: grpc.RpcError | None = None
-    unexpected: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK if self.error is None else self.error.code()
-
-    @property
-    def reason(self) -> str | None:
-        return None if self.error is None else abort_reason(self.error)
-
-    @property
-    def elapsed(self) -> float:
-        return self.ended - self.started
-
-    def describe(self) -> str:
-        if self.unexpected is not None:
-            return f"raised {self.unexpected!r}"
-        if self.error is not None:
-            return (f"{self.code.name} ({self.reason}): {self.error.details()} after "
-                    f"{self.elapsed:.2f}s")
-        return f"OK {self.result!r} after {self.elapsed:.2f}s"
-
-
-def _in_thread(fn: Callable[..., Any], *args: Any,
-               barrier: threading.Barrier | None = None) -> tuple[threading.Thread, Call]:
-    call = Call()
-
-    def run() -> None:
-        try:
-            if barrier is not None:
-                barrier.wait(timeout=10)
-            call.started = time.monotonic()
-            call.result = fn(*args)
-        except grpc.RpcError as e:
-            call.error = e
-        except BaseException as e:  # reported by the test
-            call.unexpected = e
-        finally:
-            call.ended = time.monotonic()
-            call.done.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, call
-
-
-def _join(t: threading.Thread, call: Call, timeout_s: float, what: str) -> Call:
-    t.join(timeout_s)
-    assert not t.is_alive(), f"{what} did not finish within {timeout_s:.0f}s"
-    assert call.unexpected is None, f"{what}: {call.describe()}"
-    return call
 
 
 def _retry_unavailable(fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
