@@ -346,9 +346,7 @@ class LockManager:
                 except (EtcdUnavailable, SessionExpired):
                     # A stale wait record could make the detector see a deadlock: the releaser
                     # deletes it once etcd answers.
-                    with self._release_cv:
-                        self._to_release.append(([wkey], txn.lease_id))
-                        self._release_cv.notify()
+                    self._enqueue_release([wkey], txn.lease_id)
 
     def _check_aborted(self, txn: TxnLocks) -> None:
         if txn.abort_reason is None:
@@ -373,8 +371,12 @@ class LockManager:
         txn.keys = []
         txn.held.clear()
         txn.rows_per_page.clear()
+        self._enqueue_release(keys, txn.lease_id)
+
+    def _enqueue_release(self, keys: list[bytes], lease_id: int) -> None:
+        """Hand ``keys`` of session ``lease_id`` to the releaser thread."""
         with self._release_cv:
-            self._to_release.append((keys, txn.lease_id))
+            self._to_release.append((keys, lease_id))
             self._release_cv.notify()
 
     def flush_releases(self, timeout_s: float = 5.0) -> bool:

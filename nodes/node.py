@@ -339,8 +339,6 @@ class Node:
             log.warning("calls still in flight after %.1f s; stopping anyway", self.cfg.grace_s)
         if self.server is not None:
             self.server.stop(self.cfg.grace_s).wait()
-        if self.txns is not None:
-            self.txns.close()
         if self.committer is not None:
             self.committer.close()
         if self.membership is not None:

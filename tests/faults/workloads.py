@@ -30,7 +30,7 @@ import grpc
 
 from shardless import Client, Condition, Mutation, Transaction, certainly_not_applied
 from tests.faults.bank import BankResult, check_bank
-from tests.faults.history import FAIL, INFO, OK, History, Op, Status
+from tests.faults.history import FAIL, INFO, OK, History, Status
 from tests.faults.linearizability import LinearizabilityResult, check_registers
 from tests.faults.list_append import ListAppendResult, check_list_append
 
@@ -283,7 +283,3 @@ WORKLOADS: dict[str, Callable[[int], Workload]] = {
     w.name: w for w in (Registers, Bank, ListAppend)
 }
 
-
-def ops_of(workload: Workload) -> list[Op]:
-    """The recorded history (for reports)."""
-    return workload.history.ops()
