@@ -5,6 +5,7 @@ Knows nothing of storage or gRPC APIs. See ``lockmgr/DESIGN.md``.
 
 from lockmgr.deadlock import victims
 from lockmgr.election import Election
+from lockmgr.entries import Entry, Request
 from lockmgr.errors import (
     Aborted,
     Deadlock,
@@ -14,7 +15,7 @@ from lockmgr.errors import (
     SessionExpired,
 )
 from lockmgr.etcd import EtcdClient, KeyValue, parse_endpoints
-from lockmgr.manager import Entry, Fencer, LockManager, WaitRecord
+from lockmgr.manager import Fencer, LockManager, WaitRecord
 from lockmgr.modes import LockMode
 from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
@@ -34,6 +35,7 @@ __all__ = [
     "LockManager",
     "LockMode",
     "LockTimeout",
+    "Request",
     "Resource",
     "Session",
     "SessionExpired",

@@ -44,10 +44,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockmgr import deadlock, resource
+from lockmgr.entries import Entry, Request, blocked_on, find_conflicts, group, parse_entries
 from lockmgr.errors import (
     Aborted,
     Deadlock,
@@ -76,19 +77,6 @@ class Fencer(Protocol):
     """Makes a fence record for a session durable in storage (``nodes`` wires it)."""
 
     def fence(self, lease_id: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One lock entry as read from etcd."""
-
-    resource: str
-    txn_id: str
-    mode: LockMode  # on the resource itself (a table or a page)
-    key: bytes
-    create_revision: int
-    node: str  # from the transaction id, ``<...>@<node id>``
-    rows: dict[str, LockMode] = field(default_factory=dict)  # row locks carried by a page entry
 
 
 @dataclass(frozen=True)
@@ -189,8 +177,9 @@ class LockManager:
         return TxnLocks(txn_id, session.lease_id, self._wall(), self.node_id)
 
     def acquire(self, txn: TxnLocks, needs: Iterable[tuple[Resource, LockMode]],
-                timeout_s: float | None = None) -> None:
-        """Take every lock ``needs`` implies (see ``table.plan``), waiting as long as needed.
+                timeout_s: float | None = None) -> list[Request]:
+        """Take every lock ``needs`` implies (see ``table.plan``), waiting as long as needed;
+        return the entries put for it, all granted now (none: ``txn`` held every lock).
 
         Raises:
             Deadlock: chosen as a deadlock victim.
@@ -202,15 +191,16 @@ class LockManager:
         self._check_aborted(txn)
         requests = plan(txn, list(needs), self.escalate_after)
         if not requests:
-            return
+            return []
         limit = self.wait_timeout_s if timeout_s is None else min(timeout_s, self.wait_timeout_s)
         deadline = self._clock() + limit
         # Group first (a page's rows ride in its entry), then cut at etcd's operation limit:
         # each entry costs a put and its reads, and each batch two session reads.
-        chunk: list[_Request] = []
+        chunk: list[Request] = []
         budget = self.max_ops - 2
-        for req in _group(requests):
-            cost = 1 + len(resource.read_names(req.name, req.mode.is_intention()))
+        grouped = group(requests)
+        for req in grouped:
+            cost = 1 + len(req.read_names())
             if chunk and cost > budget:
                 self._acquire_chunk(txn, chunk, deadline)
                 chunk, budget = [], self.max_ops - 2
@@ -218,8 +208,9 @@ class LockManager:
             budget -= cost
         if chunk:
             self._acquire_chunk(txn, chunk, deadline)
+        return grouped
 
-    def _acquire_chunk(self, txn: TxnLocks, reqs: list[_Request], deadline: float) -> None:
+    def _acquire_chunk(self, txn: TxnLocks, reqs: list[Request], deadline: float) -> None:
         ops: list[Any] = []
         for req in reqs:
             txn.seq += 1
@@ -243,7 +234,7 @@ class LockManager:
         for req, (at, count) in zip(reqs, reads, strict=True):
             entries = self._entries([kv for r in results[at:at + count] for kv in (r or [])])
             req.revision = rev  # a key created in this etcd transaction has its revision
-            conflicts = _conflicts(txn, req, entries)
+            conflicts = find_conflicts(txn.txn_id, req, entries)
             if conflicts:
                 waits.append((req, conflicts))
             else:
@@ -252,7 +243,7 @@ class LockManager:
             self._wait(txn, req, conflicts, rev, deadline)
 
     @staticmethod
-    def _granted(txn: TxnLocks, req: _Request) -> None:
+    def _granted(txn: TxnLocks, req: Request) -> None:
         for res, mode in req.grants:
             if res.kind == "row" and res not in txn.held:
                 txn.rows_per_page[Resource(res.table, res.page)] += 1
@@ -260,14 +251,7 @@ class LockManager:
             txn.held[res] = mode if held is None else held.supremum(mode)
 
     def _entries(self, kvs: list[KeyValue]) -> list[Entry]:
-        out = []
-        for kv in kvs:
-            name, txn_id, _ = resource.parse_entry_key(self.cluster, kv.key)
-            res = resource.resource_of_entry_name(name)
-            mode, rows = _parse_value(kv.value)
-            out.append(Entry(res, txn_id, mode, kv.key, kv.create_revision,
-                             txn_id.rpartition("@")[2], rows))
-        return out
+        return parse_entries(self.cluster, kvs)
 
     def fence_dead_sessions(self) -> list[int]:
         """Fence every session that ended without closing cleanly; return their leases (the
@@ -290,7 +274,7 @@ class LockManager:
             self.fenced_sessions.append(lease)
             self._client.delete(kv.key)
 
-    def _wait(self, txn: TxnLocks, req: _Request, conflicts: list[Entry], seen_rev: int,
+    def _wait(self, txn: TxnLocks, req: Request, conflicts: list[Entry], seen_rev: int,
               deadline: float) -> None:
         wkey = resource.wait_key(self.cluster, txn.txn_id)
         with self._lock:
@@ -299,7 +283,7 @@ class LockManager:
             while True:
                 self._check_aborted(txn)
                 blockers = frozenset(e.txn_id for e in conflicts)
-                on, on_mode = _blocked_on(req, conflicts)
+                on, on_mode = blocked_on(req, conflicts)
                 if blockers != txn.waiting_for or txn.waiting_on != on:
                     txn.waiting_for, txn.waiting_on = blockers, on
                     self._client.put(wkey, json.dumps({
@@ -332,7 +316,7 @@ class LockManager:
                 if not results[0]:
                     raise SessionExpired(f"lock entry of {txn.txn_id} on {req.name} is gone: "
                                          f"its session ended")
-                conflicts = _conflicts(txn, req, entries)
+                conflicts = find_conflicts(txn.txn_id, req, entries)
                 if not conflicts:
                     self._granted(txn, req)
                     return
@@ -480,86 +464,3 @@ class LockManager:
             self._release_cv.notify_all()
         self._detector.join(timeout=2)
         self._releaser.join(timeout=2)
-
-
-@dataclass
-class _Request:
-    """One lock entry to put: a mode on a table or page, plus the page's row locks."""
-
-    name: str
-    mode: LockMode
-    rows: dict[str, LockMode] = field(default_factory=dict)
-    grants: list[tuple[Resource, LockMode]] = field(default_factory=list)
-    key: bytes = b""
-    revision: int = 0
-
-    def value(self) -> bytes:
-        """The entry's value: ``MODE`` or ``MODE|row=MODE,row=MODE``."""
-        if not self.rows:
-            return self.mode.value.encode()
-        return (self.mode.value + "|" + ",".join(f"{r}={m.value}" for r, m in
-                                                 sorted(self.rows.items()))).encode()
-
-    def describe(self) -> str:
-        """The mode, with the number of rows, for wait records and messages."""
-        return self.mode.value + (f" +{len(self.rows)} row(s)" if self.rows else "")
-
-
-def _parse_value(raw: bytes) -> tuple[LockMode, dict[str, LockMode]]:
-    text = raw.decode()
-    mode, _, rows = text.partition("|")
-    out: dict[str, LockMode] = {}
-    if rows:
-        for item in rows.split(","):
-            r, _, m = item.partition("=")
-            out[r] = LockMode(m)
-    return LockMode(mode), out
-
-
-def _group(requests: list[tuple[Resource, LockMode]]) -> list[_Request]:
-    """One entry per table or page: a page's row locks ride in its page's entry, whose own
-    mode is then at least the rows' intention (IS or IX)."""
-    by_name: dict[str, _Request] = {}
-    order: list[str] = []
-    for res, mode in requests:
-        target = Resource(res.table, res.page) if res.kind == "row" else res
-        req = by_name.get(target.name)
-        if req is None:
-            base = mode.intention() if res.kind == "row" else mode
-            req = by_name[target.name] = _Request(target.name, base)
-            order.append(target.name)
-        if res.kind == "row":
-            assert res.row is not None and "," not in res.row and "=" not in res.row
-            req.rows[res.row] = mode
-            req.mode = req.mode.supremum(mode.intention())
-        else:
-            req.mode = req.mode.supremum(mode) if req.grants else mode
-        req.grants.append((res, mode))
-    for req in by_name.values():
-        if req.rows and all(r.kind == "row" for r, _ in req.grants):
-            page = next(r for r, _ in req.grants)
-            req.grants.append((Resource(page.table, page.page), req.mode))
-    return [by_name[n] for n in order]
-
-
-def _blocked_on(req: _Request, conflicts: list[Entry]) -> tuple[str, str]:
-    """The resource (a row if a row conflicts, else the table or page) and mode waited for."""
-    table = req.name.split("/")[1]
-    for e in conflicts:
-        for r, m in sorted(req.rows.items()):
-            if r in e.rows and not e.rows[r].compatible(m):
-                return f"r/{table}/{r}", m.value
-    return req.name, req.mode.value
-
-
-def _conflicts(txn: TxnLocks, req: _Request, entries: list[Entry]) -> list[Entry]:
-    """Earlier entries of other transactions that ``req`` must wait for: an incompatible mode
-    on the table or page itself, or an incompatible lock on one of the same rows."""
-    out = []
-    for e in entries:
-        if e.create_revision >= req.revision or e.txn_id == txn.txn_id:
-            continue
-        if not e.mode.compatible(req.mode) or any(
-                r in e.rows and not e.rows[r].compatible(m) for r, m in req.rows.items()):
-            out.append(e)
-    return out
