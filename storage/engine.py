@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from storage import commitlog, fence, idempotency, keys, rows
+from storage import commitlog, fence, grants, idempotency, keys, rows
 from storage.catalog import Schema, Value, check_name
 from storage.errors import AlreadyExists, NotFound
 from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv
@@ -28,16 +28,43 @@ _U32 = struct.Struct(">I")
 NEXT_TABLE_ID = keys.meta("next_table_id")
 
 
+class SchemaCache:
+    """Decoded schemas by their stored bytes, so that a hot table's schema is decoded once.
+
+    Keyed by the catalog record itself, not the name: a dropped and re-created table has a new
+    record (a new table id), so a cached schema can never be stale. Bounded: cleared when full.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._by_record: dict[bytes, Schema] = {}
+
+    def decode(self, raw: bytes) -> Schema:
+        """The schema stored as ``raw`` (see ``Schema.decode``)."""
+        schema = self._by_record.get(raw)
+        if schema is None:
+            schema = Schema.decode(raw)
+            if len(self._by_record) >= self.MAX_ENTRIES:
+                self._by_record.clear()
+            self._by_record[raw] = schema
+        return schema
+
+
+_NO_CACHE = SchemaCache()
+
+
 class ReadView:
     """A consistent snapshot of the volume (or the current state inside a write)."""
 
-    def __init__(self, txn: Any) -> None:
+    def __init__(self, txn: Any, schemas: SchemaCache = _NO_CACHE) -> None:
         self._txn = txn
+        self._schemas = schemas
 
     def table(self, name: str) -> Schema | None:
         """The schema of table ``name``, or None."""
         raw = self._txn.get(keys.catalog(name))
-        return None if raw is None else Schema.decode(raw)
+        return None if raw is None else self._schemas.decode(raw)
 
     def require_table(self, name: str) -> Schema:
         """The schema of table ``name``.
@@ -60,7 +87,7 @@ class ReadView:
             for k, v in cur:
                 if not k.startswith(keys.CATALOG):
                     break
-                out.append(Schema.decode(v))
+                out.append(self._schemas.decode(v))
         return out
 
     def get(self, schema: Schema, encoded_pk: bytes) -> tuple[int, list[Value]] | None:
@@ -102,6 +129,11 @@ class ReadView:
     def idempotent_result(self, key: str) -> Any | None:
         """The result stored with idempotency key ``key``, or None."""
         return idempotency.lookup(self._txn, key)
+
+    def grants(self, resource: str) -> list[tuple[str, int, bytes]]:
+        """The published grants on a lock resource: (tag, lease id, value) each
+        (``grants.py``)."""
+        return grants.on(self._txn, resource)
 
     def is_fenced(self, lease_id: int) -> bool:
         """Whether the session ``lease_id`` is fenced."""
@@ -184,8 +216,18 @@ class WriteView(ReadView):
         fence.check(self._txn, lease_id)
 
     def fence(self, lease_id: int, *, ts: float, by: str) -> bool:
-        """Fence the session ``lease_id``; return whether the record is new."""
+        """Fence the session ``lease_id`` and remove its published grants; return whether the
+        fence record is new."""
+        grants.withdraw_session(self._txn, lease_id)
         return fence.fence(self._txn, lease_id, ts=ts, by=by)
+
+    def publish_grants(self, lease_id: int, items: list[tuple[str, str, bytes]]) -> None:
+        """Publish granted locks ``(resource, tag, value)`` of session ``lease_id``."""
+        grants.publish(self._txn, lease_id, items)
+
+    def withdraw_grants(self, items: list[tuple[str, str]]) -> None:
+        """Remove published grants ``(resource, tag)``."""
+        grants.withdraw(self._txn, items)
 
     def record_idempotent(self, key: str, result: Any, *, ts: float) -> None:
         """Store ``result`` under idempotency key ``key`` (same transaction as the write)."""
@@ -206,12 +248,13 @@ class Store:
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
         self.path = path
         self.env = LmdbEnv(path, map_size=map_size)
+        self._schemas = SchemaCache()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[ReadView]:
         """A snapshot: sees every commit made before it was taken, and nothing after."""
         with self.env.read_txn() as txn:
-            yield ReadView(txn)
+            yield ReadView(txn, self._schemas)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[WriteView]:
@@ -221,7 +264,7 @@ class Store:
             MapFull: the volume is full; nothing was written.
         """
         with self.env.write_txn() as txn:
-            yield WriteView(txn)
+            yield WriteView(txn, self._schemas)
 
     def adopt_map_size(self) -> bool:
         """After ``MapFull``: take up a bigger map size set by another process; return whether

@@ -12,6 +12,7 @@ prefix    key                                     value
 0x03      LOG + position (u64 BE)                 msgpack commit record (``commitlog.py``)
 0x04      FENCE + session lease id (u64 BE)       msgpack ``{"ts", "by"}`` (``fence.py``)
 0x05      IDEMPOTENCY + client key (utf-8)        msgpack ``{"ts", "result"}``
+0x06      GRANT + resource + 0x00 + entry tag     msgpack ``[lease, entry value]`` (``grants.py``)
 ========  ======================================  =============================================
 
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
@@ -28,6 +29,7 @@ ROW = b"\x02"
 LOG = b"\x03"
 FENCE = b"\x04"
 IDEMPOTENCY = b"\x05"
+GRANT = b"\x06"
 
 MAX_LMDB_KEY = 511
 ROW_PREFIX_LEN = 5
@@ -70,3 +72,13 @@ def log_position(key: bytes) -> int:
 def fence(lease_id: int) -> bytes:
     """Key of the fence record of one session."""
     return FENCE + _U64.pack(lease_id)
+
+
+def grant_prefix(resource: str) -> bytes:
+    """Prefix of the published grants on one lock resource (``grants.py``)."""
+    return GRANT + resource.encode("utf-8") + b"\x00"
+
+
+def grant(resource: str, tag: str) -> bytes:
+    """Key of one published grant: a lock entry ``tag`` on ``resource``."""
+    return grant_prefix(resource) + tag.encode("utf-8")
