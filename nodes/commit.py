@@ -1,9 +1,14 @@
 """Writes: what each kind of write means, and group commit.
 
-Owns: the domain form of writes, conditions and reads (``Write``, ``Check``, ``Read``); planning
-a request against the current state (all checks, no side effect); and the ``GroupCommitter``,
-which runs the plans of requests that arrive together in one LMDB write transaction with one
-sync. Does not own: locks (a later issue) or the API's messages (``convert.py``).
+Owns: the domain form of writes, conditions and reads (``Write``, ``Check``, ``Read``); the one
+way a write is checked and buffered (``Staging``, used by one-shot requests and interactive
+transactions alike) and the one check that the committing session is not fenced
+(``SessionCheck``); planning a request against the current state (all checks, no side effect);
+and the ``GroupCommitter``, which runs the plans of requests that arrive together in one LMDB
+write transaction with one sync, and checks, inside that transaction, whether each one-shot
+request that holds no locks may go ahead (``lockmgr/DESIGN.md``, "One-shot
+writes without lock entries"). Does not own: taking locks (``txn.py``, ``lockmgr``) or the API's
+messages (``convert.py``).
 
 Invariants:
 
@@ -15,6 +20,9 @@ Invariants:
   none of them was applied.
 * Each request that writes gets its own commit-log position; it is the new version of every row
   it wrote. Positions follow the order of the write transactions.
+* A request that holds no locks (``lock_needs`` set) is planned only if the lock-free check,
+  run in the write transaction that will commit it, finds no published grant in its way;
+  otherwise it fails with ``NeedsLocks`` having changed nothing, and its caller takes the locks.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from lockmgr import LockMode, Resource
 from nodes import faultpoints
 from storage import (
     AlreadyExists,
@@ -59,6 +68,20 @@ class Unavailable(Exception):
 
 class CommitTimeout(Exception):
     """The commit did not finish before the caller's deadline; it may still have been applied."""
+
+
+class NeedsLocks(Exception):
+    """A request without locks met a lock in its way (or the probe could not tell); nothing
+    was applied: take its locks and submit it again."""
+
+
+class TableChanged(Exception):
+    """The table a request locked was dropped (and maybe re-created) before it committed;
+    nothing was applied: retry the whole request."""
+
+
+Needs = list[tuple[Resource, LockMode]]
+"""Lock needs of a request, as ``lockmgr.LockManager.acquire`` takes them."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +156,17 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     ddl: Callable[[WriteView], None] | None = None
     idempotency_key: str = ""  # recorded with the outcome in the same write transaction
+    publish: tuple[int, list[tuple[str, str, bytes]]] | None = None  # (lease, grants)
+    withdraw: list[tuple[str, str]] = field(default_factory=list)  # grants to remove
 
     def apply(self, view: WriteView, position: int) -> None:
         """Apply the planned changes in ``view`` at ``position``."""
         if self.ddl is not None:
             self.ddl(view)
+        if self.publish is not None:
+            view.publish_grants(*self.publish)
+        if self.withdraw:
+            view.withdraw_grants(self.withdraw)
         for schema, enc, values in self.puts:
             if values is None:
                 view.delete(schema, enc)
@@ -251,55 +280,159 @@ def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
     return new
 
 
+Target = tuple[Schema, tuple[Value, ...], bytes]
+"""A write's table, primary key and encoded primary key."""
+
+
+def target(schema: Schema, w: Write) -> Target:
+    """The row ``w`` writes in ``schema``.
+
+    Raises:
+        InvalidInput: the key is missing or malformed.
+    """
+    key = w.key if w.key is not None else schema.key_of(w.row)
+    return schema, key, schema.check_key(key)
+
+
 @dataclass
-class Transaction:
-    """Conditions, reads and writes that commit atomically (a one-shot transaction)."""
+class Staging:
+    """Writes checked and buffered in order, each against the row as the earlier ones left it.
 
-    writes: list[Write]
-    checks: list[Check] = field(default_factory=list)
-    reads: list[Read] = field(default_factory=list)
-    lease_id: int | None = None  # the session whose locks cover it: checked for a fence
-    check_session: Callable[[int], None] | None = None
-    idempotency_key: str = ""
+    The one place where a write meets the current row: a one-shot request stages into a fresh
+    ``Staging`` inside the write transaction; an interactive transaction keeps one for its whole
+    life and stages each call into a ``child`` that it merges only when every write of the call
+    passed, so a refused call changes nothing.
+    """
 
-    def plan(self, view: WriteView, position: int) -> Plan:
-        """Check everything against ``view``; see the module invariants."""
-        if self.lease_id is not None:
-            view.check_not_fenced(self.lease_id)
-            if self.check_session is not None:
-                self.check_session(self.lease_id)
-        if self.idempotency_key:
-            first = view.idempotent_result(self.idempotency_key)
-            if first is not None:
-                return Plan(Outcome.replay(first))
-        n = len(self.writes) + len(self.checks) + len(self.reads)
-        if n > MAX_OPS_PER_REQUEST:
-            raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
-        outcome = Outcome(reads=evaluate(view, self.checks, self.reads))
-        tables = _Tables(view)
-        staged: dict[tuple[int, bytes], tuple[Schema, list[Value] | None]] = {}
-        changes: list[Change] = []
-        for i, w in enumerate(self.writes):
-            schema = tables(w.table)
-            key = w.key if w.key is not None else schema.key_of(w.row)
-            enc = schema.check_key(key)
+    staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = \
+        field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    rows_affected: int = 0
+    parent: Staging | None = None
+
+    def child(self) -> Staging:
+        """An empty staging that sees this one's rows (for one call's writes)."""
+        return Staging(parent=self)
+
+    def merge(self) -> None:
+        """Add this child's writes to its parent."""
+        assert self.parent is not None
+        self.parent.staged.update(self.staged)
+        self.parent.changes.extend(self.changes)
+        self.parent.rows_affected += self.rows_affected
+
+    def lookup(self, slot: tuple[int, bytes]) -> tuple[list[Value] | None] | None:
+        """``(values or None)`` if a write of this staging (or its parent) made the row, else
+        None: the stored row is current."""
+        st: Staging | None = self
+        while st is not None:
+            got = st.staged.get(slot)
+            if got is not None:
+                return (got[2],)
+            st = st.parent
+        return None
+
+    def stage(self, writes: list[Write], targets: list[Target], view: ReadView,
+              staged_version: int = 0) -> int:
+        """Check each write against the current row (``view``, under the staged ones) and
+        buffer it; return the rows affected. A staged row counts as version
+        ``staged_version``.
+
+        Raises:
+            ConditionFailed, AlreadyExists, NotFound, InvalidInput: a write is refused; what
+                was staged before it in this call stays (use a ``child`` to drop it).
+        """
+        affected = 0
+        for i, (w, (schema, key, enc)) in enumerate(zip(writes, targets, strict=True)):
             slot = (schema.table_id, enc)
-            if slot in staged:
-                vals = staged[slot][1]
-                cur = None if vals is None else (position, vals)
+            mine = self.lookup(slot)
+            if mine is not None:
+                cur = None if mine[0] is None else (staged_version, mine[0])
             else:
                 cur = view.get(schema, enc)
             new = apply_write(i, w, schema, key, cur)
             if new is SKIP:
                 continue
-            staged[slot] = (schema, new)
-            changes.append(Change(w.table, "put" if new is not None else "del", key))
-            outcome.rows_affected += 1
-        plan = Plan(outcome, [(s, enc, vals) for (_, enc), (s, vals) in staged.items()], changes,
-                    idempotency_key=self.idempotency_key)
-        if changes:
+            self.staged[slot] = (schema, key, new)
+            self.changes.append(Change(w.table, "put" if new is not None else "del", key))
+            affected += 1
+        self.rows_affected += affected
+        return affected
+
+    def puts(self) -> list[tuple[Schema, bytes, list[Value] | None]]:
+        """The row images to write (None: delete), one per row."""
+        return [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.staged.items()]
+
+
+@dataclass(frozen=True)
+class SessionCheck:
+    """The check every commit made under locks runs first, inside its write transaction: its
+    session is not fenced (``storage/fence.py``) and not past its own deadline."""
+
+    lease_id: int
+    deadline_ok: Callable[[int], None]  # raises Fenced once the session is past its deadline
+
+    def __call__(self, view: WriteView) -> None:
+        """Refuse the commit for a fenced or expired session.
+
+        Raises:
+            Fenced: it is.
+        """
+        view.check_not_fenced(self.lease_id)
+        self.deadline_ok(self.lease_id)
+
+
+def replayed(view: ReadView, idempotency_key: str) -> Plan | None:
+    """The plan of a retry whose key is recorded (the first outcome, nothing applied), or
+    None."""
+    if idempotency_key:
+        first = view.idempotent_result(idempotency_key)
+        if first is not None:
+            return Plan(Outcome.replay(first))
+    return None
+
+
+@dataclass
+class Transaction:
+    """Conditions, reads and writes that commit atomically (a one-shot transaction).
+
+    Either under locks (``session`` set: the session whose locks cover it, checked for a
+    fence; ``table_ids`` the tables as they were when the locks were chosen), or without any
+    (``lock_needs`` set: the committer's probe decides whether it may go ahead).
+    """
+
+    writes: list[Write]
+    checks: list[Check] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    session: SessionCheck | None = None
+    idempotency_key: str = ""
+    lock_needs: Needs | None = None
+    table_ids: dict[str, int] | None = None
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        """Check everything against ``view``; see the module invariants."""
+        if self.session is not None:
+            self.session(view)
+        first = replayed(view, self.idempotency_key)
+        if first is not None:
+            return first
+        n = len(self.writes) + len(self.checks) + len(self.reads)
+        if n > MAX_OPS_PER_REQUEST:
+            raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
+        tables = _Tables(view)
+        if self.table_ids is not None:
+            for name, table_id in self.table_ids.items():
+                if tables(name).table_id != table_id:
+                    raise TableChanged(f"table {name!r} was dropped and re-created while the "
+                                       f"request ran; nothing was applied")
+        outcome = Outcome(reads=evaluate(view, self.checks, self.reads))
+        staging = Staging()
+        outcome.rows_affected = staging.stage(
+            self.writes, [target(tables(w.table), w) for w in self.writes], view, position)
+        if staging.changes:
             outcome.commit_position = position
-        return plan
+        return Plan(outcome, staging.puts(), staging.changes,
+                    idempotency_key=self.idempotency_key)
 
 
 @dataclass
@@ -329,14 +462,11 @@ class DropTable:
 
     name: str
     if_exists: bool = False
-    lease_id: int | None = None  # the session whose X lock on the table covers the drop
-    check_session: Callable[[int], None] | None = None
+    session: SessionCheck | None = None  # the session whose X lock on the table covers it
 
     def plan(self, view: WriteView, position: int) -> Plan:
-        if self.lease_id is not None:
-            view.check_not_fenced(self.lease_id)
-            if self.check_session is not None:
-                self.check_session(self.lease_id)
+        if self.session is not None:
+            self.session(view)
         schema = view.table(self.name)
         if schema is None:
             if self.if_exists:
@@ -351,26 +481,58 @@ class DropTable:
 
 
 @dataclass
+class PublishGrants:
+    """Publish locks just granted to an interactive transaction, before it reads under them
+    (``storage/grants.py``)."""
+
+    session: SessionCheck
+    grants: list[tuple[str, str, bytes]]
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        self.session(view)
+        return Plan(Outcome(), publish=(self.session.lease_id, self.grants))
+
+
+@dataclass
+class WithdrawGrants:
+    """Remove the published grants of a transaction that ended without committing."""
+
+    grants: list[tuple[str, str]]
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        return Plan(Outcome(), withdraw=self.grants)
+
+
+@dataclass
 class _Pending:
     work: Work
     future: Future[Outcome]
     is_active: Callable[[], bool]
 
 
+LockFreeCheck = Callable[[ReadView, Needs], bool]
+"""Whether a request with these lock needs must take its locks, given the state in the write
+transaction (the published grants; see ``txn.lock_free_check``)."""
+
+
 class GroupCommitter:
     """Runs the requests that arrive together in one write transaction and one sync."""
 
     def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
+                 lock_free_check: LockFreeCheck | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._node_id = node_id
         self._max_batch = max_batch
+        self._lock_free_check = lock_free_check
         self._wall_clock = wall_clock
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
         self.batches = 0
         self.commits = 0
+        self.lock_free = 0  # requests without locks that the check let through
+        self.needed_locks = 0  # ... and that it sent back to take their locks
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
@@ -431,6 +593,17 @@ class GroupCommitter:
                 batch.append(nxt)
             self._commit(batch)
 
+    def _may_go_lock_free(self, view: ReadView, p: _Pending) -> bool:
+        """For a request without locks: whether it may be planned now (see the module
+        invariants); if not, its future gets ``NeedsLocks``."""
+        needs: Needs = p.work.lock_needs  # type: ignore[attr-defined]
+        if self._lock_free_check is not None and not self._lock_free_check(view, needs):
+            self.lock_free += 1
+            return True
+        self.needed_locks += 1
+        p.future.set_exception(NeedsLocks("a lock is in the way; take the locks"))
+        return False
+
     def _commit(self, batch: list[_Pending], retry_if_grown: bool = True) -> None:
         done: list[tuple[_Pending, Outcome]] = []
         try:
@@ -441,6 +614,9 @@ class GroupCommitter:
                     if not p.is_active():
                         p.future.set_exception(CommitTimeout("the caller went away before the "
                                                              "commit; nothing was applied"))
+                        continue
+                    if getattr(p.work, "lock_needs", None) is not None and \
+                            not self._may_go_lock_free(view, p):
                         continue
                     position = view.next_position()
                     try:

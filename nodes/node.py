@@ -39,7 +39,7 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.leader import Leader
 from nodes.membership import Membership
-from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager
+from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import MapFull, Store
@@ -185,7 +185,8 @@ class Node:
                                  StorageFencer(self.store, cfg.node_id),
                                  wait_timeout_s=cfg.lock_timeout_s,
                                  escalate_after=cfg.escalate_after)
-        self.committer = GroupCommitter(self.store, cfg.node_id)
+        self.committer = GroupCommitter(self.store, cfg.node_id,
+                                        lock_free_check=lock_free_check(cfg.escalate_after))
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s,
@@ -262,6 +263,7 @@ class Node:
                     node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
                     pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl))
         out.transactions.extend(self._local_transactions())
+        out.counters.update(self.counters())
         if local_only:
             return out
         leader = Election(self.etcd, self.cfg.cluster).observe()
@@ -285,6 +287,14 @@ class Node:
             except grpc.RpcError as e:
                 log.info("status: node %s did not answer: %s", m.node_id, e.code())
         return out
+
+    def counters(self) -> dict[str, int]:
+        """This node's counters since it started (see docs/api.md)."""
+        assert self.committer is not None and self.locks is not None
+        c = self.committer
+        return {"commits": c.commits, "commit_batches": c.batches,
+                "lock_free_writes": c.lock_free, "lock_free_refused": c.needed_locks,
+                "deadlocks_found": self.locks.deadlocks_found}
 
     def _local_transactions(self) -> list[api.TransactionInfo]:
         assert self.txns is not None

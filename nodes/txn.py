@@ -40,11 +40,11 @@ from lockmgr import (
     Resource,
     SessionExpired,
     TxnLocks,
+    probe,
 )
 from nodes import commit, query
 from nodes.commit import ReadResult
 from storage import (
-    Change,
     Fenced,
     InvalidInput,
     NotFound,
@@ -63,9 +63,9 @@ MAX_TOMBSTONES = 10_000
 
 DEADLOCK, LOCK_TIMEOUT, FENCED = "DEADLOCK", "LOCK_TIMEOUT", "FENCED"
 NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST = "NODE_RESTARTED", "IDLE_TIMEOUT", "SESSION_LOST"
-NODE_DRAINING = "NODE_DRAINING"
+NODE_DRAINING, TABLE_CHANGED = "NODE_DRAINING", "TABLE_CHANGED"
 REASONS = frozenset({DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST,
-                     NODE_DRAINING})
+                     NODE_DRAINING, TABLE_CHANGED})
 
 
 def _reason(e: Aborted) -> str:
@@ -101,6 +101,19 @@ def table_resource(schema: Schema) -> Resource:
     return Resource(str(schema.table_id))
 
 
+def lock_free_check(escalate_after: int) -> commit.LockFreeCheck:
+    """The group committer's check for a one-shot request without locks: it must take them
+    if any lock it needs conflicts with a grant that interactive transactions published in
+    storage (``lockmgr.probe``; ``lockmgr/DESIGN.md``, "One-shot writes without lock
+    entries")."""
+
+    def must_lock(view: ReadView, needs: commit.Needs) -> bool:
+        return probe.blocked(probe.requests(needs, escalate_after), lambda name: [
+            probe.entry(name, tag, value) for tag, _, value in view.grants(name)])
+
+    return must_lock
+
+
 @dataclass
 class Txn:
     """One open interactive transaction."""
@@ -111,10 +124,8 @@ class Txn:
     last_used: float
     locks: TxnLocks | None = None
     snapshot: Any = None  # read-only: (context manager, ReadView)
-    staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = \
-        field(default_factory=dict)
-    changes: list[Change] = field(default_factory=list)
-    rows_affected: int = 0
+    staging: commit.Staging = field(default_factory=commit.Staging)
+    published: list[tuple[str, str]] = field(default_factory=list)  # grants in storage
     mutex: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False
     pending_abort: tuple[str, str] | None = None  # asked while a call was running
@@ -128,6 +139,7 @@ class TransactionManager:
                  idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                  session_valid: Callable[[int], bool] = lambda lease: True,
                  on_fenced: Callable[[int], None] = lambda lease: None,
+                 lock_free: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node_id = node_id
         self.address = address
@@ -137,6 +149,7 @@ class TransactionManager:
         self.idle_timeout_s = idle_timeout_s
         self._session_valid = session_valid
         self._on_fenced = on_fenced
+        self.lock_free = lock_free  # one-shot writes try the path without lock entries first
         self._clock = clock
         self.incarnation = secrets.token_hex(4)
         self._n = 0
@@ -179,16 +192,10 @@ class TransactionManager:
             txn.last_used = self._clock()
             try:
                 yield txn
-            except Aborted as e:
-                reason = _reason(e)
-                self._abort_locked(txn, reason, str(e))
-                raise TxnAborted(reason, str(e)) from e
-            except Fenced as e:
-                self._abort_locked(txn, FENCED, str(e))
-                raise TxnAborted(FENCED, str(e)) from e
-            except SessionExpired as e:
-                self._abort_locked(txn, SESSION_LOST, str(e))
-                raise TxnAborted(SESSION_LOST, str(e)) from e
+            except (Aborted, Fenced, SessionExpired, commit.TableChanged) as e:
+                aborted = self._as_abort(e, txn.locks.lease_id if txn.locks else None)
+                self._abort_locked(txn, aborted.reason, str(e))
+                raise aborted from e
             except EtcdUnavailable:
                 # Its lock requests may or may not be in etcd: end it rather than leave a
                 # request queued that others would wait behind. The caller sees UNAVAILABLE.
@@ -233,11 +240,30 @@ class TransactionManager:
         threading.Thread(target=self._on_fenced, args=(lease_id,), name="fenced",
                          daemon=True).start()
 
-    def _finish(self, txn: Txn, reason: str, detail: str, release: bool = True) -> None:
-        """End ``txn`` (its mutex held): forget it, keep a tombstone, free what it holds."""
+    def _as_abort(self, e: Exception, lease_id: int | None) -> TxnAborted:
+        """The one translation of a failure into an abort of the transaction (ABORTED: retry
+        the whole of it); a fenced session is also reported, so the node starts a new one."""
+        if isinstance(e, TxnAborted):
+            return e
+        if isinstance(e, Fenced):
+            if lease_id is not None:
+                self._fenced_async(lease_id)
+            return TxnAborted(FENCED, str(e))
+        if isinstance(e, Aborted):
+            return TxnAborted(_reason(e), str(e))
+        if isinstance(e, commit.TableChanged):
+            return TxnAborted(TABLE_CHANGED, str(e))
+        return TxnAborted(SESSION_LOST, str(e))
+
+    def _finish(self, txn: Txn, reason: str, detail: str, release: bool = True,
+                withdraw: bool = True) -> None:
+        """End ``txn`` (its mutex held): forget it, keep a tombstone, free what it holds
+        (``withdraw``: remove its published grants; a commit does that itself)."""
         if txn.done:
             return
         txn.done = True
+        if withdraw and txn.published:
+            self._withdraw(txn.published)
         with self._mu:
             self._open.pop(txn.txn_id, None)
             self._tombstones[txn.txn_id] = (reason, detail)
@@ -249,6 +275,14 @@ class TransactionManager:
             ctx.__exit__(None, None, None)
         if txn.locks is not None and release:
             self.locks.release(txn.locks)
+
+    def _withdraw(self, grants: list[tuple[str, str]]) -> None:
+        """Remove published grants in the next group commit, without waiting. Left behind (a
+        full volume, a crash), a grant only sends one-shot writes to the locking path."""
+        try:
+            self.committer.enqueue(commit.WithdrawGrants(list(grants)))
+        except commit.Unavailable:
+            pass  # shutting down: the session's grants go when it is fenced
 
     def _abort_locked(self, txn: Txn, reason: str, detail: str) -> None:
         if txn.done:
@@ -294,32 +328,39 @@ class TransactionManager:
             raise TxnAborted(*txn.pending_abort)
         fut = None
         try:
-            if txn.read_only or (not txn.changes and not idempotency_key):
+            if txn.read_only or (not txn.staging.changes and not idempotency_key):
                 return commit.Outcome()
-            fut = self.committer.enqueue(_StagedCommit(txn, self._check_session,
+            assert txn.locks is not None
+            fut = self.committer.enqueue(_StagedCommit(txn, self._session_check(txn.locks),
                                                        idempotency_key))
             return self.committer.wait(fut, timeout_s)
-        except Fenced as e:
-            assert txn.locks is not None
-            self._abort_locked(txn, FENCED, str(e))
-            self._fenced_async(txn.locks.lease_id)
-            raise TxnAborted(FENCED, str(e)) from e
         finally:
             if fut is not None and not fut.done():
                 # The commit may still be applied: keep the locks until it is decided.
-                self._finish(txn, "ended", "commit outcome unknown", release=False)
-                locks = txn.locks
-                fut.add_done_callback(lambda _: self.locks.release(locks))  # type: ignore
+                self._finish(txn, "ended", "commit outcome unknown", release=False,
+                             withdraw=False)
+                locks, grants = txn.locks, list(txn.published)
+
+                def decided(f: Any) -> None:
+                    if f.exception() is not None and grants:
+                        self._withdraw(grants)
+                    self.locks.release(locks)  # type: ignore[arg-type]
+
+                fut.add_done_callback(decided)
             else:
-                self._finish(txn, "ended", "committed")
+                committed = fut is not None and fut.exception() is None
+                self._finish(txn, "ended", "committed", withdraw=not committed)
 
     def rollback(self, txn: Txn) -> None:
         """Discard the transaction's writes and release its locks."""
         self._finish(txn, "ended", "rolled back")
 
-    def _check_session(self, lease_id: int) -> None:
+    def _check_deadline(self, lease_id: int) -> None:
         if not self._session_valid(lease_id):
             raise Fenced(f"session {lease_id:x} is past its deadline (self-fenced)")
+
+    def _session_check(self, locks: TxnLocks) -> commit.SessionCheck:
+        return commit.SessionCheck(locks.lease_id, self._check_deadline)
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -330,8 +371,26 @@ class TransactionManager:
 
     def _lock(self, txn: Txn, needs: list[tuple[Resource, LockMode]],
               timeout_s: float | None) -> None:
-        if txn.locks is not None and needs:
-            self.locks.acquire(txn.locks, needs, timeout_s)
+        """Take ``needs`` for ``txn``, then publish the new grants in storage before ``txn``
+        reads under them: a one-shot write that went ahead without locks did so before the
+        publication, so ``txn`` reads it (``lockmgr/DESIGN.md``, "One-shot writes without lock
+        entries").
+
+        Raises:
+            TxnAborted: the grants could not be published in time (``txn`` must not read).
+        """
+        if txn.locks is None or not needs:
+            return
+        grants = probe.published(self.locks.acquire(txn.locks, needs, timeout_s))
+        if not grants:
+            return
+        txn.published.extend((name, tag) for name, tag, _ in grants)
+        try:
+            self.committer.submit(commit.PublishGrants(self._session_check(txn.locks), grants),
+                                  timeout_s=timeout_s)
+        except commit.CommitTimeout as e:
+            raise TxnAborted(LOCK_TIMEOUT, "the deadline passed while the locks were being "
+                             "published; nothing was read") from e
 
     def read(self, txn: Txn, reads: list[commit.Read], for_update: bool,
              timeout_s: float | None) -> list[ReadResult]:
@@ -351,9 +410,9 @@ class TransactionManager:
         out: list[ReadResult] = []
         with self._view(txn) as view:  # fresh after the locks
             for (schema, r), enc in zip(plan, encs, strict=True):
-                staged = txn.staged.get((schema.table_id, enc))
-                if staged is not None:
-                    vals = staged[2]
+                mine = txn.staging.lookup((schema.table_id, enc))
+                if mine is not None:
+                    vals = mine[0]
                     out.append(None if vals is None else (0, schema.as_dict(vals, r.columns)))
                     continue
                 cur = view.get(schema, enc)
@@ -396,58 +455,43 @@ class TransactionManager:
         if txn.read_only:
             raise InvalidInput("a read-only transaction cannot write")
         with self.store.read() as view:
-            targets = []
-            for w in writes:
-                schema = view.require_table(w.table)
-                key = w.key if w.key is not None else schema.key_of(w.row)
-                targets.append((schema, key, schema.check_key(key)))
+            targets = [commit.target(view.require_table(w.table), w) for w in writes]
         self._lock(txn, [(row_resource(s, e), LockMode.X) for s, _, e in targets], timeout_s)
-        staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = {}
-        changes: list[Change] = []
-        affected = 0
+        call = txn.staging.child()
         with self.store.read() as view:
-            for i, (w, (schema, key, enc)) in enumerate(zip(writes, targets, strict=True)):
-                slot = (schema.table_id, enc)
-                if slot in staged:
-                    vals = staged[slot][2]
-                    cur = None if vals is None else (0, vals)
-                elif slot in txn.staged:
-                    vals = txn.staged[slot][2]
-                    cur = None if vals is None else (0, vals)
-                else:
-                    cur = view.get(schema, enc)
-                new = commit.apply_write(i, w, schema, key, cur)
-                if new is commit.SKIP:
-                    continue
-                staged[slot] = (schema, key, new)
-                changes.append(Change(w.table, "put" if new is not None else "del", key))
-                affected += 1
-        txn.staged.update(staged)
-        txn.changes.extend(changes)
-        txn.rows_affected += affected
+            affected = call.stage(writes, targets, view)
+        call.merge()
         return affected
 
     # -- one-shot writes ------------------------------------------------------------------------
 
     def one_shot(self, work: commit.Transaction, timeout_s: float | None,
                  is_active: Callable[[], bool]) -> commit.Outcome:
-        """Run a one-shot transaction: lock what it touches, commit, release."""
+        """Run a one-shot transaction: without lock entries when nothing stands in its way
+        (the committer's probe decides, inside the write transaction), else under locks of a
+        transaction of its own (``lockmgr/DESIGN.md``, "One-shot writes without lock
+        entries")."""
         with self.store.read() as view:
             needs: list[tuple[Resource, LockMode]] = []
+            tables: dict[str, int] = {}
             for w in work.writes:
-                schema = view.require_table(w.table)
-                key = w.key if w.key is not None else schema.key_of(w.row)
-                needs.append((row_resource(schema, schema.check_key(key)), LockMode.X))
-            for c in work.checks:
+                schema, _, enc = commit.target(view.require_table(w.table), w)
+                tables[w.table] = schema.table_id
+                needs.append((row_resource(schema, enc), LockMode.X))
+            for c in [*work.checks, *work.reads]:
                 schema = view.require_table(c.table)
+                tables[c.table] = schema.table_id
                 needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
-            for r in work.reads:
-                schema = view.require_table(r.table)
-                needs.append((row_resource(schema, schema.check_key(r.key)), LockMode.S))
+        if self.lock_free:
+            work.lock_needs, work.session, work.table_ids = needs, None, None
+            try:
+                return self.committer.submit(work, timeout_s=timeout_s, is_active=is_active)
+            except commit.NeedsLocks:
+                pass
+        work.lock_needs, work.table_ids = None, tables
 
         def locked(locks: TxnLocks) -> commit.Work:
-            work.lease_id = locks.lease_id
-            work.check_session = self._check_session
+            work.session = self._session_check(locks)
             return work
 
         return self._commit_under_locks(needs, locked, timeout_s, is_active)
@@ -461,7 +505,7 @@ class TransactionManager:
             return commit.Outcome(value=False)
         return self._commit_under_locks(
             [(table_resource(schema), LockMode.X)],
-            lambda locks: commit.DropTable(name, if_exists, locks.lease_id, self._check_session),
+            lambda locks: commit.DropTable(name, if_exists, self._session_check(locks)),
             timeout_s, is_active)
 
     def _next_id(self) -> str:
@@ -483,13 +527,8 @@ class TransactionManager:
             self.locks.acquire(locks, needs, timeout_s)
             fut = self.committer.enqueue(make_work(locks), is_active=is_active)
             return self.committer.wait(fut, timeout_s)
-        except Fenced as e:
-            self._fenced_async(locks.lease_id)
-            raise TxnAborted(FENCED, str(e)) from e
-        except Aborted as e:
-            raise TxnAborted(_reason(e), str(e)) from e
-        except SessionExpired as e:
-            raise TxnAborted(SESSION_LOST, str(e)) from e
+        except (Aborted, Fenced, SessionExpired, commit.TableChanged) as e:
+            raise self._as_abort(e, locks.lease_id) from e
         finally:
             if fut is not None and not fut.done():
                 fut.add_done_callback(lambda _: self.locks.release(locks))
@@ -520,7 +559,7 @@ class TransactionManager:
 
 def _staged_in_range(txn: Txn, schema: Schema, lo: bytes | None, hi: bytes | None,
                      reverse: bool) -> list[tuple[bytes, list[Value] | None]]:
-    out = [(enc, vals) for (tid, enc), (_, _, vals) in txn.staged.items()
+    out = [(enc, vals) for (tid, enc), (_, _, vals) in txn.staging.staged.items()
            if tid == schema.table_id and (lo is None or enc >= lo) and (hi is None or enc < hi)]
     out.sort(key=lambda x: x[0], reverse=reverse)
     return out
@@ -556,20 +595,18 @@ class _StagedCommit:
     """The commit of an interactive transaction: its buffered writes, after the fence check."""
 
     txn: Txn
-    check_session: Callable[[int], None]
+    session: commit.SessionCheck
     idempotency_key: str = ""
 
     def plan(self, view: WriteView, position: int) -> commit.Plan:
-        assert self.txn.locks is not None
-        view.check_not_fenced(self.txn.locks.lease_id)
-        self.check_session(self.txn.locks.lease_id)
-        if self.idempotency_key:
-            first = view.idempotent_result(self.idempotency_key)
-            if first is not None:
-                return commit.Plan(commit.Outcome.replay(first))
-        puts = [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.txn.staged.items()]
-        wrote = bool(self.txn.changes)
-        return commit.Plan(commit.Outcome(commit_position=position if wrote else 0,
-                                          rows_affected=self.txn.rows_affected,
+        self.session(view)
+        first = commit.replayed(view, self.idempotency_key)
+        if first is not None:
+            return first
+        staging = self.txn.staging
+        return commit.Plan(commit.Outcome(commit_position=position if staging.changes else 0,
+                                          rows_affected=staging.rows_affected,
                                           committed_by=self.txn.txn_id),
-                           puts, list(self.txn.changes), idempotency_key=self.idempotency_key)
+                           staging.puts(), list(staging.changes),
+                           idempotency_key=self.idempotency_key,
+                           withdraw=list(self.txn.published))

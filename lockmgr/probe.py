@@ -1,0 +1,66 @@
+"""Whether a transaction with no locks would be granted its needs at once, given the entries in
+its way: the check of the lock-free path of one-shot writes.
+
+Owns: :func:`requests` (the entries a fresh transaction would put for its needs, exactly as
+``LockManager.acquire`` would plan and group them), :func:`blocked` (whether any of those would
+have to wait behind the given entries, by the one grant rule of ``entries.py``), and
+:func:`published` (which granted entries a transaction must publish for the check to see them).
+Pure: the caller supplies the entries (``nodes`` reads them from storage, where interactive
+transactions publish their grants) and decides what a clear answer allows; the argument is in
+``lockmgr/DESIGN.md``, "One-shot writes without lock entries".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from lockmgr import resource
+from lockmgr.entries import Entry, Request, find_conflicts, group, parse_value
+from lockmgr.modes import LockMode
+from lockmgr.resource import Resource
+from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
+
+_NOBODY = ""  # the probing transaction owns no entry: every entry seen belongs to another one
+_LATER = 1 << 62  # a revision after every entry seen
+
+
+def requests(needs: Sequence[tuple[Resource, LockMode]],
+             escalate_after: int = DEFAULT_ESCALATE_AFTER) -> list[Request]:
+    """The entries a transaction holding no lock yet would put for ``needs``."""
+    fresh = TxnLocks(_NOBODY, 0, 0.0)
+    out = group(plan(fresh, list(needs), escalate_after))
+    for r in out:
+        r.revision = _LATER
+    return out
+
+
+def blocked(reqs: Sequence[Request], entries_on: Callable[[str], list[Entry]]) -> bool:
+    """Whether any of ``reqs`` conflicts with an entry ``entries_on(resource name)`` gives."""
+    return any(find_conflicts(_NOBODY, r, entries_on(r.name)) for r in reqs)
+
+
+def published(granted: Sequence[Request]) -> list[tuple[str, str, bytes]]:
+    """``(resource name, tag, value)`` of each granted entry that a lock-free request could
+    conflict with: page entries (they carry the row locks) and strong table entries. A table's
+    intention entries (IS, IX) are left out: a lock-free request only ever asks IX of a table,
+    which they cannot block. The tag names the entry (``<txn id>/<seq>``)."""
+    out = []
+    for r in granted:
+        if r.name.startswith("t/") and r.mode.is_intention():
+            continue
+        out.append((r.name, entry_tag(r.key), r.value()))
+    return out
+
+
+def entry_tag(key: bytes) -> str:
+    """The ``<txn id>/<seq>`` part of a lock entry's etcd key."""
+    _, txn_id, seq = key.decode().rsplit("/", 2)
+    return f"{txn_id}/{seq}"
+
+
+def entry(resource_name: str, tag: str, value: bytes) -> Entry:
+    """A published grant as an entry ahead of every request (revision 0)."""
+    txn_id = tag.rpartition("/")[0]
+    mode, rows = parse_value(value)
+    return Entry(resource.resource_of_entry_name(resource_name), txn_id, mode, b"", 0,
+                 txn_id.rpartition("@")[2], rows)
