@@ -45,9 +45,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from lockmgr import deadlock, resource
+from lockmgr.batcher import Batcher
 from lockmgr.entries import Entry, Request, blocked_on, find_conflicts, group, parse_entries
 from lockmgr.errors import (
     Aborted,
@@ -124,6 +125,7 @@ class LockManager:
         self._releaser = threading.Thread(target=self._release_loop, name="lock-releaser",
                                           daemon=True)
         self._releaser.start()
+        self._batcher = Batcher(client, cluster, max_ops=self.max_ops)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -211,28 +213,19 @@ class LockManager:
         return grouped
 
     def _acquire_chunk(self, txn: TxnLocks, reqs: list[Request], deadline: float) -> None:
-        ops: list[Any] = []
         for req in reqs:
             txn.seq += 1
             stored = resource.entry_name(req.name, req.mode.is_intention())
             req.key = resource.entry_key(self.cluster, stored, txn.txn_id, str(txn.seq))
-            ops.append(EtcdClient.put_op(req.key, req.value(), txn.lease_id))
-        reads: list[tuple[int, int]] = []  # per request: (first read op, how many)
-        for req in reqs:
-            names = resource.read_names(req.name, req.mode.is_intention())
-            reads.append((len(ops), len(names)))
-            ops.extend(EtcdClient.range_op(resource.resource_prefix(self.cluster, name))
-                       for name in names)
-        ops.append(EtcdClient.range_op(resource.sessions_prefix(self.cluster), keys_only=True))
-        ops.append(EtcdClient.range_op(resource.live_prefix(self.cluster), keys_only=True))
         # Known before etcd answers: a request that times out may still have written them, and
         # the release must then delete them (else they block others as long as the session).
         txn.keys.extend(req.key for req in reqs)
-        rev, results = self._client.txn(ops)
-        self._fence_dead(results[-2] or [], results[-1] or [])
+        answer = self._batcher.put_and_read(txn.lease_id, reqs)
+        rev = answer.revision
+        self._fence_dead(answer.markers, answer.live)
         waits = []
-        for req, (at, count) in zip(reqs, reads, strict=True):
-            entries = self._entries([kv for r in results[at:at + count] for kv in (r or [])])
+        for req in reqs:
+            entries = self._entries([kv for n in req.read_names() for kv in answer.reads[n]])
             req.revision = rev  # a key created in this etcd transaction has its revision
             conflicts = find_conflicts(txn.txn_id, req, entries)
             if conflicts:
@@ -464,3 +457,4 @@ class LockManager:
             self._release_cv.notify_all()
         self._detector.join(timeout=2)
         self._releaser.join(timeout=2)
+        self._batcher.close()
