@@ -44,15 +44,36 @@ def to_value(x: Value) -> pb.Value:
 
 def row(r: pb.Row) -> dict[str, Value]:
     """Column -> value of a Row message."""
-    return {name: value(v) for name, v in r.columns.items()}
+    out: dict[str, Value] = {}
+    for name, v in r.columns.items():
+        kind = v.WhichOneof("kind")
+        out[name] = None if kind is None else getattr(v, kind)
+    return out
+
+
+_FIELD = {bool: "bool_value", int: "int_value", float: "double_value", str: "string_value",
+          bytes: "bytes_value"}
+
+
+def fill_row(out: pb.Row, d: dict[str, Value], version: int = 0) -> pb.Row:
+    """Set ``out`` (a Row message, usually a field of a response) to column -> value, in place:
+    building a Row apart and copying it in costs twice as much (measured)."""
+    out.version = version
+    cols = out.columns
+    for name, x in d.items():
+        field = _FIELD.get(type(x))
+        if field is not None:
+            setattr(cols[name], field, x)
+        elif x is None:
+            cols[name]
+        else:
+            cols[name].CopyFrom(to_value(x))
+    return out
 
 
 def to_row(d: dict[str, Value], version: int = 0) -> pb.Row:
     """Row message for column -> value."""
-    out = pb.Row(version=version)
-    for name, x in d.items():
-        out.columns[name].CopyFrom(to_value(x))
-    return out
+    return fill_row(pb.Row(), d, version)
 
 
 def key(k: pb.Key) -> tuple[Value, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -42,10 +42,20 @@ def _timeout(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None or remaining > 1e6 else max(remaining, 0.0)
 
 
-def _result(found: commit.ReadResult) -> api.GetResponse:
-    if found is None:
-        return api.GetResponse(found=False)
-    return api.GetResponse(found=True, row=convert.to_row(found[1], found[0]))
+def _result(found: commit.ReadResult, out: api.GetResponse | None = None) -> api.GetResponse:
+    """``out`` (a new GetResponse if None) filled with one read's result, in place."""
+    if out is None:
+        out = api.GetResponse()
+    if found is not None:
+        out.found = True
+        convert.fill_row(out.row, found[1], found[0])
+    return out
+
+
+def _results(found: list[commit.ReadResult], out: Any) -> None:
+    """Append each read's result to the repeated GetResponse field ``out``."""
+    for f in found:
+        _result(f, out.add())
 
 
 def _mutation(m: pb.Mutation, table: str = "") -> commit.Write:
@@ -147,7 +157,9 @@ class RowService(_Base, rpc.RowServiceServicer):
         cols = list(request.columns)
         reads = [commit.Read(request.table, convert.key(k), cols) for k in request.keys]
         found = self._reads(reads, request.transaction_id, request.for_update, context)
-        return api.BatchGetResponse(results=[_result(f) for f in found])
+        out = api.BatchGetResponse()
+        _results(found, out.results)
+        return out
 
     def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
               ) -> api.WriteResponse:
@@ -227,8 +239,7 @@ def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
     for version, values in rows:
         if not keep(values):
             continue
-        r = convert.to_row(schema.as_dict(values, cols), version)
-        chunk.rows.append(r)
+        r = convert.fill_row(chunk.rows.add(), schema.as_dict(values, cols), version)
         size += r.ByteSize()
         sent += 1
         if len(chunk.rows) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
@@ -253,13 +264,16 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         if not writes:
             with self.node.store.read() as view:
                 found = commit.evaluate(view, checks, reads)
-            return api.ExecuteResponse(reads=[_result(f) for f in found])
+            resp = api.ExecuteResponse()
+            _results(found, resp.reads)
+            return resp
         out = self.node.txns.one_shot(
             commit.Transaction(writes, checks, reads, idempotency_key=request.idempotency_key),
             _timeout(context), context.is_active)
-        return api.ExecuteResponse(reads=[_result(f) for f in out.reads],
-                                   commit_position=out.commit_position,
+        resp = api.ExecuteResponse(commit_position=out.commit_position,
                                    rows_affected=out.rows_affected, replayed=out.replayed)
+        _results(out.reads, resp.reads)
+        return resp
 
     @unary
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
