@@ -71,6 +71,24 @@ def fill_row(out: pb.Row, d: dict[str, Value], version: int = 0) -> pb.Row:
     return out
 
 
+def fill_row_values(out: pb.Row, names: list[str], values: list[Value],
+                    indexes: list[int] | None, version: int) -> pb.Row:
+    """Like :func:`fill_row`, from a stored row's values in column order (``names`` the
+    columns returned, ``indexes`` their places in ``values``, None: all in order)."""
+    out.version = version
+    cols = out.columns
+    picked = values if indexes is None else [values[i] for i in indexes]
+    for name, x in zip(names, picked, strict=True):
+        field = _FIELD.get(type(x))
+        if field is not None:
+            setattr(cols[name], field, x)
+        elif x is None:
+            cols[name]
+        else:
+            cols[name].CopyFrom(to_value(x))
+    return out
+
+
 def to_row(d: dict[str, Value], version: int = 0) -> pb.Row:
     """Row message for column -> value."""
     return fill_row(pb.Row(), d, version)
@@ -78,7 +96,11 @@ def to_row(d: dict[str, Value], version: int = 0) -> pb.Row:
 
 def key(k: pb.Key) -> tuple[Value, ...]:
     """Tuple of a Key message."""
-    return tuple(value(v) for v in k.parts)
+    out = []
+    for v in k.parts:
+        kind = v.WhichOneof("kind")
+        out.append(None if kind is None else getattr(v, kind))
+    return tuple(out)
 
 
 def schema(s: pb.TableSchema) -> Schema:

@@ -144,6 +144,10 @@ class RowService(_Base, rpc.RowServiceServicer):
 
     @unary
     def Get(self, request: api.GetRequest, context: grpc.ServicerContext) -> api.GetResponse:
+        if not request.transaction_id and not request.for_update:
+            out = api.GetResponse()
+            self._snapshot_reads(request.table, [request.key], list(request.columns), [out])
+            return out
         read = commit.Read(request.table, convert.key(request.key), list(request.columns))
         return _result(self._reads([read], request.transaction_id, request.for_update,
                                    context)[0])
@@ -155,11 +159,28 @@ class RowService(_Base, rpc.RowServiceServicer):
             raise InvalidInput(f"{len(request.keys)} keys in one call; the limit is "
                                f"{MAX_KEYS_PER_CALL}")
         cols = list(request.columns)
+        out = api.BatchGetResponse()
+        if not request.transaction_id and not request.for_update:
+            results = [out.results.add() for _ in request.keys]
+            self._snapshot_reads(request.table, request.keys, cols, results)
+            return out
         reads = [commit.Read(request.table, convert.key(k), cols) for k in request.keys]
         found = self._reads(reads, request.transaction_id, request.for_update, context)
-        out = api.BatchGetResponse()
         _results(found, out.results)
         return out
+
+    def _snapshot_reads(self, table: str, keys: Any, columns: list[str],
+                        results: list[api.GetResponse]) -> None:
+        """Point reads outside a transaction, on one snapshot, into ``results`` (the hot path
+        of Get and BatchGet: schema and projection resolved once, rows filled in place)."""
+        with self.node.store.read() as view:
+            schema = view.require_table(table)
+            names, indexes = schema.projection(columns)
+            encs = [schema.check_key(convert.key(k)) for k in keys]
+            for out, found in zip(results, view.get_many(schema, encs), strict=True):
+                if found is not None:
+                    out.found = True
+                    convert.fill_row_values(out.row, names, found[1], indexes, found[0])
 
     def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
               ) -> api.WriteResponse:

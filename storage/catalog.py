@@ -32,6 +32,7 @@ MAX_PK_COLUMNS = 16
 MAX_ROW_BYTES = 1 << 20  # 1 MiB per encoded row
 
 Value = None | bool | int | float | str | bytes
+_PY_TYPE = {BOOL: bool, INT64: int, DOUBLE: float, STRING: str, BYTES: bytes}
 
 
 def check_name(kind: str, name: str) -> None:
@@ -106,6 +107,9 @@ class Schema:
         object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
         object.__setattr__(self, "pk_columns",
                            tuple(self.by_name[n] for n in self.primary_key if n in self.by_name))
+        object.__setattr__(self, "_pk_types",
+                           tuple(_PY_TYPE.get(c.type) for c in self.pk_columns))
+        object.__setattr__(self, "_index", {c.name: i for i, c in enumerate(self.columns)})
 
     @staticmethod
     def build(name: str, columns: list[Column], primary_key: list[str]) -> Schema:
@@ -156,6 +160,11 @@ class Schema:
             InvalidInput: wrong arity, a wrong type, NULL, NaN, or an over-long key.
         """
         n = len(self.primary_key)
+        if not prefix and len(key) == n and all(  # the common case, checked cheaply
+                type(v) is t for v, t in zip(key, self._pk_types, strict=True)):  # type: ignore[attr-defined]
+            encoded = keycode.encode(key)
+            if len(encoded) <= MAX_ENCODED_PK:
+                return encoded
         if (prefix and len(key) > n) or (not prefix and len(key) != n):
             want = f"at most {n}" if prefix else f"{n}"
             raise InvalidInput(f"table {self.name!r} has a primary key of {n} column(s) "
@@ -212,8 +221,20 @@ class Schema:
         """Row values (column order) as column -> value, projected onto ``columns`` if given."""
         if not columns:
             return {c.name: v for c, v in zip(self.columns, values, strict=True)}
-        idx = {c.name: i for i, c in enumerate(self.columns)}
+        idx = self._index  # type: ignore[attr-defined]
         return {n: values[idx[n]] for n in columns}
+
+    def projection(self, columns: list[str]) -> tuple[list[str], list[int] | None]:
+        """The names a projection returns and their indexes in a row (None: all, in order).
+
+        Raises:
+            InvalidInput: a column is unknown.
+        """
+        if not columns:
+            return [c.name for c in self.columns], None
+        self.check_projection(columns)
+        idx = self._index  # type: ignore[attr-defined]
+        return list(columns), [idx[n] for n in columns]
 
     def check_projection(self, columns: list[str]) -> None:
         """Refuse a projection naming an unknown column."""

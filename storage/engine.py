@@ -95,6 +95,17 @@ class ReadView:
         raw = self._txn.get(keys.row(schema.table_id, encoded_pk))
         return None if raw is None else rows.decode(raw)
 
+    def get_many(self, schema: Schema, encoded_pks: list[bytes]
+                 ) -> list[tuple[int, list[Value]] | None]:
+        """Version and values of each row (None where absent), in the order asked."""
+        get = self._txn.get
+        prefix = keys.row_prefix(schema.table_id)
+        out: list[tuple[int, list[Value]] | None] = []
+        for enc in encoded_pks:
+            raw = get(prefix + enc)
+            out.append(None if raw is None else rows.decode(raw))
+        return out
+
     def scan(self, schema: Schema, lo: bytes | None, hi: bytes | None,
              reverse: bool = False) -> Iterator[tuple[int, list[Value]]]:
         """Rows with ``lo <= encoded pk < hi`` (None: unbounded) in key order or reverse."""
