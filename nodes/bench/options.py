@@ -125,9 +125,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PostgreSQL server binaries (default: the newest "
                         "/usr/lib/postgresql/*/bin)")
     s.add_argument("--work-dir", default=None, metavar="DIR",
-                   help="where data and logs go (default: a new temporary directory)")
+                   help="where data and logs go, a new or empty directory, kept at the end "
+                        "(default: a new temporary directory, removed at the end)")
     s.add_argument("--keep", action="store_true",
-                   help="keep the work directory at the end")
+                   help="keep the temporary work directory (and PostgreSQL's) at the end")
     o = p.add_argument_group("output")
     o.add_argument("--json", default=None, metavar="FILE", help="write a JSON report")
     o.add_argument("--plot", default=None, metavar="FILE.png",
@@ -221,8 +222,12 @@ def settings(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> Settings:
                         f"{', '.join(BASELINES)})")
     if not args.timeout > 0:
         raise BadOption("--timeout must be positive")
-    if args.work_dir is not None and not Path(args.work_dir).expanduser().resolve().parent.is_dir():
-        raise BadOption(f"--work-dir {args.work_dir!r}: its parent directory does not exist")
+    if args.work_dir is not None:
+        wd = Path(args.work_dir).expanduser().resolve()
+        if not wd.parent.is_dir():
+            raise BadOption(f"--work-dir {args.work_dir!r}: its parent directory does not exist")
+        if wd.exists() and (not wd.is_dir() or any(wd.iterdir())):
+            raise BadOption(f"--work-dir {args.work_dir!r} exists and is not an empty directory")
     if args.pg_bindir is not None and not os.path.isfile(os.path.join(args.pg_bindir,
                                                                       "postgres")):
         raise BadOption(f"--pg-bindir {args.pg_bindir!r} has no postgres binary")

@@ -303,7 +303,7 @@ def run(settings: Settings) -> int:
                     module(specs[0]).unload(specs[0].params)
         finally:
             systems.stop()
-            if not settings.keep:
+            if not settings.keep and not settings.work_dir:
                 shutil.rmtree(work_dir, ignore_errors=True)
     figures = report.aggregate(records)
     names = [s.name for s in specs]

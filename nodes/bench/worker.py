@@ -33,7 +33,7 @@ from nodes.bench import keys as keyspace
 from nodes.bench import workloads as wl
 from nodes.bench.options import Settings
 from nodes.bench.stats import Tally
-from nodes.bench.targets import Retry, Spec, Target, error_name, module
+from nodes.bench.targets import Retry, Spec, Target, error_message, error_name, module
 
 MAX_RETRIES = 50
 PROGRESS_S = 0.5
@@ -101,7 +101,7 @@ def _client(cmd: Command, session: Any, index: int, tally: Tally, ops: int | Non
                 except Retry as r:
                     t.retries[r.reason] += 1
                 except Exception as e:
-                    t.fail(error_name(e), f"{type(e).__name__}: {e}")
+                    t.fail(error_name(e), error_message(e))
                     time.sleep(0.001)  # a system that refuses everything is not spun on
                     break
             else:

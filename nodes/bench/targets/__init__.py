@@ -106,6 +106,17 @@ def error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_message(exc: BaseException) -> str:
+    """One line about a failure: a gRPC error's details, else the exception's text."""
+    details = getattr(exc, "details", None)
+    if callable(details):
+        try:
+            return f"{error_name(exc)}: {details()}"
+        except Exception:
+            pass
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Composite:
     """Operations built from others, the same in every system (mixed into each session)."""
 

@@ -4,7 +4,8 @@ The client's own cost is kept low: each client thread has its own gRPC channel (
 connection) to node ``i % n``, calls the generated stubs directly (no helper, no idempotency
 keys), and the channel retries UNAVAILABLE (a node's "nothing done", or a connection not yet
 up). Interactive transactions send their calls to the node that began them
-(``BeginResponse.address``). ABORTED (deadlock, lock timeout...) raises ``Retry``.
+(``BeginResponse.address``). ABORTED (deadlock, lock timeout...), of a transaction or of a
+one-shot write, raises ``Retry``: the call did nothing and is run again, as the API says.
 
 :class:`RpcSession` holds the operations over a stubs object; the echo baseline
 (``targets/echo.py``) runs the very same operations over stubs that echo bytes, so both make
@@ -111,16 +112,24 @@ class RpcSession(Composite):
         return 1 if self.s.Get(api.GetRequest(table=KV_TABLE, key=int_key(key)),
                                timeout=self.t).found else 0
 
+    def _write(self, method: Callable[..., Any], request: Any) -> None:
+        try:
+            method(request, timeout=self.t)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.ABORTED:
+                raise Retry("ABORTED") from None
+            raise
+
     def update(self, key: int) -> int:
         """Single-row upsert."""
-        self.s.Upsert(api.WriteRowsRequest(table=KV_TABLE, rows=[kv_row(key, self.value)]),
-                      timeout=self.t)
+        self._write(self.s.Upsert,
+                    api.WriteRowsRequest(table=KV_TABLE, rows=[kv_row(key, self.value)]))
         return 1
 
     def insert(self, key: int) -> int:
         """Insert of a new key."""
-        self.s.Insert(api.WriteRowsRequest(table=KV_TABLE, rows=[kv_row(key, self.value)]),
-                      timeout=self.t)
+        self._write(self.s.Insert,
+                    api.WriteRowsRequest(table=KV_TABLE, rows=[kv_row(key, self.value)]))
         return 1
 
     def scan(self, key: int, n: int) -> int:
@@ -137,9 +146,8 @@ class RpcSession(Composite):
 
     def multi_write(self, keys: list[int]) -> int:
         """One call upserting every key (atomically)."""
-        self.s.Upsert(api.WriteRowsRequest(table=KV_TABLE,
-                                           rows=[kv_row(k, self.value) for k in keys]),
-                      timeout=self.t)
+        self._write(self.s.Upsert, api.WriteRowsRequest(
+            table=KV_TABLE, rows=[kv_row(k, self.value) for k in keys]))
         return len(keys)
 
     def _transaction(self, body: Callable[[Any, str], int]) -> int:
