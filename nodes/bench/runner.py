@@ -24,8 +24,10 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -184,8 +186,16 @@ def _settings_json(s: Settings) -> dict[str, Any]:
             "timeout_s": s.timeout_s}
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(settings: Settings) -> int:
-    """Run the benchmark; return the exit code (0; 1 on a failure or a changed bank total)."""
+    """Run the benchmark; return the exit code (0; 1 on a failure or a changed bank total;
+    130 when interrupted by SIGINT or SIGTERM)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM unwinds like Ctrl-C, so the finally below stops everything
+        previous_term = signal.signal(signal.SIGTERM, _on_sigterm)
     display = report.Display()
     say = display.say
     started = datetime.datetime.now(datetime.UTC)
@@ -218,8 +228,10 @@ def run(settings: Settings) -> int:
         expected_total = settings.records * INITIAL_BALANCE
         length = (f"{settings.seconds:g} s" if settings.seconds is not None
                   else f"{settings.ops:,} ops")
-        limit_s = (settings.warmup_s + settings.seconds + ROUND_MARGIN_S
-                   if settings.seconds is not None else OPS_ROUND_LIMIT_S)
+        # An operation is abandoned --timeout after the end; its last try makes at most four
+        # calls of --timeout each.
+        limit_s = (settings.warmup_s + settings.seconds + 6 * settings.timeout_s
+                   + ROUND_MARGIN_S if settings.seconds is not None else OPS_ROUND_LIMIT_S)
         round_id = 0
         names = [s.name for s in specs]
         for clients in settings.client_counts:
@@ -291,6 +303,9 @@ def run(settings: Settings) -> int:
             print(f"===== {name} =====\n{text}", file=sys.stderr, flush=True)
         exit_code = 1
     finally:
+        if main_thread:  # a second Ctrl-C must not cut the clean-up short
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         display.end_progress()
         pids = {"clients": pool.pids() if pool else [], **systems.pids()}
         try:
@@ -302,9 +317,14 @@ def run(settings: Settings) -> int:
                 with contextlib.suppress(Exception):
                     module(specs[0]).unload(specs[0].params)
         finally:
-            systems.stop()
-            if not settings.keep and not settings.work_dir:
-                shutil.rmtree(work_dir, ignore_errors=True)
+            try:
+                systems.stop()
+            finally:
+                if not settings.keep and not settings.work_dir:
+                    shutil.rmtree(work_dir, ignore_errors=True)
+                if main_thread:
+                    signal.signal(signal.SIGINT, previous_int)
+                    signal.signal(signal.SIGTERM, previous_term)
     figures = report.aggregate(records)
     names = [s.name for s in specs]
     outcomes = goals.evaluate(figures, {n for n in names if n != "shardless"}, settings.batch)

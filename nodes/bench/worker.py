@@ -15,7 +15,9 @@ stops it) and exits when the pipe closes.
 
 Invariant: an operation's latency is measured around the whole operation, retries included; a
 conflict retried (``Retry``) is counted as a retry, any other exception as an error (by gRPC
-code or exception type); a thread never stops on an error.
+code or exception type); a thread never stops on an error. An operation still retrying
+``--timeout`` seconds after the round's end is abandoned (counted among the retries), so a
+round ends within a bounded time even under heavy conflicts.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def _client(cmd: Command, session: Any, index: int, tally: Tally, ops: int | Non
                     break
                 except Retry as r:
                     t.retries[r.reason] += 1
+                    if measuring and ops is None and mono() > end + s.timeout_s:
+                        t.retries["abandoned after the round's end"] += 1
+                        break  # neither an op nor an error: the round is over
                 except Exception as e:
                     t.fail(error_name(e), error_message(e))
                     time.sleep(0.001)  # a system that refuses everything is not spun on
