@@ -1,10 +1,10 @@
 """The ``--plot`` PNG: per workload and client count, throughput over time and latency CDFs.
 
 One row per (workload, clients): on the left, operations per second for each target, second by
-second through its rounds (laid end to end); on the right, the latency distribution (the share
-of operations at most that slow, over all rounds) per target, on a log scale. When node memory
-was sampled, a last row shows each node's RSS over the Shardless rounds. Drawn with
-matplotlib's Agg backend (no display needed).
+second through its rounds (laid end to end; log scale); on the right, the latency distribution
+(the share of operations at most that slow, over all rounds) per target, on a log scale. When
+node memory was sampled, a last row shows each node's RSS over the Shardless rounds. Drawn
+with matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def draw(path: str, records: Sequence[RoundRecord], memory: Mapping[str, Any] | 
         left.set_title(f"{workload}, {clients} clients: ops/s (rounds end to end)",
                        fontsize=9)
         left.set_xlabel("second")
-        left.set_ylabel("ops/s")
-        left.set_ylim(bottom=0)
+        left.set_ylabel("ops/s (log)")
+        left.set_yscale("log", nonpositive="mask")  # the targets differ by 100x and more
         left.legend(fontsize=7)
         right.set_title(f"{workload}, {clients} clients: latency distribution", fontsize=9)
         right.set_xscale("log")

@@ -175,7 +175,7 @@ class Display:
         from rich.table import Table
 
         table = Table(title="Shardless against the baselines (medians; ratio = Shardless / "
-                            "baseline, rows/s for multi-write, batch-get, scan and ycsb-e, "
+                            "baseline, rows/s for multi-write, batch-get and scan, "
                             "else ops/s)", title_justify="left")
         for col in ("workload", "clients", "shardless"):
             table.add_column(col, justify="left" if col == "workload" else "right")
