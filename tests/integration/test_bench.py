@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,42 @@ def test_bench_measures_every_baseline_and_leaves_nothing_behind(tmp_path: Path)
     work_dir = data["processes"]["work_dir"]
     assert not _processes_mentioning(work_dir)
     assert not Path(work_dir).exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_baseline_that_fails_to_start_stops_everything_and_shows_the_logs(
+        tmp_path: Path) -> None:
+    """When PostgreSQL's initdb fails after the cluster and etcd are up, the run exits with
+    code 1, prints initdb's output and every started process's log, and leaves no process."""
+    # Run as root, the binaries run as the postgres user: they must be outside pytest's
+    # private (0700) temporary directory.
+    bindir = Path(tempfile.mkdtemp(prefix="shardless-fake-pg-"))
+    bindir.chmod(0o755)
+    try:
+        _failing_run(tmp_path, bindir)
+    finally:
+        shutil.rmtree(bindir, ignore_errors=True)
+
+
+def _failing_run(tmp_path: Path, bindir: Path) -> None:
+    for name in ("initdb", "postgres", "pg_isready"):
+        script = bindir / name
+        script.write_text("#!/bin/sh\necho 'initdb: simulated failure: disk on fire' >&2\n"
+                          "exit 1\n")
+        script.chmod(0o755)
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "nodes", "bench", "--nodes", "1", "--workload", "get",
+           "--seconds", "1", "--rounds", "1", "--baseline", "echo,postgres",
+           "--pg-bindir", str(bindir), "--json", str(report)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=node_env(),
+                          cwd=tmp_path)
+    output = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 1, output
+    assert "simulated failure: disk on fire" in proc.stderr, output
+    assert "===== node-1 (pid" in proc.stderr and "===== echo (pid" in proc.stderr, output
+    data = json.loads(report.read_text())
+    assert data["failure"] and data["results"] == [], data
+    pids = [v for k, v in data["processes"]["pids"].items() if k != "clients"]
+    assert len(pids) >= 3  # etcd, node-1, echo
+    assert not [p for p in pids if pid_alive(p)]
+    assert not _processes_mentioning(data["processes"]["work_dir"])
