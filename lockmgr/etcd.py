@@ -18,7 +18,7 @@ member that comes back is used again at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,6 +281,50 @@ class EtcdClient:
                 pass
 
         return cancel
+
+    # -- plain key-value use (the ``shardless bench`` etcd baseline) ---------------------------
+
+    @staticmethod
+    def read_op(key: bytes) -> Any:
+        """A read of exactly ``key`` with its value, for :meth:`txn`."""
+        return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
+
+    def range(self, start: bytes, end: bytes, limit: int = 0) -> list[KeyValue]:
+        """Keys from ``start`` (inclusive) to ``end`` (exclusive) in key order, at most
+        ``limit`` of them (0: all), with their values, read at one revision.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer.
+        """
+        req = etcdrpc.RangeRequest(key=start, range_end=end, limit=limit)
+        try:
+            resp = self._client.kvstub.Range(req, self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._translate(e) from e
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd range failed: {e!r}") from e
+        return [KeyValue(kv.key, kv.value, kv.lease, kv.create_revision, kv.mod_revision)
+                for kv in resp.kvs]
+
+    def txn_if_unchanged(self, revisions: Mapping[bytes, int], ops: list[Any]) -> bool:
+        """Run ``ops`` in one etcd transaction only if every key in ``revisions`` still has
+        that mod revision (0: the key does not exist); return whether they ran.
+
+        Raises:
+            SessionExpired: a put named a lease that no longer exists.
+            EtcdUnavailable: etcd did not answer.
+        """
+        compare = [etcdrpc.Compare(key=k, result=etcdrpc.Compare.EQUAL,
+                                   target=etcdrpc.Compare.MOD, mod_revision=rev)
+                   for k, rev in revisions.items()]
+        req = etcdrpc.TxnRequest(compare=compare, success=ops, failure=[])
+        try:
+            resp = self._client.kvstub.Txn(req, self.timeout_s)
+        except grpc.RpcError as e:
+            raise self._translate(e) from e
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd transaction failed: {e!r}") from e
+        return bool(resp.succeeded)
 
     def close(self) -> None:
         """Close the channels."""

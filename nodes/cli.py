@@ -1,5 +1,6 @@
 """The ``shardless`` command: ``node`` runs one node, ``up`` runs a local cluster, ``status``
-prints a cluster's status, ``drain`` makes one node leave without failing a client call."""
+prints a cluster's status, ``drain`` makes one node leave without failing a client call,
+``bench`` measures a cluster against baselines."""
 
 from __future__ import annotations
 
@@ -162,6 +163,18 @@ def _run_drain(args: argparse.Namespace) -> int:
     return 1
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from nodes import bench  # light: its heavy parts are imported when it runs
+
+    p = sub.add_parser("bench", help="measure a cluster against baselines (echo, etcd, LMDB, "
+                                     "PostgreSQL) with the same clients and operations",
+                       description="Measure Shardless under YCSB-style and transactional "
+                                   "workloads against baselines run by the same clients; "
+                                   "see docs/benchmarks.md.")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``shardless`` command."""
     parser = argparse.ArgumentParser(prog="shardless", description=__doc__)
@@ -174,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=up.run)
     _add_status(sub)
     _add_drain(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")

@@ -1,0 +1,118 @@
+"""The echo baseline: Shardless's operations, each RPC replaced by one echo call.
+
+The operations are Shardless's own (``targets/cluster.py``'s :class:`RpcSession`, so the same
+RPCs in the same order); only the stubs differ. Each stub method serializes the real request
+message (so the client pays the same encoding cost), sends it as the echo payload, and asks for
+a reply of the size the real response would have: a canned response of the same shape (the
+row, with a value of ``--value-size`` bytes; the scan's rows, in as many messages as the node
+sends; ...), which the method then returns. Not parsing the reply is the one cost the client
+does not pay here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from nodes.bench.echo import STREAM, UNARY, header
+from nodes.bench.targets import ACCOUNTS_TABLE, INITIAL_BALANCE
+from nodes.bench.targets.cluster import ChannelTarget, account_row, kv_row
+from shardless.v1 import services_pb2 as api
+
+if TYPE_CHECKING:
+    from nodes.bench.options import Settings
+
+SCAN_CHUNK_ROWS = 512
+"""Rows per streamed message, as the node sends them (``nodes/server.py``)."""
+VERSION = 123_456_789
+"""A plausible row version / commit position, so canned replies have realistic sizes."""
+
+
+class EchoStubs:
+    """Stub methods named as Shardless's, each one echo call with real-sized messages."""
+
+    def __init__(self, ch: grpc.Channel, address: str, value_size: int) -> None:
+        self._unary = ch.unary_unary(UNARY)
+        self._stream = ch.unary_stream(STREAM)
+        self._address = address
+        self._value = bytes(value_size)
+        self._canned: dict[tuple[str, str, int], Any] = {}
+        self.Get = self._method("Get", lambda r: (r.table, 1), self._get)
+        self.BatchGet = self._method("BatchGet", lambda r: (r.table, len(r.keys)),
+                                     self._batch_get)
+        self.Insert = self._method("Insert", lambda r: ("", len(r.rows)), self._write)
+        self.Upsert = self._method("Upsert", lambda r: ("", len(r.rows)), self._write)
+        self.Update = self._method("Update", lambda r: ("", len(r.rows)), self._write)
+        self.Begin = self._method("Begin", lambda r: ("", 0), lambda _t, _n: api.BeginResponse(
+            transaction_id="5f3a9c1e.123456@node-1", node_id="node-1", address=address))
+        self.Commit = self._method("Commit", lambda r: ("", 0), lambda _t, _n:
+                                   api.CommitResponse(commit_position=VERSION, rows_affected=2))
+        self.Rollback = self._method("Rollback", lambda r: ("", 0),
+                                     lambda _t, _n: api.RollbackResponse())
+
+    def _row(self, table: str, k: int) -> Any:
+        row = account_row(k, INITIAL_BALANCE) if table == ACCOUNTS_TABLE else kv_row(k, self._value)
+        row.version = VERSION
+        return row
+
+    def _get(self, table: str, _n: int) -> api.GetResponse:
+        return api.GetResponse(found=True, row=self._row(table, 4_242))
+
+    def _batch_get(self, table: str, n: int) -> api.BatchGetResponse:
+        return api.BatchGetResponse(results=[api.GetResponse(found=True,
+                                                             row=self._row(table, 4_242 + i))
+                                             for i in range(n)])
+
+    @staticmethod
+    def _write(_table: str, n: int) -> api.WriteResponse:
+        return api.WriteResponse(commit_position=VERSION, rows_affected=n)
+
+    def _method(self, name: str, shape: Callable[[Any], tuple[str, int]],
+                build: Callable[[str, int], Any]) -> Callable[..., Any]:
+        def call(request: Any, timeout: float | None = None) -> Any:
+            table, n = shape(request)
+            key = (name, table, n)
+            reply = self._canned.get(key)
+            if reply is None:
+                reply = self._canned[key] = build(table, n)
+            self._unary(header(reply.ByteSize()) + request.SerializeToString(), timeout=timeout)
+            return reply
+        return call
+
+    def Scan(self, request: api.ScanRequest, timeout: float | None = None
+             ) -> Iterator[api.ScanResponse]:
+        """Echo a scan: the reply is as many messages as the node streams, of the same size."""
+        n = int(request.limit)
+        key = ("Scan", request.table, n)
+        replies = self._canned.get(key)
+        if replies is None:
+            rows = [self._row(request.table, 4_242 + i) for i in range(n)]
+            replies = self._canned[key] = [
+                api.ScanResponse(rows=rows[i:i + SCAN_CHUNK_ROWS])
+                for i in range(0, max(n, 1), SCAN_CHUNK_ROWS)]
+        size = sum(m.ByteSize() for m in replies)
+        for _ in self._stream(header(size, len(replies)) + request.SerializeToString(),
+                              timeout=timeout):
+            pass
+        return iter(replies)
+
+
+def open_target(params: Mapping[str, Any], settings: Settings) -> ChannelTarget:
+    """The echo target of one client process: Shardless's sessions over echo stubs."""
+    return ChannelTarget([params["address"]], settings,
+                         make=lambda ch, address: EchoStubs(ch, address, settings.value_size))
+
+
+def load(params: Mapping[str, Any], settings: Settings) -> None:
+    """Nothing to load: the echo server keeps no data."""
+
+
+def bank_total(params: Mapping[str, Any]) -> int | None:
+    """None: the echo server keeps no balances."""
+    return None
+
+
+def unload(params: Mapping[str, Any]) -> None:
+    """Nothing to remove."""
