@@ -3,8 +3,10 @@ what came back, for the checkers.
 
 Owns: :class:`Workload` and its three kinds, :class:`Registers`, :class:`Bank` and
 :class:`ListAppend`: the table they use, one client loop (``step``), the final reads after every
-fault has healed, and the check. Does not own the cluster or the faults (:mod:`.nemesis`), nor the
-checkers themselves.
+fault has healed, the check, and which of their ops are writes that took effect (``is_write``:
+the runner requires some after the faults have healed, so a write path that never comes back
+fails the run even if reads go on). Does not own the cluster or the faults (:mod:`.nemesis`),
+nor the checkers themselves.
 
 How outcomes are recorded (the soundness of every check rests on this):
 
@@ -30,7 +32,7 @@ import grpc
 
 from shardless import Client, Condition, Mutation, Transaction, certainly_not_applied
 from tests.faults.bank import BankResult, check_bank
-from tests.faults.history import FAIL, INFO, OK, History, Status
+from tests.faults.history import FAIL, INFO, OK, History, Op, Status
 from tests.faults.linearizability import LinearizabilityResult, check_registers
 from tests.faults.list_append import ListAppendResult, check_list_append
 
@@ -63,6 +65,11 @@ class Workload:
 
     def check(self) -> tuple[bool, str]:
         """Return (no violation found, a summary)."""
+        raise NotImplementedError
+
+    def is_write(self, op: Op) -> bool:
+        """Whether ``op`` certainly changed the database's state (an ``ok`` write that took
+        effect), which is what shows that the write path works after the faults."""
         raise NotImplementedError
 
     def run_client(self, process: int, db: Client, stop: threading.Event,
@@ -156,6 +163,10 @@ class Registers(Workload):
             summary += f"\n{result.explanation}"
         return result.ok, summary
 
+    def is_write(self, op: Op) -> bool:
+        """An ok write, or an ok cas that swapped."""
+        return op.status == OK and (op.kind == "write" or (op.kind == "cas" and op.output is True))
+
 
 class Bank(Workload):
     """Transfers between accounts in interactive transactions; the total is invariant.
@@ -213,6 +224,10 @@ class Bank(Workload):
         result: BankResult = check_bank(dict.fromkeys(range(self.ACCOUNTS), self.START),
                                         self.history.ops(), final=self.final)
         return result.ok, f"bank: {result.summary()}"
+
+    def is_write(self, op: Op) -> bool:
+        """A transfer that committed (one refused for lack of funds is ``fail``)."""
+        return op.status == OK and op.kind == "transfer"
 
 
 class ListAppend(Workload):
@@ -311,6 +326,10 @@ class ListAppend(Workload):
                     and len({k for f, k, _ in op.value if f == "append"}) >= 2)
         return result.ok, (f"list-append ({multi} ok txns read 2+ keys and appended to 2+): "
                            f"{result.summary()}")
+
+    def is_write(self, op: Op) -> bool:
+        """A committed txn with at least one append."""
+        return op.status == OK and op.kind == "txn" and any(f == "append" for f, _, _ in op.value)
 
 
 WORKLOADS: dict[str, Callable[[int], Workload]] = {

@@ -1,10 +1,35 @@
-"""Unit tests of the fault runs' pure parts: the list-append workload's transactions."""
+"""Unit tests of the fault runs' pure parts: which ops are writes, the list-append workload's
+transactions, and what makes a run's report pass."""
 
 from __future__ import annotations
 
 import random
 
-from tests.faults.workloads import ListAppend
+from tests.faults.history import Op
+from tests.faults.run import Report
+from tests.faults.workloads import WORKLOADS, Bank, ListAppend, Registers
+
+
+def op(kind: str, status: str = "ok", value=None, output=None) -> Op:  # type: ignore[no-untyped-def]
+    """An op of ``kind`` by process 0."""
+    return Op(0, kind, 1, value, output, 0.0, None if status == "info" else 1.0, status)  # type: ignore[arg-type]
+
+
+def test_only_ops_that_changed_state_count_as_writes():
+    """Reads never; writes, swapping cas, transfers and txns with an append only when ok."""
+    reg, bank, lists = Registers(1), Bank(1), ListAppend(1)
+    assert reg.is_write(op("write"))
+    assert reg.is_write(op("cas", value=(0, 5), output=True))
+    assert not reg.is_write(op("cas", value=(0, 5), output=False))  # the condition said no
+    assert not reg.is_write(op("read", output=3))
+    assert not reg.is_write(op("write", "info"))
+    assert bank.is_write(op("transfer", value=(0, 1, 5)))
+    assert not bank.is_write(op("transfer", "fail", value=(0, 1, 5)))  # lacked funds
+    assert not bank.is_write(op("read", output={0: 100}))
+    appends = [("r", 1, None), ("append", 2, 7)]
+    assert lists.is_write(op("txn", value=appends, output=appends))
+    assert not lists.is_write(op("txn", value=[("r", 1, None)], output=[("r", 1, [3])]))
+    assert not lists.is_write(op("txn", "info", value=appends))
 
 
 def test_list_append_txns_read_and_append_several_keys_that_rotate():
@@ -24,3 +49,16 @@ def test_list_append_txns_read_and_append_several_keys_that_rotate():
         per_key[k] = per_key.get(k, 0) + 1
     assert max(per_key.values()) <= ListAppend.MAX_APPENDS
     assert len(per_key) > 3 * ListAppend.KEYS
+
+
+def test_a_run_without_an_ok_write_after_the_last_heal_fails():
+    """Reads after the heal are not enough: the report needs a write."""
+    def report(writes: int) -> Report:
+        return Report("registers", 1, 25.0, {"ok": 900, "fail": 10, "info": 3}, {"kill-node": 1},
+                      True, "linearizability: ok", [], writes)
+
+    assert report(1).ok
+    failed = report(0)
+    assert not failed.ok
+    assert "ok writes after healing 0" in failed.text()
+    assert set(WORKLOADS) == {"registers", "bank", "list-append"}
