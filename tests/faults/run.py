@@ -27,7 +27,7 @@ import grpc
 
 from shardless import Client, connect
 from tests.faults.history import OK
-from tests.faults.nemesis import FAULTS, Nemesis
+from tests.faults.nemesis import FAULTS, Freeze, Nemesis
 from tests.faults.workloads import WORKLOADS, Workload
 from tests.harness.cluster import Cluster, wait_for
 
@@ -51,6 +51,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     writes_after_heal: int = 0
     """Ok operations that changed state (``Workload.is_write``) invoked after the last heal."""
+    freezes: list[Freeze] = field(default_factory=list)
+    """The node freezes (SIGSTOP) of the run: how long each lasted, against the session TTL."""
 
     @property
     def ok(self) -> bool:
@@ -63,6 +65,10 @@ class Report:
                  + ", ".join(f"{k} {v}" for k, v in self.counts.items())
                  + f"; ok writes after healing {self.writes_after_heal}; faults {faults}",
                  f"  {self.summary}"]
+        if self.freezes:
+            past = sum(f.outlasted_lease for f in self.freezes)
+            lines.insert(1, f"  freezes ({past} past the lease): "
+                            + "; ".join(f.describe() for f in self.freezes))
         lines += [f"  ERROR {e}" for e in self.errors]
         lines.append(f"  => {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
@@ -143,7 +149,8 @@ def run_workload(name: str, cluster: Cluster, *, seconds: float, seed: int,
     verdict_ok, summary = workload.check() if not err else (False, "no final read")
     errors += nemesis.errors
     return Report(name, seed, time.monotonic() - started, workload.counts(),
-                  dict(nemesis.applied), verdict_ok, summary, errors, writes_after)
+                  dict(nemesis.applied), verdict_ok, summary, errors, writes_after,
+                  list(nemesis.freezes))
 
 
 def main(argv: list[str] | None = None) -> int:

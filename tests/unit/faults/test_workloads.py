@@ -1,11 +1,15 @@
 """Unit tests of the fault runs' pure parts: which ops are writes, the list-append workload's
-transactions, and what makes a run's report pass."""
+transactions, the nemesis's freeze lengths, and what makes a run's report pass."""
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
+
+import pytest
 
 from tests.faults.history import Op
+from tests.faults.nemesis import FREEZE_MARGIN_S, Freeze, Nemesis
 from tests.faults.run import Report
 from tests.faults.workloads import WORKLOADS, Bank, ListAppend, Registers
 
@@ -51,14 +55,38 @@ def test_list_append_txns_read_and_append_several_keys_that_rotate():
     assert len(per_key) > 3 * ListAppend.KEYS
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_first_freeze_of_every_run_outlasts_the_lease(seed):
+    """Whatever the seed: the first pause is held past TTL + margin; later ones vary."""
+    nemesis = Nemesis(SimpleNamespace(ttl_s=3), ["pause-node"], seed, 10)  # type: ignore[arg-type]
+    first = nemesis.hold_s("pause-node", first=True)
+    assert 3 + FREEZE_MARGIN_S <= first <= 3 + FREEZE_MARGIN_S + 1
+    later = [nemesis.hold_s("pause-node", first=False) for _ in range(50)]
+    assert min(later) < 3 - 1 and max(later) > 3  # within the lease, and past its end
+    assert all(1.0 <= h <= 3 + FREEZE_MARGIN_S for h in later)
+    again = Nemesis(SimpleNamespace(ttl_s=3), ["pause-node"], seed, 10)  # type: ignore[arg-type]
+    assert again.hold_s("pause-node", first=True) == first  # replayed from the seed
+
+
+def test_a_freeze_says_whether_it_outlasted_the_lease():
+    """Past TTL + margin or not, in the report's words."""
+    long = Freeze("SIGSTOP node-2", 5.4, 3)
+    short = Freeze("SIGSTOP node-1", 4.9, 3)
+    assert long.outlasted_lease and not short.outlasted_lease
+    assert long.describe() == "SIGSTOP node-2 for 5.4 s (past the 3 s TTL + 2 s)"
+    assert "not past" in short.describe()
+
+
 def test_a_run_without_an_ok_write_after_the_last_heal_fails():
     """Reads after the heal are not enough: the report needs a write."""
     def report(writes: int) -> Report:
         return Report("registers", 1, 25.0, {"ok": 900, "fail": 10, "info": 3}, {"kill-node": 1},
-                      True, "linearizability: ok", [], writes)
+                      True, "linearizability: ok", [], writes,
+                      [Freeze("SIGSTOP node-2", 5.4, 3)])
 
     assert report(1).ok
     failed = report(0)
     assert not failed.ok
     assert "ok writes after healing 0" in failed.text()
+    assert "freezes (1 past the lease)" in failed.text()
     assert set(WORKLOADS) == {"registers", "bank", "list-append"}
