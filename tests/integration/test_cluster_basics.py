@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def _clients(cluster: Cluster) -> list:
-    """One client per node, each pinned to that node."""
-    return [connect([a]) for a in cluster.addresses]
+    """One client per node, each pinned to that node (no member refresh, which would spread
+    its calls over every node after a couple of seconds)."""
+    return [connect([a], refresh_s=None) for a in cluster.addresses]
 
 
 def test_write_acknowledged_by_one_node_is_read_by_another_at_once(cluster: Cluster) -> None:
