@@ -30,6 +30,27 @@ transactions' reads are ignored):
   acknowledged, yet which is shorter than it (the database promises that a read sees every
   commit acknowledged before it began, so reads must grow in real time).
 
+Those look at one key at a time. Across keys, in the manner of Elle, the reads also give a
+dependency graph (:mod:`tests.faults.cycles`) whose cycles are reported as anomalies of kinds
+``G0``, ``G1c``, ``G-single``, ``G2`` and, for cycles that need a real-time edge,
+``G0-realtime``, ``G1c-realtime``, ``G-single-realtime`` and ``G2-realtime``
+(:data:`CYCLE_KINDS`; the ``key`` of such an anomaly is the tuple of keys its edges are on).
+The graph:
+
+* nodes: the ok transactions, and the info ones whose appends some ok read saw;
+* versions: the longest read of a key orders its appends (every read of a list is a prefix of
+  its final value), each append a version; appends no read saw are in no edge;
+* ``ww``: the writer of each element of the longest read to the writer of the next;
+* ``wr``: the writer of the last element a transaction's first read of a key saw (its own
+  earlier appends to that key stripped) to that transaction;
+* ``rw``: a transaction whose first read of a key saw up to element ``i`` (nothing: ``i = 0``)
+  to the writer of element ``i + 1`` of the longest read;
+* ``rt``: real time (the sparse, transitively equivalent edge set of
+  :func:`tests.faults.cycles.realtime_edges`), ok transactions having returned before a
+  transaction was invoked.
+
+Reads that are not a prefix of their key's longest read (``incompatible-order``) give no edge.
+
 Invariant: the result is ``ok`` iff no anomaly was found. Real-time checks use ``call`` and
 ``ret`` of ok transactions only.
 """
@@ -37,10 +58,31 @@ Invariant: the result is ``ok`` iff no anomaly was found. Real-time checks use `
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from tests.faults.cycles import (
+    CYCLE_KINDS,
+    G0,
+    G0_REALTIME,
+    G1C,
+    G1C_REALTIME,
+    G2,
+    G2_REALTIME,
+    G_SINGLE,
+    G_SINGLE_REALTIME,
+    RT,
+    RW,
+    WR,
+    WW,
+    Cycle,
+    DependencyGraph,
+    find_cycles,
+    realtime_edges,
+)
 from tests.faults.history import FAIL, INFO, OK, Op
 
 DUPLICATE: Final = "duplicate"
@@ -50,7 +92,7 @@ INTERNAL: Final = "internal"
 INCOMPATIBLE_ORDER: Final = "incompatible-order"
 LOST_APPEND: Final = "lost-append"
 STALE_READ: Final = "stale-read"
-ANOMALY_KINDS: Final = (
+KEY_KINDS: Final = (
     DUPLICATE,
     GARBAGE_READ,
     ABORTED_READ,
@@ -59,13 +101,16 @@ ANOMALY_KINDS: Final = (
     LOST_APPEND,
     STALE_READ,
 )
+"""The kinds found by looking at one key at a time."""
+ANOMALY_KINDS: Final = KEY_KINDS + CYCLE_KINDS
 
 _SHOWN: Final = 12
 
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    """One anomaly: its kind (one of :data:`ANOMALY_KINDS`), key, explanation and evidence."""
+    """One anomaly: its kind (one of :data:`ANOMALY_KINDS`), key (for a cycle, the tuple of
+    the keys of its edges), explanation and evidence (for a cycle, its txns in order)."""
 
     kind: str
     key: Hashable
@@ -85,6 +130,8 @@ class ListAppendResult:
     appends: int = 0
     ignored: int = 0
     keys: int = 0
+    graph_txns: int = 0
+    graph_edges: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -101,9 +148,11 @@ class ListAppendResult:
 
     def summary(self) -> str:
         """One line per anomaly (or a one-line pass), for assertion messages."""
+        edges = ", ".join(f"{n} {kind}" for kind, n in self.graph_edges.items())
         head = (
             f"{len(self.anomalies)} anomalies in {self.ok_txns} ok / {self.info_txns} info / "
-            f"{self.fail_txns} fail txns ({self.reads} reads, {self.appends} appends)"
+            f"{self.fail_txns} fail txns ({self.reads} reads, {self.appends} appends; "
+            f"dependency graph of {self.graph_txns} txns, edges {edges or 'none'})"
         )
         return "\n".join([head, *(f"  {a.kind} {a.key!r}: {a.details}" for a in self.anomalies)])
 
@@ -114,12 +163,17 @@ class _Read:
     key: Hashable
     values: tuple[Any, ...]
     compatible: bool = True
+    txn: int = -1  # the reading txn's index, for the dependency graph
+    own: int = -1  # how many of its last elements are the txn's own earlier appends; -1: not
+    # the txn's first read of the key (later reads add nothing to the graph)
 
 
 def check_list_append(ops: Iterable[Op]) -> ListAppendResult:
     """Check a list-append history; see the module docstring for the anomalies reported."""
     anomalies: list[Anomaly] = []
     appended: dict[tuple[Hashable, Any], Op] = {}
+    writer: dict[tuple[Hashable, Any], int] = {}  # (key, value) -> index in txns
+    txns: list[Op] = []
     reads: list[_Read] = []
     counts = {OK: 0, INFO: 0, FAIL: 0}
     ignored = 0
@@ -137,12 +191,11 @@ def check_list_append(ops: Iterable[Op]) -> ListAppendResult:
                         f"{appended[key, value].describe()} and {op.describe()}"
                     )
                 appended[key, value] = op
+                writer[key, value] = len(txns)
         if op.status == OK:
             anomalies.extend(_internal(op, mops))
-            reads.extend(_Read(op, key, tuple(value or ())) for f, key, value in mops if f == "r")
-
-    for read in reads:
-        anomalies.extend(_elements(read, appended))
+            reads.extend(_reads(op, len(txns), mops))
+        txns.append(op)
 
     by_key: dict[Hashable, list[_Read]] = {}
     for read in reads:
@@ -151,11 +204,21 @@ def check_list_append(ops: Iterable[Op]) -> ListAppendResult:
     for (key, value), op in appended.items():
         if op.status == OK:
             ok_appends.setdefault(key, []).append((op.end, value, op))
+    orders: dict[Hashable, tuple[Any, ...]] = {}
     for key in by_key.keys() | ok_appends.keys():
         key_reads = by_key.get(key, [])
-        longest = _order(key, key_reads, anomalies)
+        longest = orders[key] = _order(key, key_reads, anomalies)
         anomalies.extend(_lost(key, key_reads, longest, ok_appends.get(key, [])))
         anomalies.extend(_stale(key, key_reads))
+    # A read that is a prefix of the longest holds the same elements as that prefix: look at
+    # each element once per key, and at a read's own elements only where that finds something.
+    clean = {key: _clean_prefix(key, order, appended) for key, order in orders.items()}
+    for read in reads:
+        if not read.compatible or len(read.values) > clean[read.key]:
+            anomalies.extend(_elements(read, appended))
+
+    graph, nodes = _dependencies(txns, writer, orders, by_key)
+    anomalies.extend(_cycle_anomaly(cycle, nodes) for cycle in find_cycles(graph))
 
     return ListAppendResult(
         tuple(anomalies),
@@ -166,6 +229,87 @@ def check_list_append(ops: Iterable[Op]) -> ListAppendResult:
         appends=len(appended),
         ignored=ignored,
         keys=len(by_key.keys() | {k for k, _ in appended}),
+        graph_txns=graph.n,
+        graph_edges={name: graph.counts[kind]
+                     for name, kind in (("ww", WW), ("wr", WR), ("rw", RW), ("rt", RT))},
+    )
+
+
+def _reads(op: Op, txn: int, mops: list[tuple[str, Hashable, Any]]) -> list[_Read]:
+    """The reads of an ok txn; the first read of each key notes how many of its last elements
+    are the txn's own earlier appends (if the read ends with them; else ``_internal`` flags
+    it and they are not stripped)."""
+    out = []
+    mine: dict[Hashable, list[Any]] = {}
+    read: set[Hashable] = set()
+    for f, key, value in mops:
+        if f == "append":
+            mine.setdefault(key, []).append(value)
+            continue
+        values = tuple(value or ())
+        own = -1
+        if key not in read:
+            read.add(key)
+            before = mine.get(key, [])
+            own = len(before) if before and list(values[-len(before):]) == before else 0
+        out.append(_Read(op, key, values, txn=txn, own=own))
+    return out
+
+
+def _dependencies(
+    txns: list[Op],
+    writer: dict[tuple[Hashable, Any], int],
+    orders: dict[Hashable, tuple[Any, ...]],
+    by_key: dict[Hashable, list[_Read]],
+) -> tuple[DependencyGraph, list[Op]]:
+    """The dependency graph of the history (see the module docstring) and its nodes' txns."""
+    keep = [i for i, op in enumerate(txns) if op.status == OK]
+    observed = {
+        writer[key, v]
+        for key, order in orders.items()
+        for v in order
+        if (key, v) in writer and txns[writer[key, v]].status == INFO
+    }
+    keep = sorted({*keep, *observed})
+    node = {i: n for n, i in enumerate(keep)}
+    graph = DependencyGraph(len(keep))
+    for key, order in orders.items():
+        versions = [node.get(writer.get((key, v), -1)) for v in order]
+        for a, b in itertools.pairwise(versions):
+            if a is not None and b is not None:
+                graph.add(a, b, WW, key)
+        for read in by_key.get(key, []):
+            if read.own < 0 or not read.compatible:
+                continue
+            seen = len(read.values) - read.own
+            reader = node[read.txn]
+            if seen > 0 and versions[seen - 1] is not None:
+                graph.add(versions[seen - 1], reader, WR, key)  # type: ignore[arg-type]
+            if seen < len(versions) and versions[seen] is not None:
+                graph.add(reader, versions[seen], RW, key)  # type: ignore[arg-type]
+    ops = [txns[i] for i in keep]
+    for a, b in realtime_edges([(op.call, op.end) for op in ops]):
+        graph.add(a, b, RT)
+    return graph, ops
+
+
+def _cycle_anomaly(cycle: Cycle, ops: list[Op]) -> Anomaly:
+    """A cycle of the dependency graph as an anomaly."""
+    def name(n: int) -> str:
+        op = ops[n]
+        ret = "?" if math.isinf(op.end) else f"{op.end:.6g}"
+        return f"T{n} (p{op.process} {op.status} [{op.call:.6g}, {ret}])"
+
+    keys = tuple(sorted({s.why for s in cycle.steps if s.why is not None}, key=repr))
+    path = " ".join(
+        f"{name(s.src)} -{s.name}" + (f" {s.why!r}" if s.why is not None else "") + "->"
+        for s in cycle.steps
+    )
+    return Anomaly(
+        cycle.kind,
+        keys,
+        f"cycle of {len(cycle.steps)} txns: {path} {name(cycle.steps[0].src)}",
+        tuple(ops[n] for n in cycle.nodes),
     )
 
 
@@ -230,6 +374,18 @@ def _internal(op: Op, mops: list[tuple[str, Hashable, Any]]) -> list[Anomaly]:
             )
         known[key] = got
     return out
+
+
+def _clean_prefix(key: Hashable, order: tuple[Any, ...],
+                  appended: dict[tuple[Hashable, Any], Op]) -> int:
+    """How many first elements of ``order`` are neither garbage, aborted nor repeated."""
+    seen: set[Any] = set()
+    for i, value in enumerate(order):
+        writer = appended.get((key, value))
+        if value in seen or writer is None or writer.status == FAIL:
+            return i
+        seen.add(value)
+    return len(order)
 
 
 def _elements(read: _Read, appended: dict[tuple[Hashable, Any], Op]) -> list[Anomaly]:
@@ -377,10 +533,20 @@ def _short(values: Sequence[Any]) -> str:
 __all__ = [
     "ABORTED_READ",
     "ANOMALY_KINDS",
+    "CYCLE_KINDS",
     "DUPLICATE",
+    "G0",
+    "G0_REALTIME",
+    "G1C",
+    "G1C_REALTIME",
+    "G2",
+    "G2_REALTIME",
     "GARBAGE_READ",
+    "G_SINGLE",
+    "G_SINGLE_REALTIME",
     "INCOMPATIBLE_ORDER",
     "INTERNAL",
+    "KEY_KINDS",
     "LOST_APPEND",
     "STALE_READ",
     "Anomaly",

@@ -8,8 +8,10 @@ its seed. Does not own the cluster's processes (``tests.harness``) or the worklo
 Fault kinds:
 
 * ``kill-node``: SIGKILL one node; heal: start it again (same id, port, volume);
-* ``pause-node``: SIGSTOP one node, sometimes past its session TTL (its late commits must be
-  fenced); heal: SIGCONT;
+* ``pause-node``: SIGSTOP one node; heal: SIGCONT. The first freeze of every run outlasts the
+  session TTL by at least :data:`FREEZE_MARGIN_S` (its lease expires, its locks go to others,
+  its late commits must be fenced); later ones last 1 s to TTL + margin, so they fall within the
+  lease, around its end, or past it;
 * ``restart-node``: SIGTERM one node (it drains) and start it again;
 * ``kill-etcd``: SIGKILL one etcd member of three; heal: restart it;
 * ``lose-quorum``: SIGKILL two etcd members of three; heal: restart them;
@@ -18,7 +20,8 @@ Fault kinds:
   bigger, which the other nodes take up by themselves.
 
 At most one fault is active at a time, so two nodes of three always run (but they may have no
-etcd quorum, or no room to write).
+etcd quorum, or no room to write). Every freeze is recorded (:class:`Freeze`: how long the node
+was stopped, against the TTL) for the run's report.
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from nodes.config import DEFAULT_TTL_S
 from shardless import connect
 from tests.harness.cluster import Cluster
 from tests.harness.etcd import EtcdCluster
 
 FILL_STEP = 16 << 20
 FILL_TABLE = "nemesis_fill"
+FREEZE_MARGIN_S = 2.0
+"""How much longer than the session TTL a long freeze lasts at least: etcd expires leases on a
+half-second tick, and the other nodes must then see the lease gone and fence it."""
 
 Heal = Callable[[], None]
 
@@ -142,12 +149,33 @@ class Event:
     what: str
 
 
+@dataclass(frozen=True)
+class Freeze:
+    """One node freeze: what was stopped, for how long (from SIGSTOP to SIGCONT), and the TTL."""
+
+    what: str
+    held_s: float
+    ttl_s: float
+
+    @property
+    def outlasted_lease(self) -> bool:
+        """Whether the node stayed frozen past its session TTL plus :data:`FREEZE_MARGIN_S`."""
+        return self.held_s >= self.ttl_s + FREEZE_MARGIN_S
+
+    def describe(self) -> str:
+        """``SIGSTOP node-2 for 5.6 s (past the 3 s TTL + 2 s)``, or ``... (within ...)``."""
+        where = (f"past the {self.ttl_s:g} s TTL + {FREEZE_MARGIN_S:g} s" if self.outlasted_lease
+                 else f"not past the {self.ttl_s:g} s TTL + {FREEZE_MARGIN_S:g} s")
+        return f"{self.what} for {self.held_s:.1f} s ({where})"
+
+
 @dataclass
 class Nemesis:
     """Inject ``faults`` into ``cluster`` for ``seconds`` (in turn: at least until each kind ran
     once): each cycle waits 0.3-1.5 s, applies the next fault (in turn when ``rotate``, else at
-    random), holds it 1-3 s (a pause 1-5 s), then heals it. :meth:`wait` waits for the end of
-    the schedule; :meth:`stop` heals whatever is active."""
+    random), holds it 1-3 s (a pause: see the module docstring), then heals it. :meth:`wait`
+    waits for the end of the schedule; :meth:`stop` heals whatever is active. Every choice comes
+    from ``seed``."""
 
     cluster: Cluster
     faults: Sequence[str]
@@ -158,6 +186,7 @@ class Nemesis:
     events: list[Event] = field(default_factory=list)
     applied: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    freezes: list[Freeze] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - FAULTS.keys()
@@ -166,6 +195,7 @@ class Nemesis:
         self._rng = random.Random(self.seed)
         self._stop = threading.Event()
         self._heal: Heal | None = None
+        self._ttl_s = float(self.cluster.ttl_s or DEFAULT_TTL_S)
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
 
@@ -190,15 +220,29 @@ class Nemesis:
                         else self._rng.choice(list(self.faults)))
                 i += 1
                 what, heal = FAULTS[kind](self.cluster, self._rng)
+                applied_at = time.monotonic()
                 self._heal = heal
                 self.applied[kind] = self.applied.get(kind, 0) + 1
                 self._event(what)
-                hold = self._rng.uniform(1.0, 5.0 if kind == "pause-node" else 3.0)
+                hold = self.hold_s(kind, first=self.applied[kind] == 1)
                 self._stop.wait(hold)
+                held = time.monotonic() - applied_at
                 self._heal_now(f"heal after {hold:.1f} s")
+                if kind == "pause-node":
+                    self.freezes.append(Freeze(what, held, self._ttl_s))
+                    self._event(f"freeze: {self.freezes[-1].describe()}")
         except Exception as e:  # reported by the runner: a broken nemesis proves nothing
             self.errors.append(f"nemesis: {e!r}")
             self._event(f"ERROR {e!r}")
+
+    def hold_s(self, kind: str, first: bool) -> float:
+        """How long to hold a fault of ``kind`` (``first``: the run's first of that kind)."""
+        if kind != "pause-node":
+            return self._rng.uniform(1.0, 3.0)
+        long_s = self._ttl_s + FREEZE_MARGIN_S
+        if first:  # every run has a freeze past the lease
+            return self._rng.uniform(long_s, long_s + 1.0)
+        return self._rng.uniform(1.0, long_s)
 
     def wait(self, timeout_s: float) -> None:
         """Wait until the schedule has ended (or ``timeout_s``)."""

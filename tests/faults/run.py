@@ -27,12 +27,16 @@ import grpc
 
 from shardless import Client, connect
 from tests.faults.history import OK
-from tests.faults.nemesis import FAULTS, Nemesis
+from tests.faults.nemesis import FAULTS, Freeze, Nemesis
 from tests.faults.workloads import WORKLOADS, Workload
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import Cluster, wait_for
 
 NODE_ARGS = ("--map-size", str(32 << 20))
 """Flags of the nodes of a fault run: a small volume, so that ``fill-disk`` fills it fast."""
+RECOVERY_TIMEOUT_S = 20.0
+"""How long after the last heal the clients have to get an ok write through."""
+AFTER_RECOVERY_S = 2.0
+"""How long the clients carry on once they have."""
 
 
 @dataclass
@@ -45,19 +49,26 @@ class Report:
     verdict_ok: bool
     summary: str
     errors: list[str] = field(default_factory=list)
-    ok_after_heal: int = 0
+    writes_after_heal: int = 0
+    """Ok operations that changed state (``Workload.is_write``) invoked after the last heal."""
+    freezes: list[Freeze] = field(default_factory=list)
+    """The node freezes (SIGSTOP) of the run: how long each lasted, against the session TTL."""
 
     @property
     def ok(self) -> bool:
         return (self.verdict_ok and not self.errors and self.counts.get(OK, 0) > 0
-                and self.ok_after_heal > 0)
+                and self.writes_after_heal > 0)
 
     def text(self) -> str:
         faults = ", ".join(f"{k} x{v}" for k, v in sorted(self.faults.items())) or "none"
         lines = [f"{self.workload}: seed {self.seed}, {self.seconds:.0f} s, ops "
                  + ", ".join(f"{k} {v}" for k, v in self.counts.items())
-                 + f"; ok after healing {self.ok_after_heal}; faults {faults}",
+                 + f"; ok writes after healing {self.writes_after_heal}; faults {faults}",
                  f"  {self.summary}"]
+        if self.freezes:
+            past = sum(f.outlasted_lease for f in self.freezes)
+            lines.insert(1, f"  freezes ({past} past the lease): "
+                            + "; ".join(f.describe() for f in self.freezes))
         lines += [f"  ERROR {e}" for e in self.errors]
         lines.append(f"  => {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
@@ -112,7 +123,18 @@ def run_workload(name: str, cluster: Cluster, *, seconds: float, seed: int,
     except Exception as e:
         errors.append(f"cluster did not recover: {e!r}")
     healed_at = time.monotonic()
-    time.sleep(3.0)  # clients carry on after the faults
+
+    def writes_after_heal() -> int:
+        return sum(1 for op in workload.history.ops()
+                   if op.call > healed_at and workload.is_write(op))
+
+    # Clients carry on after the faults until a write gets through (bounded), and a bit more.
+    try:
+        wait_for(writes_after_heal, RECOVERY_TIMEOUT_S, interval_s=0.2,
+                 message="an ok write after the last heal")
+    except TimeoutError as e:
+        errors.append(f"the write path did not recover: {e}")
+    time.sleep(AFTER_RECOVERY_S)
     stop.set()
     for t in threads:
         t.join(timeout=30)
@@ -120,15 +142,15 @@ def run_workload(name: str, cluster: Cluster, *, seconds: float, seed: int,
             errors.append(f"client thread {t.name} did not stop")
     for db in dbs:
         db.close()
-    ok_after = sum(1 for op in workload.history.ops()
-                   if op.status == OK and op.ret is not None and op.call > healed_at)
+    writes_after = writes_after_heal()
     err = _final_read(workload, cluster, 60)
     if err:
         errors.append(err)
     verdict_ok, summary = workload.check() if not err else (False, "no final read")
     errors += nemesis.errors
     return Report(name, seed, time.monotonic() - started, workload.counts(),
-                  dict(nemesis.applied), verdict_ok, summary, errors, ok_after)
+                  dict(nemesis.applied), verdict_ok, summary, errors, writes_after,
+                  list(nemesis.freezes))
 
 
 def main(argv: list[str] | None = None) -> int:

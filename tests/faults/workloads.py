@@ -3,8 +3,10 @@ what came back, for the checkers.
 
 Owns: :class:`Workload` and its three kinds, :class:`Registers`, :class:`Bank` and
 :class:`ListAppend`: the table they use, one client loop (``step``), the final reads after every
-fault has healed, and the check. Does not own the cluster or the faults (:mod:`.nemesis`), nor the
-checkers themselves.
+fault has healed, the check, and which of their ops are writes that took effect (``is_write``:
+the runner requires some after the faults have healed, so a write path that never comes back
+fails the run even if reads go on). Does not own the cluster or the faults (:mod:`.nemesis`),
+nor the checkers themselves.
 
 How outcomes are recorded (the soundness of every check rests on this):
 
@@ -30,7 +32,7 @@ import grpc
 
 from shardless import Client, Condition, Mutation, Transaction, certainly_not_applied
 from tests.faults.bank import BankResult, check_bank
-from tests.faults.history import FAIL, INFO, OK, History, Status
+from tests.faults.history import FAIL, INFO, OK, History, Op, Status
 from tests.faults.linearizability import LinearizabilityResult, check_registers
 from tests.faults.list_append import ListAppendResult, check_list_append
 
@@ -63,6 +65,11 @@ class Workload:
 
     def check(self) -> tuple[bool, str]:
         """Return (no violation found, a summary)."""
+        raise NotImplementedError
+
+    def is_write(self, op: Op) -> bool:
+        """Whether ``op`` certainly changed the database's state (an ``ok`` write that took
+        effect), which is what shows that the write path works after the faults."""
         raise NotImplementedError
 
     def run_client(self, process: int, db: Client, stop: threading.Event,
@@ -156,6 +163,10 @@ class Registers(Workload):
             summary += f"\n{result.explanation}"
         return result.ok, summary
 
+    def is_write(self, op: Op) -> bool:
+        """An ok write, or an ok cas that swapped."""
+        return op.status == OK and (op.kind == "write" or (op.kind == "cas" and op.output is True))
+
 
 class Bank(Workload):
     """Transfers between accounts in interactive transactions; the total is invariant.
@@ -214,21 +225,47 @@ class Bank(Workload):
                                         self.history.ops(), final=self.final)
         return result.ok, f"bank: {result.summary()}"
 
+    def is_write(self, op: Op) -> bool:
+        """A transfer that committed (one refused for lack of funds is ``fail``)."""
+        return op.status == OK and op.kind == "transfer"
+
 
 class ListAppend(Workload):
-    """Transactions of 1-3 micro-ops over ``KEYS`` lists: append a unique value, or read.
+    """Transactions of 1-``MAX_MOPS`` micro-ops over ``KEYS`` active lists: append a unique
+    value, or read. About one in six reads two keys or more and appends to two or more, which
+    is where anomalies across keys (write skew, read skew, fractured reads) would show.
 
     Table ``lists(k, v)`` where ``v`` is the list as comma-separated integers (absent: no row).
     An append reads the row FOR UPDATE and writes it back longer; a read takes the row's shared
-    lock, so a transaction's reads are serializable.
+    lock, so a transaction's reads are serializable. Keys rotate as in Jepsen: once a key has
+    been given ``MAX_APPENDS`` appends, a fresh key takes its place among the active ones, so
+    lists stay short however long the run.
     """
 
     name = "list-append"
-    KEYS = 6
+    KEYS = 12
+    MAX_MOPS = 5
+    MAX_APPENDS = 32
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
         self._seq = [0] * 64
+        self._keys_lock = threading.Lock()
+        self._active = list(range(self.KEYS))
+        self._next_key = self.KEYS
+        self._appends: dict[int, int] = {}
+
+    def _key(self, rng: random.Random, append: bool) -> int:
+        """An active key; an append counts towards the key's retirement."""
+        with self._keys_lock:
+            slot = rng.randrange(self.KEYS)
+            key = self._active[slot]
+            if append:
+                self._appends[key] = self._appends.get(key, 0) + 1
+                if self._appends[key] >= self.MAX_APPENDS:
+                    self._active[slot] = self._next_key
+                    self._next_key += 1
+            return key
 
     def setup(self, db: Client) -> None:
         db.create_table("lists", {"k": "int64", "v": "string"}, primary_key="k")
@@ -239,15 +276,21 @@ class ListAppend(Workload):
             return None
         return [int(x) for x in row["v"].split(",") if x]
 
-    def step(self, process: int, db: Client, rng: random.Random) -> None:
+    def plan(self, process: int, rng: random.Random) -> list[tuple[str, int, Any]]:
+        """The micro-ops of ``process``'s next transaction (unique values, rotating keys)."""
         mops: list[tuple[str, int, Any]] = []
-        for _ in range(rng.randint(1, 3)):
-            key = rng.randrange(self.KEYS)
-            if rng.random() < 0.5:
+        for _ in range(rng.randint(1, self.MAX_MOPS)):
+            append = rng.random() < 0.5
+            key = self._key(rng, append)
+            if append:
                 self._seq[process] += 1
                 mops.append(("append", key, process * 10**9 + self._seq[process]))
             else:
                 mops.append(("r", key, None))
+        return mops
+
+    def step(self, process: int, db: Client, rng: random.Random) -> None:
+        mops = self.plan(process, rng)
 
         def txn(t: Transaction) -> list[tuple[str, int, Any]]:
             out: list[tuple[str, int, Any]] = []
@@ -269,14 +312,24 @@ class ListAppend(Workload):
         self.history.complete(handle, OK, done)
 
     def read_final(self, db: Client) -> None:
-        mops = [("r", k, None) for k in range(self.KEYS)]
+        keys = range(self._next_key)  # every key ever active
+        mops = [("r", k, None) for k in keys]
         handle = self.history.invoke(-1, "txn", None, mops)
         rows = {r["k"]: self._list(r) for r in db.scan("lists")}
-        self.history.complete(handle, OK, [("r", k, rows.get(k)) for k in range(self.KEYS)])
+        self.history.complete(handle, OK, [("r", k, rows.get(k)) for k in keys])
 
     def check(self) -> tuple[bool, str]:
-        result: ListAppendResult = check_list_append(self.history.ops())
-        return result.ok, f"list-append: {result.summary()}"
+        ops = self.history.ops()
+        result: ListAppendResult = check_list_append(ops)
+        multi = sum(1 for op in ops if op.kind == "txn" and op.status == OK
+                    and len({k for f, k, _ in op.value if f == "r"}) >= 2
+                    and len({k for f, k, _ in op.value if f == "append"}) >= 2)
+        return result.ok, (f"list-append ({multi} ok txns read 2+ keys and appended to 2+): "
+                           f"{result.summary()}")
+
+    def is_write(self, op: Op) -> bool:
+        """A committed txn with at least one append."""
+        return op.status == OK and op.kind == "txn" and any(f == "append" for f, _, _ in op.value)
 
 
 WORKLOADS: dict[str, Callable[[int], Workload]] = {

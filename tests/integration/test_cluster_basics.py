@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def _clients(cluster: Cluster) -> list:
-    """One client per node, each pinned to that node."""
-    return [connect([a]) for a in cluster.addresses]
+    """One client per node, each pinned to that node (no member refresh, which would spread
+    its calls over every node after a couple of seconds)."""
+    return [connect([a], refresh_s=None) for a in cluster.addresses]
 
 
 def test_write_acknowledged_by_one_node_is_read_by_another_at_once(cluster: Cluster) -> None:
@@ -72,11 +73,12 @@ def test_concurrent_writers_on_three_nodes_lose_nothing_and_tear_nothing(
         except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(9)]
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(9)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
+    assert not [t for t in threads if t.is_alive()], "a writer did not finish"
     assert not errors, errors
     assert len(acked_own) > 50
     reader = clients[1]
@@ -107,19 +109,22 @@ def test_conditional_writes_from_several_nodes_have_exactly_one_winner_per_round
 
         def attempt(w: int, version: int = version, barrier: threading.Barrier = barrier,
                     outcome: dict[int, str] = outcome) -> None:
-            barrier.wait(timeout=10)
             try:
+                barrier.wait(timeout=10)
                 clients[w % 3].write([Mutation.update("reg", {"k": 1, "owner": w},
                                                       expected_version=version)])
                 outcome[w] = "won"
             except grpc.RpcError as e:
                 outcome[w] = e.code().name
+            except BaseException as e:  # reported below, with the others' outcomes
+                outcome[w] = f"raised {e!r}"
 
-        threads = [threading.Thread(target=attempt, args=(w,)) for w in range(n)]
+        threads = [threading.Thread(target=attempt, args=(w,), daemon=True) for w in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=30)
+        assert len(outcome) == n, f"round {round_no}: writers without an outcome: {outcome}"
         winners = [w for w, o in outcome.items() if o == "won"]
         assert len(winners) == 1, outcome
         assert sorted(o for o in outcome.values() if o != "won") == \
@@ -137,47 +142,60 @@ def test_kill9_of_a_node_under_write_load_loses_no_acknowledged_write(cluster: C
     acked: set[str] = set()
     acked_after_kill: set[str] = set()
     ambiguous: set[str] = set()
+    unexpected: list[str] = []  # asserted on below: an assert in a thread fails no test
     killed = threading.Event()
     stop = threading.Event()
     lock = threading.Lock()
+    in_flight_codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.CANCELLED)
 
     def writer(w: int) -> None:
         i = 0
-        while not stop.is_set():
-            i += 1
-            key = f"{w}-{i}"
-            try:
-                db.insert("log", {"k": key, "v": i}, )
-            except grpc.RpcError as e:
-                # A write that failed in flight may or may not have committed.
-                assert e.code() in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    grpc.StatusCode.CANCELLED), e
+        try:
+            while not stop.is_set():
+                i += 1
+                key = f"{w}-{i}"
+                try:
+                    db.insert("log", {"k": key, "v": i})
+                except grpc.RpcError as e:
+                    # A write that failed in flight may or may not have committed.
+                    with lock:
+                        ambiguous.add(key)
+                        if e.code() not in in_flight_codes:
+                            unexpected.append(f"insert {key}: {e.code().name}: {e.details()}")
+                    continue
                 with lock:
-                    ambiguous.add(key)
-                continue
+                    acked.add(key)
+                    if killed.is_set():
+                        acked_after_kill.add(key)
+        except BaseException as e:  # reported below
             with lock:
-                acked.add(key)
-                if killed.is_set():
-                    acked_after_kill.add(key)
+                unexpected.append(f"writer {w}: {e!r}")
 
     threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(6)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(acked) > 200, 20, message="writes before the kill")
-    victim = cluster[1]
-    killed_at = time.monotonic()
-    victim.kill9()
-    killed.set()
-    gone = wait_for(
-        lambda: victim.node_id not in {m.node_id for m in db.status().members} and time.monotonic(),
-        cluster.ttl_s + 3, message="the dead node's member key to expire",
-        retry_on=(grpc.RpcError,))
-    detection_s = gone - killed_at
-    wait_for(lambda: len(acked_after_kill) > 200, 20, message="writes after the kill")
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    try:
+        wait_for(lambda: len(acked) > 200 or unexpected, 20, message="writes before the kill")
+        assert not unexpected, unexpected[:5]
+        victim = cluster[1]
+        killed_at = time.monotonic()
+        victim.kill9()
+        killed.set()
+        gone = wait_for(
+            lambda: (victim.node_id not in {m.node_id for m in db.status().members}
+                     and time.monotonic()),
+            cluster.ttl_s + 3, message="the dead node's member key to expire",
+            retry_on=(grpc.RpcError,))
+        detection_s = gone - killed_at
+        wait_for(lambda: len(acked_after_kill) > 200 or unexpected, 20,
+                 message="writes after the kill")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not [t for t in threads if t.is_alive()], "a writer did not finish"
+    assert not unexpected, f"writers failed otherwise than in flight: {unexpected[:5]}"
     db2 = connect([cluster[0].address])
     present = {r["k"] for r in db2.scan("log")}
     missing = acked - present

@@ -16,6 +16,7 @@ import pytest
 from shardless import abort_reason, connect
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
+from tests.harness.calls import in_thread, join
 from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -87,19 +88,17 @@ def test_drain_under_load_fails_no_client_call(cluster: Cluster) -> None:
                 errors.append(f"client {i}: {e!r}")
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n_clients)]
-    drained: list[subprocess.CompletedProcess[str]] = []
-    drainer = threading.Thread(target=lambda: drained.append(_drain(leaving.address)),
-                               daemon=True)
     try:
         for t in threads:
             t.start()
         wait_for(lambda: sum(calls) >= 30, 30, message="load before the drain")
-        drainer.start()
+        drainer, drain = in_thread(_drain, leaving.address)
         wait_for(lambda: leaving.address not in _members(cluster, staying[0]), 10,
                  message="node 1 to leave the member list")
         # The drain has begun; a transaction open on node 1 may still finish there.
         long_txn.commit()
-        drainer.join(timeout=60)
+        drained: subprocess.CompletedProcess[str] = join(drainer, drain, 60,
+                                                         "shardless drain").result
         before = sum(calls)
         wait_for(lambda: sum(calls) >= before + 30, 30, message="load after the drain")
         wait_for(lambda: all(leaving.address not in c.addresses for c in clients), 10,
@@ -110,8 +109,9 @@ def test_drain_under_load_fails_no_client_call(cluster: Cluster) -> None:
             t.join(timeout=30)
         for c in [*clients, pinned, db]:
             c.close()
-    assert drained and drained[0].returncode == 0, drained
-    assert "has left" in drained[0].stdout, drained[0].stdout
+    assert not [t for t in threads if t.is_alive()], "a client did not finish"
+    assert drained.returncode == 0, drained
+    assert "has left" in drained.stdout, drained.stdout
     wait_for(lambda: not leaving.is_alive, 10, message="node 1's process to exit")
     assert leaving.returncode == 0
     assert not errors, errors[:10]

@@ -45,22 +45,25 @@ def test_losing_one_etcd_member_changes_nothing_for_clients(cluster3: Cluster) -
     stop = threading.Event()
 
     def work(i: int) -> None:
-        with connect(cluster3.addresses, timeout_s=10, refresh_s=None) as c:
-            seq = 0
-            while not stop.is_set():
-                seq += 1
-                try:
-                    c.insert("kv", {"id": i * 1_000_000 + seq, "w": i})
-                    acked[i].append(i * 1_000_000 + seq)
+        try:
+            with connect(cluster3.addresses, timeout_s=10, refresh_s=None) as c:
+                seq = 0
+                while not stop.is_set():
+                    seq += 1
+                    try:
+                        c.insert("kv", {"id": i * 1_000_000 + seq, "w": i})
+                        acked[i].append(i * 1_000_000 + seq)
 
-                    def incr(t, i=i):  # type: ignore[no-untyped-def]
-                        row = t.get("ctr", i, for_update=True)
-                        t.update("ctr", {"id": i, "n": row["n"] + 1})
+                        def incr(t, i=i):  # type: ignore[no-untyped-def]
+                            row = t.get("ctr", i, for_update=True)
+                            t.update("ctr", {"id": i, "n": row["n"] + 1})
 
-                    c.run_transaction(incr)
-                    increments[i] += 1
-                except grpc.RpcError as e:
-                    errors.append(f"client {i}: {e.code().name}: {e.details()}")
+                        c.run_transaction(incr)
+                        increments[i] += 1
+                    except grpc.RpcError as e:
+                        errors.append(f"client {i}: {e.code().name}: {e.details()}")
+        except BaseException as e:  # reported by the test: a dead client proves nothing
+            errors.append(f"client {i}: {e!r}")
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
     try:
@@ -77,6 +80,7 @@ def test_losing_one_etcd_member_changes_nothing_for_clients(cluster3: Cluster) -
         stop.set()
         for t in threads:
             t.join(timeout=30)
+    assert not [t for t in threads if t.is_alive()], "a client did not finish"
     assert not errors, errors[:10]
     rows = {r["id"] for r in db.scan("kv")}
     assert rows == {x for xs in acked for x in xs}

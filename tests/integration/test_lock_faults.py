@@ -5,28 +5,36 @@ What these tests pin down (ARCHITECTURE.md, "Sessions, failure detection and fen
 * A node killed with -9 while holding row locks: its locks go with its lease (within the TTL),
   a waiter on another node is granted, and the dead node's uncommitted writes never appear.
 * A node frozen (SIGSTOP) past its lease while a transaction of it holds a lock: another node
-  takes the lock once the lease is gone and commits; when the frozen node wakes, its
-  transaction's commit is refused (ABORTED, FENCED or SESSION_LOST) and the node comes back on a
-  new session.
+  fences the lost session (its log says so), takes the lock and commits; when the frozen node
+  wakes, its transaction's commit is refused (ABORTED, FENCED or SESSION_LOST) and the node comes
+  back on a new session.
 * The fencing race: the commit request reaches the node and the node is frozen at some point of
   its commit. Whatever the commit answered, the result is that of a serial order (no lost update).
 * The same race made deterministic: the commit is under way (queued behind the storage write
   lock, which another frozen node holds) when its node freezes past its lease; on waking, the
-  commit is refused promptly and the node starts a new session.
+  commit is refused promptly as FENCED and the node starts a new session.
 * One-shot writes sent to a node that is then frozen: after the lease is gone, writes made by the
   other nodes are never overwritten by a write the frozen node had in hand.
-* A commit that outlives its caller's deadline (stuck behind the storage write lock): another
-  transaction that takes its locks afterwards still sees a serial history.
+* A commit that outlives its caller's deadline (stuck behind the storage write lock) keeps its
+  locks while it is undecided: another transaction waits for them, and sees a serial history.
+
+Each test checks that the path it is named after ran, not only that its outcome is allowed: a
+race that fell the other way (a commit answered before the freeze, a write not in flight) is
+set up again, a bounded number of times, and the test fails if the path never ran. The evidence
+is what a client or the test can see: when a call was answered (a frozen node answers nothing),
+commit positions, the Status RPC (open transactions, lock entries, waits), the nodes' logs.
 
 To hold the storage write lock on purpose, a node is frozen in the middle of a bulky commit
 (``_freeze_holding_write_lock``): LMDB has one writer at a time for the whole volume.
 
-Every process belongs to the ``cluster`` fixture (three nodes, lease TTL 3 s), which stops them
-all, paused ones included, and attaches their logs to a failure.
+Every process belongs to the ``cluster`` fixture (three nodes, lease TTL 3 s; for the deadline
+test ``make_cluster`` with a longer TTL), which stops them all, paused ones included, and
+attaches their logs to a failure.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +44,8 @@ import pytest
 
 from shardless import abort_reason, connect
 from shardless.client import Client
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as api_grpc
 from tests.harness.calls import Call
 from tests.harness.calls import in_thread as _in_thread
 from tests.harness.calls import join as _join
@@ -47,22 +57,34 @@ CALL_TIMEOUT_S = 12.0  # longer than any freeze below: a call to a frozen node j
 SLACK_S = 2.0
 TABLE = "acct"
 REFUSED = {"FENCED", "SESSION_LOST"}
-FREEZE_DELAYS_S = (0.0, 0.005, 0.02)  # between sending B's commit and freezing B
+FREEZE_DELAYS_S = (0.0, 0.001, 0.002, 0.003)  # between sending B's commit and freezing B
+IN_FLIGHT_ROUNDS = 3  # freezes that must catch B's commit in flight
+IN_FLIGHT_ATTEMPTS = 8  # tries per round
+FREEZE_WRITER_ATTEMPTS = 20  # tries to freeze a node while it holds the storage write lock
+DEADLINE_TEST_TTL_S = 8  # C stays frozen for seconds there: it must keep its lease meanwhile
 FILLER = "filler"
 FILLER_ROWS = 5000
 PROBE = "probe"
+_probe_keys = itertools.count(1)  # each probe writes its own row: a stuck one blocks no other
+
+
+def _pinned(node: Node, timeout_s: float = CALL_TIMEOUT_S, **options: object) -> Client:
+    """A client pinned to one node: no member refresh, which would spread its calls (and the
+    transactions it begins) over every node after a couple of seconds."""
+    return connect([node.address], timeout_s=timeout_s, refresh_s=None, **options)
 
 
 def _client(node: Node) -> Client:
-    """A client pinned to one node."""
-    return connect([node.address], timeout_s=CALL_TIMEOUT_S)
+    """A client pinned to one node, with a deadline longer than any freeze below."""
+    return _pinned(node)
 
 
 def _setup(cluster: Cluster, rows: dict[int, int]) -> list[Client]:
     """One client per node, the table, and its seed rows."""
     clients = [_client(n) for n in cluster.nodes]
     clients[0].create_table(TABLE, {"k": "int64", "v": "int64"}, primary_key="k")
-    clients[0].upsert(TABLE, [{"k": k, "v": v} for k, v in rows.items()])
+    if rows:
+        clients[0].upsert(TABLE, [{"k": k, "v": v} for k, v in rows.items()])
     return clients
 
 
@@ -111,30 +133,35 @@ def _wait_node_serves_rw(db: Client, key: int, value: int, timeout_s: float) -> 
     return time.monotonic() - start
 
 
-def _storage_write_lock_held(probe: Client) -> bool:
-    """Whether a one-shot write through ``probe`` (a client with a short deadline) is stuck,
-    i.e. some process holds the volume's single storage write lock."""
-    try:
-        probe.upsert(PROBE, {"k": 0, "v": 0})
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return True
-        raise
-    return False
+def _probe_write(probe: Client) -> int | None:
+    """The commit position of a one-shot write through ``probe`` (a client with a short
+    deadline), or None if it is stuck: some process holds the volume's single storage write
+    lock (a slow answer is told from a stuck one by a second probe)."""
+    for _ in range(2):
+        try:
+            return probe.upsert(PROBE, {"k": next(_probe_keys), "v": 0})
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+    return None
 
 
 def _freeze_holding_write_lock(node: Node, db: Client, probe: Client) -> tuple[Call, float]:
     """Freeze ``node`` in the middle of a bulky commit, while it holds the storage write lock.
 
     ``db`` is pinned to ``node``; ``probe`` to another node, with a short deadline. The tables
-    FILLER and PROBE must exist. Tries a few delays between sending the commit and SIGSTOP, and
-    checks with a probe write that the lock is held.
+    FILLER and PROBE must exist. Sends the commit, waits a while, freezes the node and checks
+    with probe writes that the lock is held. If not, the commit's position against the probe's
+    says whether the freeze came too late (the commit was before the probe) or too early (after
+    it: the commit had not taken the lock yet), and the wait is adjusted; up to
+    FREEZE_WRITER_ATTEMPTS tries.
 
     Returns:
         The frozen commit's call (it finishes after the node is resumed) and the freeze time.
     """
     tried = []
-    for delay in (0.002, 0.003, 0.004, 0.0015, 0.005, 0.0025, 0.0035):
+    delay = 0.003
+    for _ in range(FREEZE_WRITER_ATTEMPTS):
         t = db.begin()
         t.upsert(FILLER, [{"k": i, "v": -1} for i in range(FILLER_ROWS)])
         th, call = _in_thread(t.commit)
@@ -142,16 +169,44 @@ def _freeze_holding_write_lock(node: Node, db: Client, probe: Client) -> tuple[C
         node.pause()
         paused = time.monotonic()
         try:
-            held = _storage_write_lock_held(probe)
+            probed = _probe_write(probe)
         except BaseException:
             node.resume()
             raise
-        if held:
+        if probed is None:
             return call, paused
         node.resume()
         _join(th, call, CALL_TIMEOUT_S + 5, "a bulky commit")
-        tried.append(f"{delay * 1000:g} ms: {call.describe()}")
+        late = call.error is None and call.result < probed
+        tried.append(f"{delay * 1000:.1f} ms: {'too late' if late else 'too early'} "
+                     f"({call.describe()})")
+        delay = max(0.0005, delay * 0.6) if late else min(0.5, delay * 1.5 + 0.001)
     pytest.fail(f"could not freeze {node.name} while it held the storage write lock: {tried}")
+
+
+def _local_transactions(db: Client) -> dict[str, api.TransactionInfo]:
+    """The open transactions of ``db``'s node, from its own Status (no peer is asked)."""
+    st = api_grpc.ClusterServiceStub(db.channel).Status(api.StatusRequest(local_only=True),
+                                                         timeout=3)
+    return {t.transaction_id: t for t in st.transactions}
+
+
+def _call_under_way(db: Client, txn_id: str, since: float) -> bool:
+    """Whether a call of transaction ``txn_id`` has begun on ``db``'s node after ``since`` (a
+    ``time.monotonic()`` reading of this host, which the node's clock shares), proved from the
+    node's Status: it resets a transaction's idle time when a call of it begins, and its idle
+    time was read no earlier than we asked. NB: a call that began less than a Status round trip
+    after ``since`` is not seen; leave more time than that before making it."""
+    asked = time.monotonic()
+    info = _local_transactions(db).get(txn_id)
+    return info is not None and asked - info.idle_s > since
+
+
+def _fenced_by(cluster: Cluster, session: str) -> list[str]:
+    """The nodes whose log says they fenced the (ended) session ``session`` (hex)."""
+    needle = f"session {session} ended without closing; fencing it"
+    return [n.name for n in cluster.nodes
+            if needle in n.log_path.read_text(encoding="utf-8", errors="replace")]
 
 
 # -- 1. kill -9 --------------------------------------------------------------------------------
@@ -197,8 +252,9 @@ def test_kill9_of_a_lock_holder_frees_its_locks_within_the_ttl_and_drops_its_wri
 def test_a_node_frozen_past_its_lease_is_fenced_and_comes_back_on_a_new_session(
         cluster: Cluster) -> None:
     """B holds X(r) with an uncommitted write and is frozen for TTL + 2 s; A takes r, writes,
-    commits meanwhile. When B wakes its commit is ABORTED (FENCED or SESSION_LOST), the row
-    holds A's value, and B serves again on a new session."""
+    commits meanwhile, and a node's log says it fenced B's lost session. When B wakes its
+    commit is ABORTED (FENCED or SESSION_LOST: which of B's threads wakes first), the row holds
+    A's value, and B serves again on a new session."""
     ttl = float(cluster.ttl_s or 3)
     frozen = cluster[1]
     r, old, b_value, a_value = 3, 100, 200, 300
@@ -226,6 +282,9 @@ def test_a_node_frozen_past_its_lease_is_fenced_and_comes_back_on_a_new_session(
                                 "its lease"
         assert a.error is None and a.unexpected is None, f"node A's transaction: {a.describe()}"
         assert a.result == old, "node A read B's uncommitted value"
+        # A could only take r once B's session had ended; whoever saw it end fenced it first.
+        fencers = wait_for(lambda: _fenced_by(cluster, session_before), 5,
+                           message=f"a node's log saying it fenced session {session_before}")
         _sleep_until(paused + ttl + SLACK_S)
     finally:
         frozen.resume()
@@ -252,7 +311,8 @@ def test_a_node_frozen_past_its_lease_is_fenced_and_comes_back_on_a_new_session(
     assert time.monotonic() - resumed < 10
     assert _value(db0, r) == a_value + 1
     assert _value(db2, r) == a_value + 1
-    print(f"SIGSTOP: session {session_before} -> {new_session}; node served again "
+    print(f"SIGSTOP: session {session_before} (fenced by {', '.join(fencers)}) -> "
+          f"{new_session}; B's commit {code.name} ({reason}); node served again "
           f"{time.monotonic() - resumed:.2f}s after SIGCONT (last wait {took:.2f}s)")
 
 
@@ -260,76 +320,99 @@ def test_a_node_frozen_past_its_lease_is_fenced_and_comes_back_on_a_new_session(
 
 
 def test_a_commit_frozen_in_flight_and_a_takeover_stay_serializable(cluster: Cluster) -> None:
-    """B's commit request is sent and B is frozen (at once, 5 ms or 20 ms later) for TTL + 2 s
+    """B's commit request is sent and B is frozen (at once, or 1-3 ms later) for TTL + 2 s
     while A increments the same row. If B's commit answered OK, A must have read B's value;
     otherwise B's write must not be there: the final value is that of a serial order.
 
     B's transaction also rewrites FILLER_ROWS rows of another table, so that its commit (one
     storage write transaction) lasts long enough for the freeze to land inside it at some of the
-    delays; the filler rows must then be all B's or all untouched (atomicity)."""
+    delays; the filler rows must then be all B's or all untouched (atomicity). Each of
+    IN_FLIGHT_ROUNDS rounds must catch B's commit in flight: answered only after B woke (a
+    frozen node answers nothing). A commit answered before the freeze took hold is set up
+    again on a fresh row, up to IN_FLIGHT_ATTEMPTS times."""
     ttl = float(cluster.ttl_s or 3)
     frozen = cluster[1]
     old = 100
-    keys = list(range(1, len(FREEZE_DELAYS_S) + 1))
-    db0, db1, db2 = _setup(cluster, {k: old for k in keys})
+    db0, db1, db2 = _setup(cluster, {})
     db0.create_table(FILLER, {"k": "int64", "v": "int64"}, primary_key="k")
     db0.upsert(FILLER, [{"k": i, "v": 0} for i in range(FILLER_ROWS)])
-    outcomes = []
+    keys = itertools.count(1)
+    caught, missed = [], []
 
-    for key, delay in zip(keys, FREEZE_DELAYS_S, strict=True):
-        b_value = 5000 + key
-        t1 = db1.begin()
-        assert t1.get(TABLE, key, for_update=True)["v"] == old
-        t1.update(TABLE, {"k": key, "v": b_value})
-        t1.upsert(FILLER, [{"k": i, "v": b_value} for i in range(FILLER_ROWS)])
+    def increment(k: int) -> int:
+        t0 = db0.begin()
+        seen = t0.get(TABLE, k, for_update=True)["v"]
+        t0.update(TABLE, {"k": k, "v": seen + 1})
+        t0.commit()
+        return seen
 
-        tb, b = _in_thread(t1.commit)
-        if delay:
-            time.sleep(delay)
-        frozen.pause()
-        paused = time.monotonic()
-        try:
-            def increment(k: int = key) -> int:
-                t0 = db0.begin()
-                seen = t0.get(TABLE, k, for_update=True)["v"]
-                t0.update(TABLE, {"k": k, "v": seen + 1})
-                t0.commit()
-                return seen
+    for round_no in range(IN_FLIGHT_ROUNDS):
+        for attempt in range(IN_FLIGHT_ATTEMPTS):
+            delay = FREEZE_DELAYS_S[(round_no + attempt) % len(FREEZE_DELAYS_S)]
+            key = next(keys)
+            db0.upsert(TABLE, {"k": key, "v": old})
+            b_value = 5000 + key
+            fillers_before = {r["v"] for r in db2.scan(FILLER)}
+            t1 = db1.begin()
+            assert t1.get(TABLE, key, for_update=True)["v"] == old
+            t1.update(TABLE, {"k": key, "v": b_value})
+            t1.upsert(FILLER, [{"k": i, "v": b_value} for i in range(FILLER_ROWS)])
 
-            ta, a = _in_thread(increment)
-            # A may finish while B is frozen, or only after B wakes (if B was frozen while it
-            # held the storage write lock, A's fence waits for B's commit to finish).
-            _sleep_until(paused + ttl + SLACK_S)
-            a_before_wake = a.done.is_set()
-        finally:
-            frozen.resume()
-        _join(tb, b, CALL_TIMEOUT_S + 5, f"B's commit (delay {delay})")
-        _join(ta, a, CALL_TIMEOUT_S + 5, f"A's increment (delay {delay})")
-        final = _value(db2, key)
-        fillers = {r["v"] for r in db2.scan(FILLER)}
-        outcome = (f"delay {delay * 1000:g} ms: B's commit {b.describe()} (sent "
-                   f"{b.started - paused:+.3f}s from the freeze); A {a.describe()}"
-                   f"{' before' if a_before_wake else ' after'} B woke; final {final}; "
-                   f"filler values {sorted(fillers)}")
-        outcomes.append(outcome)
-        assert a.error is None, outcome
-        assert b.code in (grpc.StatusCode.OK, grpc.StatusCode.ABORTED), \
-            f"{outcome}; B's log:\n{frozen.log_tail(20)}"
-        if b.code == grpc.StatusCode.OK:
-            assert a.result == b_value, f"lost update: B committed but A read the old value; " \
-                                        f"{outcome}"
-            assert final == b_value + 1, outcome
-            assert fillers == {b_value}, f"B's commit is not whole; {outcome}"
+            tb, b = _in_thread(t1.commit)
+            if delay:
+                time.sleep(delay)
+            frozen.pause()
+            paused = time.monotonic()
+            if b.done.wait(0.3):  # answered although B is frozen: it was before the freeze
+                frozen.resume()
+                _join(tb, b, CALL_TIMEOUT_S + 5, f"B's commit (delay {delay})")
+                missed.append(f"delay {delay * 1000:g} ms: answered before the freeze: "
+                              f"{b.describe()}")
+                continue
+            try:
+                ta, a = _in_thread(increment, key)
+                # A may finish while B is frozen, or only after B wakes (if B was frozen while
+                # it held the storage write lock, A's fence waits for B's commit to finish).
+                _sleep_until(paused + ttl + SLACK_S)
+                a_before_wake = a.done.is_set()
+            finally:
+                frozen.resume()
+            resumed = time.monotonic()
+            _join(tb, b, CALL_TIMEOUT_S + 5, f"B's commit (delay {delay})")
+            _join(ta, a, CALL_TIMEOUT_S + 5, f"A's increment (delay {delay})")
+            final = _value(db2, key)
+            fillers = {r["v"] for r in db2.scan(FILLER)}
+            in_flight = b.ended >= resumed
+            outcome = (f"delay {delay * 1000:g} ms: B's commit {b.describe()} (sent "
+                       f"{b.started - paused:+.3f}s from the freeze, answered "
+                       f"{'after' if in_flight else 'before'} B woke); A {a.describe()}"
+                       f"{' before' if a_before_wake else ' after'} B woke; final {final}; "
+                       f"filler values {sorted(fillers)}")
+            assert a.error is None, outcome
+            assert b.code in (grpc.StatusCode.OK, grpc.StatusCode.ABORTED), \
+                f"{outcome}; B's log:\n{frozen.log_tail(20)}"
+            if b.code == grpc.StatusCode.OK:
+                assert a.result == b_value, f"lost update: B committed but A read the old " \
+                                            f"value; {outcome}"
+                assert final == b_value + 1, outcome
+                assert fillers == {b_value}, f"B's commit is not whole; {outcome}"
+            else:
+                assert b.reason in REFUSED, outcome
+                assert a.result == old, f"B's refused write was visible to A; {outcome}"
+                assert final == old + 1, f"B's refused write landed; {outcome}"
+                assert fillers == fillers_before, f"part of B's refused commit landed; {outcome}"
+            assert _value(db0, key) == final
+
+            # B comes back (on a new session) before the next try.
+            _wait_node_serves_rw(db1, 1000 + key, key, ttl + 10)
+            if in_flight:
+                caught.append(outcome)
+                break
+            missed.append(outcome)
         else:
-            assert b.reason in REFUSED, outcome
-            assert a.result == old, f"B's refused write was visible to A; {outcome}"
-            assert final == old + 1, f"B's refused write landed; {outcome}"
-            assert b_value not in fillers, f"part of B's refused commit landed; {outcome}"
-        assert _value(db0, key) == final
-
-        # B comes back (on a new session) before the next round.
-        _wait_node_serves_rw(db1, 1000 + key, key, ttl + 10)
-    print("\n".join(outcomes))
+            pytest.fail(f"round {round_no}: B's commit was never frozen in flight in "
+                        f"{IN_FLIGHT_ATTEMPTS} tries: {missed}")
+    print("\n".join(["caught in flight:", *caught, "missed:", *missed]))
 
 
 # -- 3b. the commit has arrived and is under way when its node freezes ------------------------
@@ -339,9 +422,11 @@ def test_a_commit_under_way_when_its_node_freezes_is_refused_and_the_node_recove
         cluster: Cluster) -> None:
     """B's commit request has arrived and B's committer is working on it (here: waiting for the
     storage write lock, which a frozen node C holds) when B is frozen past its lease. A takes r
-    over and increments it. When C and then B wake, B's commit must be answered ABORTED
-    (FENCED or SESSION_LOST) at once, the row holds A's increment, and B serves again on a new
-    session."""
+    over and increments it. When C and then B wake, B's commit must be answered ABORTED FENCED
+    at once (the committer's check refuses it: a fence record of B's session is in storage, or
+    B's own deadline has passed), the row holds A's increment, and B serves again on a new
+    session. That the commit was under way on B before the freeze is seen in B's Status: the
+    transaction's idle time restarted after the commit was sent."""
     ttl = float(cluster.ttl_s or 3)
     node_b, node_c = cluster[1], cluster[2]
     r, old, b_value = 1, 100, 5000
@@ -349,17 +434,21 @@ def test_a_commit_under_way_when_its_node_freezes_is_refused_and_the_node_recove
     for table in (FILLER, PROBE):
         db0.create_table(table, {"k": "int64", "v": "int64"}, primary_key="k")
     db0.upsert(FILLER, [{"k": i, "v": 0} for i in range(FILLER_ROWS)])
-    probe = connect([node_b.address], timeout_s=0.5)
+    probe = _pinned(node_b, 0.5, attempts=1)
     session_before = _session_of(db0, node_b.node_id)
 
     t1 = db1.begin()
     assert t1.get(TABLE, r, for_update=True)["v"] == old
     t1.update(TABLE, {"k": r, "v": b_value})
+    updated = time.monotonic()  # t1's last call has ended on B
 
     c_commit, _ = _freeze_holding_write_lock(node_c, db2, probe)
     try:
+        _sleep_until(updated + 1.0)  # more than a Status round trip between t1's calls
         tb, b = _in_thread(t1.commit)
-        time.sleep(0.5)  # B's commit is now queued behind the storage write lock
+        wait_for(lambda: _call_under_way(db1, t1.id, updated), 10, interval_s=0.05,
+                 message="B's commit call to be under way on B", retry_on=(grpc.RpcError,))
+        time.sleep(0.2)  # from the call's start to the committer's queue: no wait on the way
         assert not b.done.is_set(), f"B's commit was not held up: {b.describe()}"
         node_b.pause()
         b_paused = time.monotonic()
@@ -401,15 +490,17 @@ def test_a_commit_under_way_when_its_node_freezes_is_refused_and_the_node_recove
                     f"frozen: {a_done_while_b_frozen}; {begin}); B's "
                     f"log:\n{node_b.log_tail(30)}")
     assert b.unexpected is None, b.describe()
-    assert b.code == grpc.StatusCode.ABORTED and b.reason in REFUSED, \
-        f"B's commit: {b.describe()}"
+    assert b.code == grpc.StatusCode.ABORTED and b.reason == "FENCED", \
+        f"B's commit was not refused by the committer's fence check: {b.describe()}"
     assert _value(db2, r) == old + 1
     wait_for(lambda: _session_of(db0, node_b.node_id) not in (None, session_before), ttl + 5,
              message="B's member record on a new session", retry_on=(grpc.RpcError,))
     _wait_node_serves_rw(db1, r, 7, 10)
     assert _value(db0, r) == 7
-    print(f"commit under way at the freeze: B's commit {b.describe()}; A done while B was "
-          f"frozen: {a_done_while_b_frozen}; C's commit {c_commit.describe()}")
+    assert b.error is not None
+    how = ("a fence record" if "is fenced" in (b.error.details() or "") else "its own deadline")
+    print(f"commit under way at the freeze: B's commit {b.describe()} (refused by {how}); A "
+          f"done while B was frozen: {a_done_while_b_frozen}; C's commit {c_commit.describe()}")
 
 
 # -- 4. one-shot writes to a frozen node -------------------------------------------------------
@@ -429,10 +520,12 @@ class WriteRecord:
 
 def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes(
         cluster: Cluster) -> None:
-    """Writers send one-shot upserts to B, one row each; B is frozen; after the TTL, A and C
-    write the same rows; B wakes. Each row ends with the last write A/C acknowledged, unless a
-    write B had in hand (sent before the freeze) was acknowledged and ordered after it; no row
-    ever ends with a value nobody acknowledged."""
+    """Writers send one-shot upserts to B, three per row, so that most of them wait for the
+    row's lock on B; B is frozen; after the TTL, A and C write the same rows; B wakes. Some of
+    B's writes must have been in B's hands through the freeze (sent before it, answered after
+    B woke). Each row ends with the last write A/C acknowledged, unless a write B had in hand
+    was acknowledged and ordered after it; no row ever ends with a value nobody
+    acknowledged."""
     ttl = float(cluster.ttl_s or 3)
     frozen = cluster[1]
     rows = list(range(10, 16))
@@ -453,12 +546,12 @@ def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes
             history[key].append(rec)
         return rec
 
-    def b_writer(key: int) -> None:
+    def b_writer(key: int, j: int) -> None:
         i = 0
         try:
             while not stop_b.is_set():
                 i += 1
-                upsert(1, key, 1_000_000 + key * 1000 + i)
+                upsert(1, key, 10_000_000 + key * 100_000 + j * 10_000 + i)
         except BaseException as e:  # reported below
             errors.append(e)
 
@@ -470,7 +563,8 @@ def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes
         except BaseException as e:  # reported below
             errors.append(e)
 
-    b_threads = [threading.Thread(target=b_writer, args=(k,), daemon=True) for k in rows]
+    b_threads = [threading.Thread(target=b_writer, args=(k, j), daemon=True)
+                 for k in rows for j in range(3)]
     for t in b_threads:
         t.start()
     wait_for(lambda: all(sum(r.code == grpc.StatusCode.OK for r in history[k]) >= 3
@@ -488,10 +582,15 @@ def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes
         _sleep_until(paused + ttl + SLACK_S)
     finally:
         frozen.resume()
+    resumed = time.monotonic()
     for t in [*b_threads, *others]:
         t.join(CALL_TIMEOUT_S + 5)
         assert not t.is_alive(), "a writer did not finish"
     assert not errors, errors
+    held = [(k, r.value, r.code.name, r.reason) for k in rows for r in history[k]
+            if r.node == 1 and r.started < paused and r.ended >= resumed]
+    assert held, "no write of B's was in its hands through the freeze (all were answered " \
+                 "before it): the test did not test its case"
 
     report, bad_answers = [], []
     for k in rows:
@@ -519,7 +618,7 @@ def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes
                         if r.code not in (grpc.StatusCode.OK, grpc.StatusCode.ABORTED,
                                           grpc.StatusCode.UNAVAILABLE)
                         or (r.code == grpc.StatusCode.ABORTED and r.reason not in REFUSED)]
-    print("\n".join(report))
+    print("\n".join([*report, f"in B's hands through the freeze: {held}"]))
     assert not bad_answers, f"writes in flight on the frozen node got unexpected answers " \
                             f"(see its log): {bad_answers}"
 
@@ -528,57 +627,69 @@ def test_one_shot_writes_in_flight_on_a_frozen_node_never_overwrite_later_writes
 
 
 def test_a_commit_that_outlives_its_deadline_keeps_its_locks_until_it_is_decided(
-        cluster: Cluster) -> None:
+        make_cluster) -> None:  # type: ignore[no-untyped-def]
     """A locks r, writes r and a marker row, and commits with a 1 s deadline while the storage
-    write lock is held by a frozen node C, so the commit cannot finish in time. B then locks r,
-    increments it and commits. Whatever became of A's commit, the result must be that of a
-    serial order: if A's commit was applied (its marker is there), B must have read A's value;
-    if not, B read the old one. (A's locks may go only once its commit can no longer apply.)"""
+    write lock is held by a frozen node C, so the commit cannot finish in time: its caller gets
+    DEADLINE_EXCEEDED. B then asks for r: while C is frozen (A's commit undecided), the Status
+    shows A's transaction still holding X on r and B's waiting for it, and B is not granted.
+    After C wakes, the result must be that of a serial order: if A's commit was applied (its
+    marker is there), B must have read A's value; if not, B read the old one."""
+    cluster = make_cluster(ttl_s=DEADLINE_TEST_TTL_S)
     node_c = cluster[2]
     r, marker, old, a_value = 1, 2, 100, 110
     db0, db1, db2 = _setup(cluster, {r: old, marker: 0})
     for table in (FILLER, PROBE):
         db0.create_table(table, {"k": "int64", "v": "int64"}, primary_key="k")
     db0.upsert(FILLER, [{"k": i, "v": 0} for i in range(FILLER_ROWS)])
-    probe = connect([cluster[1].address], timeout_s=0.5)
-    hasty = connect([cluster[0].address], timeout_s=1.0)
+    probe = _pinned(cluster[1], 0.5, attempts=1)
+    hasty = _pinned(cluster[0], 1.0)
 
     ta = hasty.begin()
     assert ta.get(TABLE, r, for_update=True)["v"] == old
     ta.update(TABLE, [{"k": r, "v": a_value}, {"k": marker, "v": 1}])
+    b_read_at: list[float] = []
 
-    c_commit, _ = _freeze_holding_write_lock(node_c, db2, probe)
+    def increment() -> int:
+        tb = db1.begin()
+        seen = tb.get(TABLE, r, for_update=True)["v"]
+        b_read_at.append(time.monotonic())
+        tb.update(TABLE, {"k": r, "v": seen + 1})
+        tb.commit()
+        return seen
+
+    def b_waits_for_a() -> api.StatusResponse | None:
+        st = db0.status()
+        return st if any(ta.id in w.waits_for for w in st.waits) else None
+
+    c_commit, c_paused = _freeze_holding_write_lock(node_c, db2, probe)
     try:
         a_commit = Call()
         try:
             a_commit.result = ta.commit()
         except grpc.RpcError as e:
             a_commit.error = e
-
-        b_read_at: list[float] = []
-
-        def increment() -> int:
-            tb = db1.begin()
-            seen = tb.get(TABLE, r, for_update=True)["v"]
-            b_read_at.append(time.monotonic())
-            tb.update(TABLE, {"k": r, "v": seen + 1})
-            tb.commit()
-            return seen
-
         tb, b = _in_thread(increment)
-        time.sleep(0.5)
+        st = wait_for(b_waits_for_a, 5, interval_s=0.1, retry_on=(grpc.RpcError,),
+                      message="B's wait for A's lock on r")
+        a_holds = [(li.resource, li.mode) for li in st.locks
+                   if li.transaction_id == ta.id and li.granted]
+        granted_while_undecided = bool(b_read_at)
     finally:
         node_c.resume()
     c_resumed = time.monotonic()
+    assert a_commit.code == grpc.StatusCode.DEADLINE_EXCEEDED, \
+        f"A's commit did not outlive its deadline: {a_commit.describe()}"
+    assert any(res.startswith("r/") and mode == "X" for res, mode in a_holds), \
+        f"A's commit was undecided, yet its transaction held no X row lock: {a_holds}"
+    assert not granted_while_undecided, "B was granted r while A's commit was undecided"
     assert c_commit.thread is not None
     _join(c_commit.thread, c_commit, CALL_TIMEOUT_S + 5, "C's bulky commit")
     _join(tb, b, CALL_TIMEOUT_S + 5, "B's increment")
     assert b.error is None, f"B's increment: {b.describe()}"
     final, applied = _value(db2, r), _value(db2, marker) == 1
-    b_granted_while_c_frozen = bool(b_read_at) and b_read_at[0] < c_resumed
-    outcome = (f"A's commit: {a_commit.error.code().name if a_commit.error else 'OK'}; A's "
-               f"commit applied: {applied}; B read {b.result} (granted while C was frozen: "
-               f"{b_granted_while_c_frozen}); final r = {final}")
+    outcome = (f"A's commit: {a_commit.code.name}; A's locks while undecided: {a_holds}; A's "
+               f"commit applied: {applied}; B read {b.result} {b_read_at[0] - c_resumed:+.2f}s "
+               f"from C's wake (C frozen {c_resumed - c_paused:.1f}s); final r = {final}")
     if applied:
         assert b.result == a_value and final == a_value + 1, \
             f"lost update: A's commit was applied after B read r; {outcome}"

@@ -3,13 +3,13 @@ a conflict on any one of them, and only for that."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Generator
 
 import pytest
 
 from lockmgr import EtcdClient, LockManager, LockMode, Resource, Session
+from tests.harness.calls import Call, in_thread, join
 from tests.harness.etcd import EtcdServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -47,21 +47,13 @@ def test_a_transaction_over_many_pages_waits_for_a_conflict_on_any_of_them(
     b = lm.begin("b@n1")
     lm.acquire(b, _rows(range(1, 2)))
     a = lm.begin("a@n1")
-    granted = threading.Event()
-
-    def take() -> None:
-        lm.acquire(a, _rows(range(spread)))
-        granted.set()
-
-    t = threading.Thread(target=take)
-    t.start()
-    assert not granted.wait(0.5), "A was granted a row B holds"
+    t, take = in_thread(lm.acquire, a, _rows(range(spread)))
+    assert not take.done.wait(0.5), f"A was granted a row B holds: {take.describe()}"
     other = lm.begin("c@n1")
     lm.acquire(other, [(Resource("1", "0001", "other-row"), LockMode.X)], timeout_s=2)
     lm.release(other)
     lm.release(b)
-    assert granted.wait(5), "A was not granted after B released"
-    t.join(5)
+    join(t, take, 5, "A's acquire after B released")
     assert all(Resource("1", f"{p:04d}", f"r{p}") in a.held for p in range(spread))
     scan = lm.begin("d@n1")
     started = time.monotonic()
@@ -74,16 +66,20 @@ def test_a_transaction_over_many_pages_waits_for_a_conflict_on_any_of_them(
     assert lm.flush_releases()
 
 
-def _granted_within(lm: LockManager, txn, needs, seconds: float) -> threading.Event:  # type: ignore[no-untyped-def]
-    done = threading.Event()
+def _granted_within(lm: LockManager, txn, needs, seconds: float) -> Call:  # type: ignore[no-untyped-def]
+    """Start ``lm.acquire(txn, needs)`` in a thread and give it ``seconds``; its call (``done``
+    is set once it has been granted, or has failed: ``granted`` tells which)."""
+    _, call = in_thread(lm.acquire, txn, needs)
+    call.done.wait(seconds)
+    return call
 
-    def take() -> None:
-        lm.acquire(txn, needs)
-        done.set()
 
-    threading.Thread(target=take, daemon=True).start()
-    done.wait(seconds)
-    return done
+def granted(call: Call, seconds: float = 0.0) -> bool:
+    """Whether the acquire of ``call`` was granted (within ``seconds`` more); an acquire that
+    raised fails the test."""
+    call.done.wait(seconds)
+    assert call.unexpected is None and call.error is None, call.describe()
+    return call.done.is_set()
 
 
 def test_table_locks_conflict_across_the_split_of_intention_and_strong_entries(
@@ -95,17 +91,17 @@ def test_table_locks_conflict_across_the_split_of_intention_and_strong_entries(
     lm.acquire(a, _rows(range(1)))
     b = lm.begin("b@n1")
     b_done = _granted_within(lm, b, [(Resource("1"), LockMode.S)], 0.5)
-    assert not b_done.is_set(), "a table S was granted over an IX"
+    assert not granted(b_done), "a table S was granted over an IX"
     c = lm.begin("c@n1")
     c_done = _granted_within(lm, c, [(Resource("1", "0009", "r9"), LockMode.X)], 0.5)
-    assert not c_done.is_set(), "an IX jumped over the S waiting before it"
+    assert not granted(c_done), "an IX jumped over the S waiting before it"
     lm.release(a)
-    assert b_done.wait(5), "the table S was not granted once the IX went"
-    assert not c_done.wait(0.3), "the IX was granted while the S is held"
+    assert granted(b_done, 5), "the table S was not granted once the IX went"
+    assert not granted(c_done, 0.3), "the IX was granted while the S is held"
     lm.release(b)
-    assert c_done.wait(5), "the IX was not granted once the S went"
+    assert granted(c_done, 5), "the IX was not granted once the S went"
     d = lm.begin("d@n1")
-    assert _granted_within(lm, d, [(Resource("1", "0001", "r1"), LockMode.S)], 5).is_set()
+    assert granted(_granted_within(lm, d, [(Resource("1", "0001", "r1"), LockMode.S)], 5))
     for t in (c, d):
         lm.release(t)
     assert lm.flush_releases()

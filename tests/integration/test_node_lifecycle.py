@@ -45,28 +45,38 @@ def test_sigterm_finishes_in_flight_calls_and_leaves_the_member_list_at_once(
     db.create_table("t", {"k": "int64"}, primary_key="k")
     others = connect([cluster[0].address])
     results: list[object] = []
+    unexpected: list[BaseException] = []
     stop = threading.Event()
 
     def writer() -> None:
         k = 0
-        while not stop.is_set():
-            k += 1
-            try:
-                db.insert("t", {"k": k})
-                results.append(k)
-            except grpc.RpcError as e:
-                results.append(e.code())
-                return
+        try:
+            while not stop.is_set():
+                k += 1
+                try:
+                    db.insert("t", {"k": k})
+                    results.append(k)
+                except grpc.RpcError as e:
+                    results.append(e.code())
+                    return
+        except BaseException as e:  # reported below
+            unexpected.append(e)
 
-    t = threading.Thread(target=writer)
+    t = threading.Thread(target=writer, daemon=True)
     t.start()
-    wait_for(lambda: len(results) > 20, 20, message="writes before SIGTERM")
-    sent = time.monotonic()
-    assert victim.terminate(timeout_s=20) == 0
-    gone = wait_for(lambda: victim.node_id not in {m.node_id for m in others.status().members}
-                    and time.monotonic(), 10, message="member key to go")
-    stop.set()
-    t.join(timeout=20)
+    try:
+        wait_for(lambda: len(results) > 20 or unexpected, 20, message="writes before SIGTERM")
+        assert not unexpected, f"the writer raised {unexpected[0]!r}"
+        sent = time.monotonic()
+        assert victim.terminate(timeout_s=20) == 0
+        gone = wait_for(lambda: victim.node_id not in {m.node_id for m in
+                                                       others.status().members}
+                        and time.monotonic(), 10, message="member key to go")
+    finally:
+        stop.set()
+        t.join(timeout=20)
+    assert not t.is_alive(), "the writer did not finish"
+    assert not unexpected, f"the writer raised {unexpected[0]!r}"
     assert gone - sent < cluster.ttl_s, "member key lasted as long as the lease: not revoked"
     acked = [r for r in results if isinstance(r, int)]
     failures = [r for r in results if not isinstance(r, int)]
