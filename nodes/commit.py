@@ -17,7 +17,9 @@ Invariants:
   a group never leaves a partial write, and the others in its group are unaffected.
 * A request is acknowledged only after the write transaction holding it has committed (durably:
   the environment syncs on commit). If that commit fails, every request of the group fails and
-  none of them was applied.
+  none of them was applied. A request refused by its plan is told so only after the commit too:
+  its plan saw the writes of the requests before it in the batch, which a failed commit undoes
+  (then it gets the commit's error instead, having seen a state that never existed).
 * Each request that writes gets its own commit-log position; it is the new version of every row
   it wrote. Positions follow the order of the write transactions.
 * A request that holds no locks (``lock_needs`` set) is planned only if the lock-free check,
@@ -606,6 +608,9 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending], retry_if_grown: bool = True) -> None:
         done: list[tuple[_Pending, Outcome]] = []
+        # Refused by its plan: told only once the transaction committed, since the plan may
+        # have seen the writes of earlier requests of the batch, which a failed commit undoes.
+        refused: list[tuple[_Pending, Exception]] = []
         try:
             with self._store.write() as view:
                 for p in batch:
@@ -624,7 +629,7 @@ class GroupCommitter:
                     except Exception as e:  # a plan changes nothing, so only this request fails
                         if not isinstance(e, StorageError):
                             log.exception("planning a request failed")
-                        p.future.set_exception(e)
+                        refused.append((p, e))
                         continue
                     plan.apply(view, position)
                     if plan.changes:
@@ -643,14 +648,14 @@ class GroupCommitter:
                 return
             if not isinstance(e, StorageError):
                 log.exception("group commit failed")
-            for p, _ in done:
-                p.future.set_exception(e)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
         self.batches += 1
         self.commits += len(done)
+        for p, err in refused:
+            p.future.set_exception(err)
         for p, outcome in done:
             faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
                                  getattr(p.work, "idempotency_key", ""))

@@ -32,6 +32,7 @@ from storage import (
     Column,
     ConditionFailed,
     InvalidInput,
+    MapFull,
     NotFound,
     Schema,
     Store,
@@ -421,6 +422,37 @@ def test_a_failing_request_does_not_affect_the_others_in_its_batch(store: Store,
         assert row(store, i) is None
     assert row(store, 100)[1]["v"] == "taken"
     assert commit_position(store) == 5
+
+
+class ApplyFails:
+    """A request whose plan passes but whose apply fails the whole write transaction."""
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        def boom(_: WriteView) -> None:
+            raise MapFull("the volume is full (test)")
+
+        return Plan(Outcome(), ddl=boom)
+
+
+def test_a_request_refused_in_a_batch_whose_commit_fails_gets_the_commit_error(
+        store: Store, committer: GroupCommitter):
+    """A plan sees the writes of the requests before it in its batch; when the batch's commit
+    then fails, a refusal based on that state would be false (it never existed), so the
+    refused request gets the commit's error like the rest, and nothing is applied."""
+    run(store, tx(ins(1, "a")))
+    gate = Gate()
+    gate_thread = threading.Thread(target=committer.submit, args=(gate,))
+    gate_thread.start()
+    assert gate.entered.wait(timeout=10)
+    futures = [committer.enqueue(w) for w in [
+        tx(Write("t", UPDATE, {"id": 1, "v": "b"})),
+        tx(ins(2), checks=[Check("t", (1,), "column_equals", column="v", value="a")]),
+        ApplyFails()]]
+    gate.release.set()
+    gate_thread.join(timeout=30)
+    errors = [f.exception(timeout=10) for f in futures]
+    assert all(isinstance(e, MapFull) for e in errors), errors
+    assert row(store, 1)[1]["v"] == "a" and row(store, 2) is None
 
 
 def test_a_request_whose_caller_went_away_is_not_applied(store: Store,
