@@ -26,12 +26,46 @@ _LATER = 1 << 62  # a revision after every entry seen
 
 def requests(needs: Sequence[tuple[Resource, LockMode]],
              escalate_after: int = DEFAULT_ESCALATE_AFTER) -> list[Request]:
-    """The entries a transaction holding no lock yet would put for ``needs``."""
-    fresh = TxnLocks(_NOBODY, 0, 0.0)
-    out = group(plan(fresh, list(needs), escalate_after))
+    """The entries a transaction holding no lock yet would put for ``needs``: what
+    ``group(plan(...))`` gives, computed directly when every need is a row lock (the case of
+    one-shot requests, on their hot path)."""
+    if any(res.row is None for res, _ in needs):
+        out = group(plan(TxnLocks(_NOBODY, 0, 0.0), list(needs), escalate_after))
+    else:
+        out = _row_requests(needs, escalate_after)
     for r in out:
         r.revision = _LATER
     return out
+
+
+_STRONG = (LockMode.IX, LockMode.SIX, LockMode.X)
+
+
+def _row_requests(needs: Sequence[tuple[Resource, LockMode]], escalate_after: int
+                  ) -> list[Request]:
+    """``group(plan(...))`` for a fresh transaction whose needs are all row locks: per page,
+    its rows (or, past ``escalate_after`` rows, the page itself), and the tables' intentions."""
+    pages: dict[tuple[str, str], dict[str, LockMode]] = {}
+    for res, mode in needs:
+        rows = pages.setdefault((res.table, res.page), {})  # type: ignore[arg-type]
+        held = rows.get(res.row)  # type: ignore[arg-type]
+        rows[res.row] = mode if held is None else held.supremum(mode)  # type: ignore[index]
+    tables: dict[str, LockMode] = {}
+    page_reqs = []
+    for (table, page), rows in pages.items():
+        if len(rows) > escalate_after:
+            mode = LockMode.X if any(m in _STRONG for m in rows.values()) else LockMode.S
+            req = Request(f"p/{table}/{page}", mode)
+        else:
+            mode = LockMode.IS
+            for m in rows.values():
+                mode = mode.supremum(m.intention())
+            req = Request(f"p/{table}/{page}", mode, rows)
+        page_reqs.append(req)
+        t = tables.get(table)
+        tables[table] = mode.intention() if t is None else t.supremum(mode.intention())
+    return [*(Request(f"t/{t}", m) for t, m in sorted(tables.items())),
+            *sorted(page_reqs, key=lambda r: r.name)]
 
 
 def blocked(reqs: Sequence[Request], entries_on: Callable[[str], list[Entry]]) -> bool:
