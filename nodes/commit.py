@@ -22,7 +22,7 @@ Invariants:
   (then it gets the commit's error instead, having seen a state that never existed).
 * Each request that writes gets its own commit-log position; it is the new version of every row
   it wrote. Positions follow the order of the write transactions.
-* A request that holds no locks (``lock_needs`` set) is planned only if the lock-free check,
+* A request that holds no locks (``lock_free`` set) is planned only if the lock-free check,
   run in the write transaction that will commit it, finds no published grant in its way;
   otherwise it fails with ``NeedsLocks`` having changed nothing, and its caller takes the locks.
 """
@@ -56,6 +56,7 @@ from storage import (
     WriteView,
 )
 from storage.catalog import check_value
+from storage.pages import page_of
 from storage.rows import encode as encode_row
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,10 @@ class _Tables:
             s = self._cache[name] = self._view.require_table(name)
         return s
 
+    def ids(self) -> dict[str, int]:
+        """The table id of each table looked up."""
+        return {name: s.table_id for name, s in self._cache.items()}
+
 
 def _key_text(key: tuple[Value, ...]) -> str:
     return "(" + ", ".join(repr(v) for v in key) + ")"
@@ -284,6 +289,35 @@ def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
 
 Target = tuple[Schema, tuple[Value, ...], bytes]
 """A write's table, primary key and encoded primary key."""
+
+
+def row_resource(schema: Schema, enc: bytes) -> Resource:
+    """The lock resource of one row (``enc``: its encoded primary key)."""
+    return Resource(str(schema.table_id), page_of(enc), enc.hex())
+
+
+def table_resource(schema: Schema) -> Resource:
+    """The lock resource of a whole table."""
+    return Resource(str(schema.table_id))
+
+
+def request_needs(view: ReadView, writes: list[Write], checks: list[Check], reads: list[Read]
+                  ) -> tuple[Needs, dict[str, int]]:
+    """The row locks a one-shot request needs (X to write, S to check or read) and the ids of
+    its tables, as ``view`` sees them.
+
+    Raises:
+        InvalidInput, NotFound: a table is missing or a key malformed.
+    """
+    tables = _Tables(view)
+    needs: Needs = []
+    for w in writes:
+        schema, _, enc = target(tables(w.table), w)
+        needs.append((row_resource(schema, enc), LockMode.X))
+    for c in [*checks, *reads]:
+        schema = tables(c.table)
+        needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
+    return needs, tables.ids()
 
 
 def target(schema: Schema, w: Write) -> Target:
@@ -400,7 +434,7 @@ class Transaction:
 
     Either under locks (``session`` set: the session whose locks cover it, checked for a
     fence; ``table_ids`` the tables as they were when the locks were chosen), or without any
-    (``lock_needs`` set: the committer's probe decides whether it may go ahead).
+    (``lock_free``: the committer decides, in the write transaction, whether it may go ahead).
     """
 
     writes: list[Write]
@@ -408,8 +442,12 @@ class Transaction:
     reads: list[Read] = field(default_factory=list)
     session: SessionCheck | None = None
     idempotency_key: str = ""
-    lock_needs: Needs | None = None
+    lock_free: bool = False
     table_ids: dict[str, int] | None = None
+
+    def lock_needs(self, view: ReadView) -> Needs:
+        """The locks this request needs, as ``view`` sees its tables (see ``request_needs``)."""
+        return request_needs(view, self.writes, self.checks, self.reads)[0]
 
     def plan(self, view: WriteView, position: int) -> Plan:
         """Check everything against ``view``; see the module invariants."""
@@ -597,8 +635,12 @@ class GroupCommitter:
 
     def _may_go_lock_free(self, view: ReadView, p: _Pending) -> bool:
         """For a request without locks: whether it may be planned now (see the module
-        invariants); if not, its future gets ``NeedsLocks``."""
-        needs: Needs = p.work.lock_needs  # type: ignore[attr-defined]
+        invariants); if not, its future gets ``NeedsLocks``.
+
+        Raises:
+            StorageError: the request is malformed (its plan would refuse it too).
+        """
+        needs: Needs = p.work.lock_needs(view)  # type: ignore[attr-defined]
         if self._lock_free_check is not None and not self._lock_free_check(view, needs):
             self.lock_free += 1
             return True
@@ -620,11 +662,11 @@ class GroupCommitter:
                         p.future.set_exception(CommitTimeout("the caller went away before the "
                                                              "commit; nothing was applied"))
                         continue
-                    if getattr(p.work, "lock_needs", None) is not None and \
-                            not self._may_go_lock_free(view, p):
-                        continue
                     position = view.next_position()
                     try:
+                        if getattr(p.work, "lock_free", False) and \
+                                not self._may_go_lock_free(view, p):
+                            continue
                         plan = p.work.plan(view, position)
                     except Exception as e:  # a plan changes nothing, so only this request fails
                         if not isinstance(e, StorageError):

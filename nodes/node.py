@@ -20,12 +20,10 @@ Leaving (SIGTERM, SIGINT or the Drain call; ``shardless drain``) loses no client
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -72,9 +70,9 @@ class Gate:
         self._draining = False
         self._closed = False
 
-    @contextlib.contextmanager
-    def enter(self, continuing: bool = False) -> Iterator[None]:
-        """Admit one call for its duration; ``continuing``: it belongs to an open transaction.
+    def enter(self, continuing: bool = False) -> _Admitted:
+        """Admit one call for its duration (a context manager); ``continuing``: it belongs to
+        an open transaction.
 
         Raises:
             Unavailable: the node is leaving and takes no such call.
@@ -84,11 +82,12 @@ class Gate:
                 raise Unavailable("node is leaving the cluster; retry on another node "
                                   "(nothing was done)")
             self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._in_flight -= 1
+        return _Admitted(self)
+
+    def _leave(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if self._closed:
                 self._cond.notify_all()
 
     @property
@@ -106,6 +105,21 @@ class Gate:
         with self._cond:
             self._closed = True
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+
+
+class _Admitted:
+    """One call admitted by the gate (see ``Gate.enter``)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._gate._leave()
 
 
 def lock_infos(entries: list[Entry]) -> list[api.LockInfo]:

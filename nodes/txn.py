@@ -54,7 +54,7 @@ from storage import (
     Value,
     WriteView,
 )
-from storage.pages import page_of, pages_for_range
+from storage.pages import pages_for_range
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,7 @@ class UnknownTransaction(Exception):
     """No such open transaction on this node (NOT_FOUND)."""
 
 
-def row_resource(schema: Schema, enc: bytes) -> Resource:
-    """The lock resource of one row."""
-    return Resource(str(schema.table_id), page_of(enc), enc.hex())
-
-
-def table_resource(schema: Schema) -> Resource:
-    """The lock resource of a whole table."""
-    return Resource(str(schema.table_id))
+row_resource, table_resource = commit.row_resource, commit.table_resource
 
 
 def lock_free_check(escalate_after: int) -> commit.LockFreeCheck:
@@ -471,24 +464,15 @@ class TransactionManager:
         (the committer's probe decides, inside the write transaction), else under locks of a
         transaction of its own (``lockmgr/DESIGN.md``, "One-shot writes without lock
         entries")."""
-        with self.store.read() as view:
-            needs: list[tuple[Resource, LockMode]] = []
-            tables: dict[str, int] = {}
-            for w in work.writes:
-                schema, _, enc = commit.target(view.require_table(w.table), w)
-                tables[w.table] = schema.table_id
-                needs.append((row_resource(schema, enc), LockMode.X))
-            for c in [*work.checks, *work.reads]:
-                schema = view.require_table(c.table)
-                tables[c.table] = schema.table_id
-                needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
         if self.lock_free:
-            work.lock_needs, work.session, work.table_ids = needs, None, None
+            work.lock_free, work.session, work.table_ids = True, None, None
             try:
                 return self.committer.submit(work, timeout_s=timeout_s, is_active=is_active)
             except commit.NeedsLocks:
                 pass
-        work.lock_needs, work.table_ids = None, tables
+        with self.store.read() as view:
+            needs, tables = commit.request_needs(view, work.writes, work.checks, work.reads)
+        work.lock_free, work.table_ids = False, tables
 
         def locked(locks: TxnLocks) -> commit.Work:
             work.session = self._session_check(locks)

@@ -14,10 +14,9 @@ distributed engine can later replace LMDB without changes in ``nodes`` or ``lock
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from storage import commitlog, fence, grants, idempotency, keys, rows
 from storage.catalog import Schema, Value, check_name
@@ -261,21 +260,19 @@ class Store:
         self.env = LmdbEnv(path, map_size=map_size)
         self._schemas = SchemaCache()
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[ReadView]:
-        """A snapshot: sees every commit made before it was taken, and nothing after."""
-        with self.env.read_txn() as txn:
-            yield ReadView(txn, self._schemas)
+    def read(self) -> _Opened[ReadView]:
+        """A snapshot (a context manager giving a ``ReadView``): sees every commit made before
+        it was taken, and nothing after."""
+        return _Opened(self.env.read_txn(), ReadView, self._schemas)
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[WriteView]:
-        """A write transaction; durable when the ``with`` block exits normally.
+    def write(self) -> _Opened[WriteView]:
+        """A write transaction (a context manager giving a ``WriteView``); durable when the
+        ``with`` block exits normally.
 
         Raises:
             MapFull: the volume is full; nothing was written.
         """
-        with self.env.write_txn() as txn:
-            yield WriteView(txn, self._schemas)
+        return _Opened(self.env.write_txn(), WriteView, self._schemas)
 
     def adopt_map_size(self) -> bool:
         """After ``MapFull``: take up a bigger map size set by another process; return whether
@@ -285,3 +282,24 @@ class Store:
     def close(self) -> None:
         """Close the environment."""
         self.env.close()
+
+
+V = TypeVar("V", bound=ReadView)
+
+
+class _Opened(Generic[V]):
+    """``Store.read`` and ``Store.write``: a view over an LMDB transaction for a ``with`` block
+    (a class rather than a generator, for the cost of every call)."""
+
+    __slots__ = ("_ctx", "_kind", "_schemas")
+
+    def __init__(self, ctx: Any, kind: type[V], schemas: SchemaCache) -> None:
+        self._ctx = ctx
+        self._kind = kind
+        self._schemas = schemas
+
+    def __enter__(self) -> V:
+        return self._kind(self._ctx.__enter__(), self._schemas)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._ctx.__exit__(exc_type, exc, tb)

@@ -59,18 +59,21 @@ class _MapGate:
         self._waiting = 0
         self._exclusive = False
 
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
+    def acquire_shared(self) -> None:
+        """Hold the gate shared (waits while a resize holds it, and gives a waiting resize its
+        head start)."""
         with self._cond:
             if self._waiting:
                 self._cond.wait_for(lambda: not self._waiting, timeout=self.HEAD_START_S)
-            self._cond.wait_for(lambda: not self._exclusive)
+            if self._exclusive:
+                self._cond.wait_for(lambda: not self._exclusive)
             self._holders += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._holders -= 1
+
+    def release_shared(self) -> None:
+        """Let go of a shared hold (wakes a waiting resize when the last holder leaves)."""
+        with self._cond:
+            self._holders -= 1
+            if self._waiting and not self._holders:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
@@ -141,66 +144,41 @@ class LmdbEnv:
         """Free reader slots held by dead processes; return how many were freed."""
         return int(self._env.reader_check())
 
-    @contextlib.contextmanager
-    def _shared_begin(self, write: bool) -> Iterator[Any]:
-        """Hold the gate shared and begin a transaction, adopting a grown map on the way."""
+    def _shared_begin(self, write: bool) -> Any:
+        """Hold the gate shared and begin a transaction, adopting a grown map on the way; the
+        caller releases the gate after the transaction ends."""
         for attempt in range(3):
-            with self._gate.shared():
-                try:
-                    txn = self._begin(write)
-                except lmdb.MapResizedError:
-                    txn = None
-                except lmdb.Error as e:
-                    kind = "write" if write else "read"
-                    raise StorageError(f"cannot begin a {kind} transaction: {e}") from e
-                if txn is not None:
-                    yield txn
-                    return
+            self._gate.acquire_shared()
+            try:
+                return self._begin(write)
+            except lmdb.MapResizedError:
+                self._gate.release_shared()
+            except lmdb.Error as e:
+                self._gate.release_shared()
+                kind = "write" if write else "read"
+                raise StorageError(f"cannot begin a {kind} transaction: {e}") from e
+            except BaseException:
+                self._gate.release_shared()
+                raise
             # Another process grew the map: adopt it outside the gate, then begin again.
             if not self.adopt_map_size() and attempt:
                 time.sleep(0.05)
         raise StorageError("cannot begin a transaction: the map was resized by another "
                            "process and this one could not adopt the new size")
 
-    @contextlib.contextmanager
-    def read_txn(self) -> Iterator[Any]:
-        """A read-only snapshot transaction, aborted on exit."""
-        with self._shared_begin(write=False) as txn:
-            try:
-                yield txn
-            except lmdb.Error as e:
-                raise StorageError(f"read failed: {e}") from e
-            finally:
-                txn.abort()
+    def read_txn(self) -> _ReadTxn:
+        """A read-only snapshot transaction, aborted on exit (a context manager)."""
+        return _ReadTxn(self)
 
-    @contextlib.contextmanager
-    def write_txn(self) -> Iterator[Any]:
-        """A write transaction: committed (durably) on normal exit, aborted on an exception.
+    def write_txn(self) -> _WriteTxn:
+        """A write transaction: committed (durably) on normal exit, aborted on an exception
+        (a context manager).
 
         Raises:
             MapFull: the map or the disk is full; nothing was written.
             StorageError: any other LMDB failure; nothing was written.
         """
-        with self._shared_begin(write=True) as txn:
-            try:
-                yield txn
-            except lmdb.MapFullError as e:
-                txn.abort()
-                raise MapFull(self._full_message()) from e
-            except lmdb.Error as e:
-                txn.abort()
-                raise StorageError(f"write failed: {e}") from e
-            except BaseException:
-                txn.abort()
-                raise
-            try:
-                txn.commit()
-            except lmdb.MapFullError as e:
-                raise MapFull(self._full_message()) from e
-            except lmdb.DiskError as e:
-                raise MapFull(f"the volume's disk refused the write: {e}") from e
-            except lmdb.Error as e:
-                raise StorageError(f"commit failed: {e}") from e
+        return _WriteTxn(self)
 
     def _full_message(self) -> str:
         return (f"the volume is full (LMDB map of {self.map_size() >> 20} MiB); restart a node "
@@ -213,3 +191,58 @@ class LmdbEnv:
     def close(self) -> None:
         """Close the environment; no transaction may be open."""
         self._env.close()
+
+
+class _ReadTxn:
+    """``LmdbEnv.read_txn``: a class rather than a generator, for the cost of every read."""
+
+    __slots__ = ("_env", "_txn")
+
+    def __init__(self, env: LmdbEnv) -> None:
+        self._env = env
+
+    def __enter__(self) -> Any:
+        self._txn = self._env._shared_begin(write=False)
+        return self._txn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            self._txn.abort()
+        finally:
+            self._env._gate.release_shared()
+        if isinstance(exc, lmdb.Error):
+            raise StorageError(f"read failed: {exc}") from exc
+
+
+class _WriteTxn:
+    """``LmdbEnv.write_txn``; see there."""
+
+    __slots__ = ("_env", "_txn")
+
+    def __init__(self, env: LmdbEnv) -> None:
+        self._env = env
+
+    def __enter__(self) -> Any:
+        self._txn = self._env._shared_begin(write=True)
+        return self._txn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        env, txn = self._env, self._txn
+        try:
+            if exc is not None:
+                txn.abort()
+                if isinstance(exc, lmdb.MapFullError):
+                    raise MapFull(env._full_message()) from exc
+                if isinstance(exc, lmdb.Error):
+                    raise StorageError(f"write failed: {exc}") from exc
+                return
+            try:
+                txn.commit()
+            except lmdb.MapFullError as e:
+                raise MapFull(env._full_message()) from e
+            except lmdb.DiskError as e:
+                raise MapFull(f"the volume's disk refused the write: {e}") from e
+            except lmdb.Error as e:
+                raise StorageError(f"commit failed: {e}") from e
+        finally:
+            env._gate.release_shared()
