@@ -150,12 +150,17 @@ class Outcome:
                        committed_by=str(record.get("txn", "")))
 
 
+Put = tuple[Schema, bytes, list[Value] | None, bytes | None]
+"""A row to write: table, encoded key, values (None: delete it), and its stored form if made
+already (at the plan's position)."""
+
+
 @dataclass
 class Plan:
     """A checked request, ready to apply: row images to put (None: delete) and log changes."""
 
     outcome: Outcome
-    puts: list[tuple[Schema, bytes, list[Value] | None]] = field(default_factory=list)
+    puts: list[Put] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     ddl: Callable[[WriteView], None] | None = None
     idempotency_key: str = ""  # recorded with the outcome in the same write transaction
@@ -170,9 +175,11 @@ class Plan:
             view.publish_grants(*self.publish)
         if self.withdraw:
             view.withdraw_grants(self.withdraw)
-        for schema, enc, values in self.puts:
+        for schema, enc, values, raw in self.puts:
             if values is None:
                 view.delete(schema, enc)
+            elif raw is not None:
+                view.put_encoded(schema, enc, raw)
             else:
                 view.put(schema, enc, position, values)
 
@@ -250,27 +257,32 @@ SKIP: Any = object()  # apply_write: the write changes nothing (a delete of a mi
 
 
 def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
-                cur: tuple[int, list[Value]] | None) -> list[Value] | None:
+                cur: tuple[int, list[Value]] | None, *, check_size: bool = True
+                ) -> list[Value] | None:
     """The row after write ``i`` (``w``) given the row's current (version, values), or None if
-    it deletes the row, or ``SKIP`` if it changes nothing. Checks only; writes nothing.
+    it deletes the row, or ``SKIP`` if it changes nothing. Checks only; writes nothing
+    (``check_size``: refuse an over-size row here; else the caller encodes it and checks).
 
     Raises:
         ConditionFailed, AlreadyExists, NotFound, InvalidInput: the write is refused.
     """
-    where = f"row {_key_text(key)} of table {w.table!r}"
+
+    def where() -> str:
+        return f"row {_key_text(key)} of table {w.table!r}"
+
     if w.expected_version is not None:
         have = cur[0] if cur else 0
         if have != w.expected_version:
-            raise ConditionFailed(f"write {i}: {where} has version {have}, expected "
+            raise ConditionFailed(f"write {i}: {where()} has version {have}, expected "
                                   f"{w.expected_version}")
     if w.kind in (INSERT, UPSERT):
         new = schema.full_row(w.row)
         if w.kind == INSERT and cur is not None:
-            raise AlreadyExists(f"{where} already exists")
+            raise AlreadyExists(f"{where()} already exists")
     elif w.kind == UPDATE:
         schema.check_columns(w.row)
         if cur is None:
-            raise NotFound(f"{where} does not exist")
+            raise NotFound(f"{where()} does not exist")
         new = list(cur[1])
         for ci, c in enumerate(schema.columns):
             if c.name in w.row:
@@ -283,7 +295,8 @@ def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
         return None if cur is not None else SKIP
     else:
         raise InvalidInput(f"write {i} has no valid kind")
-    encode_row(0, new)  # refuses an over-size row now, before anything is written
+    if check_size:
+        encode_row(0, new)  # refuses an over-size row now, before anything is written
     return new
 
 
@@ -302,22 +315,22 @@ def table_resource(schema: Schema) -> Resource:
 
 
 def request_needs(view: ReadView, writes: list[Write], checks: list[Check], reads: list[Read]
-                  ) -> tuple[Needs, dict[str, int]]:
-    """The row locks a one-shot request needs (X to write, S to check or read) and the ids of
-    its tables, as ``view`` sees them.
+                  ) -> tuple[Needs, dict[str, int], list[Target]]:
+    """The row locks a one-shot request needs (X to write, S to check or read), the ids of
+    its tables, and its writes' targets, as ``view`` sees them.
 
     Raises:
         InvalidInput, NotFound: a table is missing or a key malformed.
     """
     tables = _Tables(view)
     needs: Needs = []
-    for w in writes:
-        schema, _, enc = target(tables(w.table), w)
+    targets = [target(tables(w.table), w) for w in writes]
+    for schema, _, enc in targets:
         needs.append((row_resource(schema, enc), LockMode.X))
     for c in [*checks, *reads]:
         schema = tables(c.table)
         needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
-    return needs, tables.ids()
+    return needs, tables.ids(), targets
 
 
 def target(schema: Schema, w: Write) -> Target:
@@ -345,6 +358,7 @@ class Staging:
     changes: list[Change] = field(default_factory=list)
     rows_affected: int = 0
     parent: Staging | None = None
+    encoded: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
 
     def child(self) -> Staging:
         """An empty staging that sees this one's rows (for one call's writes)."""
@@ -354,6 +368,7 @@ class Staging:
         """Add this child's writes to its parent."""
         assert self.parent is not None
         self.parent.staged.update(self.staged)
+        self.parent.encoded.update(self.encoded)
         self.parent.changes.extend(self.changes)
         self.parent.rows_affected += self.rows_affected
 
@@ -369,10 +384,11 @@ class Staging:
         return None
 
     def stage(self, writes: list[Write], targets: list[Target], view: ReadView,
-              staged_version: int = 0) -> int:
+              staged_version: int = 0, encode_at: int | None = None) -> int:
         """Check each write against the current row (``view``, under the staged ones) and
         buffer it; return the rows affected. A staged row counts as version
-        ``staged_version``.
+        ``staged_version``; with ``encode_at``, each row is also encoded once, at that version
+        (its size checked then), for ``puts``.
 
         Raises:
             ConditionFailed, AlreadyExists, NotFound, InvalidInput: a write is refused; what
@@ -386,18 +402,26 @@ class Staging:
                 cur = None if mine[0] is None else (staged_version, mine[0])
             else:
                 cur = view.get(schema, enc)
-            new = apply_write(i, w, schema, key, cur)
+            new = apply_write(i, w, schema, key, cur, check_size=encode_at is None)
             if new is SKIP:
                 continue
+            if encode_at is not None:
+                if new is None:
+                    self.encoded.pop(slot, None)
+                else:
+                    self.encoded[slot] = encode_row(encode_at, new)
             self.staged[slot] = (schema, key, new)
             self.changes.append(Change(w.table, "put" if new is not None else "del", key))
             affected += 1
         self.rows_affected += affected
         return affected
 
-    def puts(self) -> list[tuple[Schema, bytes, list[Value] | None]]:
-        """The row images to write (None: delete), one per row."""
-        return [(schema, enc, vals) for (_, enc), (schema, _, vals) in self.staged.items()]
+    def puts(self) -> list[Put]:
+        """The row images to write (None: delete), one per row, with their encoded form when
+        ``stage`` made it."""
+        encoded = self.encoded
+        return [(schema, slot[1], vals, encoded.get(slot))
+                for slot, (schema, _, vals) in self.staged.items()]
 
 
 @dataclass(frozen=True)
@@ -444,10 +468,14 @@ class Transaction:
     idempotency_key: str = ""
     lock_free: bool = False
     table_ids: dict[str, int] | None = None
+    _prepared: tuple[ReadView, list[Target]] | None = field(default=None, repr=False)
 
     def lock_needs(self, view: ReadView) -> Needs:
-        """The locks this request needs, as ``view`` sees its tables (see ``request_needs``)."""
-        return request_needs(view, self.writes, self.checks, self.reads)[0]
+        """The locks this request needs, as ``view`` sees its tables (see ``request_needs``);
+        the first half of a plan in ``view``, which ``plan`` then does not redo."""
+        needs, _, targets = request_needs(view, self.writes, self.checks, self.reads)
+        self._prepared = (view, targets)
+        return needs
 
     def plan(self, view: WriteView, position: int) -> Plan:
         """Check everything against ``view``; see the module invariants."""
@@ -466,9 +494,12 @@ class Transaction:
                     raise TableChanged(f"table {name!r} was dropped and re-created while the "
                                        f"request ran; nothing was applied")
         outcome = Outcome(reads=evaluate(view, self.checks, self.reads))
+        prepared, self._prepared = self._prepared, None
+        targets = prepared[1] if prepared is not None and prepared[0] is view else [
+            target(tables(w.table), w) for w in self.writes]
         staging = Staging()
-        outcome.rows_affected = staging.stage(
-            self.writes, [target(tables(w.table), w) for w in self.writes], view, position)
+        outcome.rows_affected = staging.stage(self.writes, targets, view, position,
+                                              encode_at=position)
         if staging.changes:
             outcome.commit_position = position
         return Plan(outcome, staging.puts(), staging.changes,

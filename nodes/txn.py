@@ -471,7 +471,7 @@ class TransactionManager:
             except commit.NeedsLocks:
                 pass
         with self.store.read() as view:
-            needs, tables = commit.request_needs(view, work.writes, work.checks, work.reads)
+            needs, tables, _ = commit.request_needs(view, work.writes, work.checks, work.reads)
         work.lock_free, work.table_ids = False, tables
 
         def locked(locks: TxnLocks) -> commit.Work:

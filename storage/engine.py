@@ -209,6 +209,11 @@ class WriteView(ReadView):
         """
         self._txn.put(keys.row(schema.table_id, encoded_pk), rows.encode(version, values))
 
+    def put_encoded(self, schema: Schema, encoded_pk: bytes, stored: bytes) -> None:
+        """Write a row already in its stored form (``rows.encode`` of its version and
+        values)."""
+        self._txn.put(keys.row(schema.table_id, encoded_pk), stored)
+
     def delete(self, schema: Schema, encoded_pk: bytes) -> bool:
         """Remove a row; return whether it existed."""
         return bool(self._txn.delete(keys.row(schema.table_id, encoded_pk)))
