@@ -32,6 +32,10 @@ class LockMode(enum.Enum):
     SIX = "SIX"
     X = "X"
 
+    # Members are singletons: identity hashing, done in C, instead of Enum's hash of the name
+    # (a Python call on every set or dict lookup of a mode, which the lock paths do a lot).
+    __hash__ = object.__hash__
+
     def compatible(self, other: LockMode) -> bool:
         """Whether a lock in this mode can be held together with one in ``other``."""
         return other in _COMPATIBLE[self]
@@ -42,10 +46,7 @@ class LockMode(enum.Enum):
 
     def supremum(self, other: LockMode) -> LockMode:
         """The weakest mode that covers both this and ``other``."""
-        for m in _BY_STRENGTH:
-            if m.covers(self) and m.covers(other):
-                return m
-        raise AssertionError("X covers every mode")
+        return _SUPREMUM[self, other]
 
     def is_intention(self) -> bool:
         """Whether this is IS or IX (modes that conflict only with S, SIX and X)."""
@@ -73,3 +74,15 @@ _COVERS: dict[LockMode, frozenset[LockMode]] = {
     X: frozenset({IS, IX, S, SIX, X}),
 }
 _BY_STRENGTH = (IS, IX, S, SIX, X)
+
+
+
+def _weakest_covering(a: LockMode, b: LockMode) -> LockMode:
+    for m in _BY_STRENGTH:
+        if m.covers(a) and m.covers(b):
+            return m
+    raise AssertionError("X covers every mode")
+
+
+_SUPREMUM: dict[tuple[LockMode, LockMode], LockMode] = {
+    (a, b): _weakest_covering(a, b) for a in _BY_STRENGTH for b in _BY_STRENGTH}

@@ -57,7 +57,7 @@ from storage import (
 )
 from storage.catalog import check_value
 from storage.pages import page_of
-from storage.rows import encode as encode_row
+from storage.rows import encode_values
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,9 @@ class Outcome:
                        committed_by=str(record.get("txn", "")))
 
 
-Put = tuple[Schema, bytes, list[Value] | None, bytes | None]
-"""A row to write: table, encoded key, values (None: delete it), and its stored form if made
-already (at the plan's position)."""
+Put = tuple[Schema, bytes, bytes | None]
+"""A row to write: table, encoded key, and its encoded values (``rows.encode_values``; None:
+delete the row). The plan's position is its version."""
 
 
 @dataclass
@@ -175,13 +175,11 @@ class Plan:
             view.publish_grants(*self.publish)
         if self.withdraw:
             view.withdraw_grants(self.withdraw)
-        for schema, enc, values, raw in self.puts:
-            if values is None:
+        for schema, enc, stored in self.puts:
+            if stored is None:
                 view.delete(schema, enc)
-            elif raw is not None:
-                view.put_encoded(schema, enc, raw)
             else:
-                view.put(schema, enc, position, values)
+                view.put_encoded(schema, enc, position, stored)
 
 
 class Work(Protocol):
@@ -256,52 +254,90 @@ def evaluate(view: ReadView, checks: list[Check], reads: list[Read]) -> list[Rea
 SKIP: Any = object()  # apply_write: the write changes nothing (a delete of a missing row)
 
 
-def apply_write(i: int, w: Write, schema: Schema, key: tuple[Value, ...],
-                cur: tuple[int, list[Value]] | None, *, check_size: bool = True
-                ) -> list[Value] | None:
-    """The row after write ``i`` (``w``) given the row's current (version, values), or None if
-    it deletes the row, or ``SKIP`` if it changes nothing. Checks only; writes nothing
-    (``check_size``: refuse an over-size row here; else the caller encodes it and checks).
+@dataclass(slots=True)
+class Prepared:
+    """A write checked and encoded as far as it can be without the current row: its table,
+    key and encoded key, and for an insert or upsert the whole row and its encoded values.
+    Made outside the write transaction (``prepare``), so that what runs under the host's one
+    writer lock is only what depends on the state."""
+
+    index: int  # its place in the request, for messages
+    write: Write
+    schema: Schema
+    key: tuple[Value, ...]
+    enc: bytes
+    values: list[Value] | None = None  # insert, upsert: the whole row, validated
+    stored: bytes | None = None  # ... and ``rows.encode_values`` of it
+
+    @property
+    def slot(self) -> tuple[int, bytes]:
+        """The row it writes: (table id, encoded key)."""
+        return self.schema.table_id, self.enc
+
+    def blind(self) -> bool:
+        """Whether its result does not depend on the current row (an upsert, unconditional)."""
+        return self.write.kind == UPSERT and self.write.expected_version is None
+
+
+def prepare(tables: Callable[[str], Schema], writes: list[Write]) -> list[Prepared]:
+    """Check and encode ``writes`` as far as no current row is needed (see ``Prepared``).
 
     Raises:
-        ConditionFailed, AlreadyExists, NotFound, InvalidInput: the write is refused.
+        InvalidInput, NotFound: a table is missing, or a key or row is malformed.
     """
+    out = []
+    for i, w in enumerate(writes):
+        schema = tables(w.table)
+        key = w.key if w.key is not None else schema.key_of(w.row)
+        pw = Prepared(i, w, schema, key, schema.check_key(key))
+        if w.kind in (INSERT, UPSERT):
+            pw.values = schema.full_row(w.row)
+            pw.stored = encode_values(pw.values)
+        elif w.kind == UPDATE:
+            schema.check_columns(w.row)
+        elif w.kind == DELETE:
+            extra = set(w.row) - set(schema.primary_key)
+            if extra:
+                raise InvalidInput(f"delete takes only primary-key columns; got "
+                                   f"{', '.join(sorted(extra))}")
+        else:
+            raise InvalidInput(f"write {i} has no valid kind")
+        out.append(pw)
+    return out
+
+
+def apply_write(pw: Prepared, cur: tuple[int, list[Value]] | None) -> list[Value] | None:
+    """The row after the prepared write ``pw`` given the row's current (version, values), or
+    None if it deletes the row, or ``SKIP`` if it changes nothing. Checks only; writes nothing.
+
+    Raises:
+        ConditionFailed, AlreadyExists, NotFound: the write is refused.
+    """
+    w = pw.write
 
     def where() -> str:
-        return f"row {_key_text(key)} of table {w.table!r}"
+        return f"row {_key_text(pw.key)} of table {w.table!r}"
 
     if w.expected_version is not None:
         have = cur[0] if cur else 0
         if have != w.expected_version:
-            raise ConditionFailed(f"write {i}: {where()} has version {have}, expected "
+            raise ConditionFailed(f"write {pw.index}: {where()} has version {have}, expected "
                                   f"{w.expected_version}")
-    if w.kind in (INSERT, UPSERT):
-        new = schema.full_row(w.row)
-        if w.kind == INSERT and cur is not None:
+    if w.kind == UPSERT:
+        return pw.values
+    if w.kind == INSERT:
+        if cur is not None:
             raise AlreadyExists(f"{where()} already exists")
-    elif w.kind == UPDATE:
-        schema.check_columns(w.row)
+        return pw.values
+    if w.kind == UPDATE:
         if cur is None:
             raise NotFound(f"{where()} does not exist")
         new = list(cur[1])
-        for ci, c in enumerate(schema.columns):
+        for ci, c in enumerate(pw.schema.columns):
             if c.name in w.row:
                 new[ci] = w.row[c.name]
-    elif w.kind == DELETE:
-        extra = set(w.row) - set(schema.primary_key)
-        if extra:
-            raise InvalidInput(f"delete takes only primary-key columns; got "
-                               f"{', '.join(sorted(extra))}")
-        return None if cur is not None else SKIP
-    else:
-        raise InvalidInput(f"write {i} has no valid kind")
-    if check_size:
-        encode_row(0, new)  # refuses an over-size row now, before anything is written
-    return new
-
-
-Target = tuple[Schema, tuple[Value, ...], bytes]
-"""A write's table, primary key and encoded primary key."""
+        return new
+    return None if cur is not None else SKIP  # DELETE
 
 
 def row_resource(schema: Schema, enc: bytes) -> Resource:
@@ -314,33 +350,18 @@ def table_resource(schema: Schema) -> Resource:
     return Resource(str(schema.table_id))
 
 
-def request_needs(view: ReadView, writes: list[Write], checks: list[Check], reads: list[Read]
-                  ) -> tuple[Needs, dict[str, int], list[Target]]:
-    """The row locks a one-shot request needs (X to write, S to check or read), the ids of
-    its tables, and its writes' targets, as ``view`` sees them.
+def request_needs(prepared: list[Prepared], tables: Callable[[str], Schema],
+                  checks: list[Check], reads: list[Read]) -> Needs:
+    """The row locks a one-shot request needs: X to write, S to check or read.
 
     Raises:
         InvalidInput, NotFound: a table is missing or a key malformed.
     """
-    tables = _Tables(view)
-    needs: Needs = []
-    targets = [target(tables(w.table), w) for w in writes]
-    for schema, _, enc in targets:
-        needs.append((row_resource(schema, enc), LockMode.X))
+    needs: Needs = [(row_resource(pw.schema, pw.enc), LockMode.X) for pw in prepared]
     for c in [*checks, *reads]:
         schema = tables(c.table)
         needs.append((row_resource(schema, schema.check_key(c.key)), LockMode.S))
-    return needs, tables.ids(), targets
-
-
-def target(schema: Schema, w: Write) -> Target:
-    """The row ``w`` writes in ``schema``.
-
-    Raises:
-        InvalidInput: the key is missing or malformed.
-    """
-    key = w.key if w.key is not None else schema.key_of(w.row)
-    return schema, key, schema.check_key(key)
+    return needs
 
 
 @dataclass
@@ -350,15 +371,15 @@ class Staging:
     The one place where a write meets the current row: a one-shot request stages into a fresh
     ``Staging`` inside the write transaction; an interactive transaction keeps one for its whole
     life and stages each call into a ``child`` that it merges only when every write of the call
-    passed, so a refused call changes nothing.
+    passed, so a refused call changes nothing. A staged row keeps its encoded values (made by
+    ``prepare`` for inserts and upserts), so that the commit only adds the version.
     """
 
-    staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None]] = \
-        field(default_factory=dict)
+    staged: dict[tuple[int, bytes], tuple[Schema, tuple[Value, ...], list[Value] | None,
+                                          bytes | None]] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     rows_affected: int = 0
     parent: Staging | None = None
-    encoded: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
 
     def child(self) -> Staging:
         """An empty staging that sees this one's rows (for one call's writes)."""
@@ -368,7 +389,6 @@ class Staging:
         """Add this child's writes to its parent."""
         assert self.parent is not None
         self.parent.staged.update(self.staged)
-        self.parent.encoded.update(self.encoded)
         self.parent.changes.extend(self.changes)
         self.parent.rows_affected += self.rows_affected
 
@@ -383,45 +403,40 @@ class Staging:
             st = st.parent
         return None
 
-    def stage(self, writes: list[Write], targets: list[Target], view: ReadView,
-              staged_version: int = 0, encode_at: int | None = None) -> int:
-        """Check each write against the current row (``view``, under the staged ones) and
-        buffer it; return the rows affected. A staged row counts as version
-        ``staged_version``; with ``encode_at``, each row is also encoded once, at that version
-        (its size checked then), for ``puts``.
+    def stage(self, prepared: list[Prepared], view: ReadView, staged_version: int = 0) -> int:
+        """Check each prepared write against the current row (``view``, under the staged
+        ones; not read at all for a blind upsert) and buffer it; return the rows affected. A
+        staged row counts as version ``staged_version``.
 
         Raises:
             ConditionFailed, AlreadyExists, NotFound, InvalidInput: a write is refused; what
                 was staged before it in this call stays (use a ``child`` to drop it).
         """
         affected = 0
-        for i, (w, (schema, key, enc)) in enumerate(zip(writes, targets, strict=True)):
-            slot = (schema.table_id, enc)
+        for pw in prepared:
+            slot = pw.slot
             mine = self.lookup(slot)
             if mine is not None:
                 cur = None if mine[0] is None else (staged_version, mine[0])
+            elif pw.blind():
+                cur = None
             else:
-                cur = view.get(schema, enc)
-            new = apply_write(i, w, schema, key, cur, check_size=encode_at is None)
+                cur = view.get(pw.schema, pw.enc)
+            new = apply_write(pw, cur)
             if new is SKIP:
                 continue
-            if encode_at is not None:
-                if new is None:
-                    self.encoded.pop(slot, None)
-                else:
-                    self.encoded[slot] = encode_row(encode_at, new)
-            self.staged[slot] = (schema, key, new)
-            self.changes.append(Change(w.table, "put" if new is not None else "del", key))
+            stored = None if new is None else (
+                pw.stored if new is pw.values else encode_values(new))
+            self.staged[slot] = (pw.schema, pw.key, new, stored)
+            self.changes.append(Change(pw.write.table, "put" if new is not None else "del",
+                                       pw.key))
             affected += 1
         self.rows_affected += affected
         return affected
 
     def puts(self) -> list[Put]:
-        """The row images to write (None: delete), one per row, with their encoded form when
-        ``stage`` made it."""
-        encoded = self.encoded
-        return [(schema, slot[1], vals, encoded.get(slot))
-                for slot, (schema, _, vals) in self.staged.items()]
+        """The rows to write, one per row: encoded values, or None to delete."""
+        return [(schema, slot[1], stored) for slot, (schema, _, _, stored) in self.staged.items()]
 
 
 @dataclass(frozen=True)
@@ -457,8 +472,9 @@ class Transaction:
     """Conditions, reads and writes that commit atomically (a one-shot transaction).
 
     Either under locks (``session`` set: the session whose locks cover it, checked for a
-    fence; ``table_ids`` the tables as they were when the locks were chosen), or without any
-    (``lock_free``: the committer decides, in the write transaction, whether it may go ahead).
+    fence), or without any (``lock_free``: the committer decides, in the write transaction,
+    whether it may go ahead). ``prepare_in`` does outside the write transaction whatever needs
+    no current row; ``plan`` does the rest (or all of it, if nothing was prepared).
     """
 
     writes: list[Write]
@@ -468,14 +484,36 @@ class Transaction:
     idempotency_key: str = ""
     lock_free: bool = False
     table_ids: dict[str, int] | None = None
-    _prepared: tuple[ReadView, list[Target]] | None = field(default=None, repr=False)
+    prepared: list[Prepared] | None = None
+    needs: Needs | None = None
+
+    def prepare_in(self, view: ReadView) -> None:
+        """Do on ``view`` (any snapshot) what needs no current row: check and encode the
+        writes, name the locks, note the table ids (see ``Prepared``).
+
+        Raises:
+            InvalidInput, NotFound: the request is malformed.
+        """
+        n = len(self.writes) + len(self.checks) + len(self.reads)
+        if n > MAX_OPS_PER_REQUEST:
+            raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
+        tables = _Tables(view)
+        self.prepared = prepare(tables, self.writes)
+        self.needs = request_needs(self.prepared, tables, self.checks, self.reads)
+        self.table_ids = tables.ids()
+
+    def _tables_unchanged(self, view: ReadView) -> bool:
+        return self.table_ids is not None and all(
+            (s := view.table(name)) is not None and s.table_id == table_id
+            for name, table_id in self.table_ids.items())
 
     def lock_needs(self, view: ReadView) -> Needs:
-        """The locks this request needs, as ``view`` sees its tables (see ``request_needs``);
-        the first half of a plan in ``view``, which ``plan`` then does not redo."""
-        needs, _, targets = request_needs(view, self.writes, self.checks, self.reads)
-        self._prepared = (view, targets)
-        return needs
+        """The locks this request needs as ``view`` sees its tables (prepared again in
+        ``view`` if a table was re-created since)."""
+        if self.needs is None or not self._tables_unchanged(view):
+            self.prepare_in(view)
+        assert self.needs is not None
+        return self.needs
 
     def plan(self, view: WriteView, position: int) -> Plan:
         """Check everything against ``view``; see the module invariants."""
@@ -484,22 +522,17 @@ class Transaction:
         first = replayed(view, self.idempotency_key)
         if first is not None:
             return first
-        n = len(self.writes) + len(self.checks) + len(self.reads)
-        if n > MAX_OPS_PER_REQUEST:
-            raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
-        tables = _Tables(view)
-        if self.table_ids is not None:
-            for name, table_id in self.table_ids.items():
-                if tables(name).table_id != table_id:
-                    raise TableChanged(f"table {name!r} was dropped and re-created while the "
-                                       f"request ran; nothing was applied")
+        if self.prepared is None:
+            self.prepare_in(view)
+        elif not self._tables_unchanged(view):
+            if self.session is not None:  # its locks are on the tables it was prepared for
+                raise TableChanged("a table of the request was dropped and re-created while "
+                                   "it ran; nothing was applied")
+            self.prepare_in(view)
+        assert self.prepared is not None
         outcome = Outcome(reads=evaluate(view, self.checks, self.reads))
-        prepared, self._prepared = self._prepared, None
-        targets = prepared[1] if prepared is not None and prepared[0] is view else [
-            target(tables(w.table), w) for w in self.writes]
         staging = Staging()
-        outcome.rows_affected = staging.stage(self.writes, targets, view, position,
-                                              encode_at=position)
+        outcome.rows_affected = staging.stage(self.prepared, view, position)
         if staging.changes:
             outcome.commit_position = position
         return Plan(outcome, staging.puts(), staging.changes,

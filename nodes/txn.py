@@ -448,11 +448,16 @@ class TransactionManager:
         if txn.read_only:
             raise InvalidInput("a read-only transaction cannot write")
         with self.store.read() as view:
-            targets = [commit.target(view.require_table(w.table), w) for w in writes]
-        self._lock(txn, [(row_resource(s, e), LockMode.X) for s, _, e in targets], timeout_s)
+            prepared = commit.prepare(view.require_table, writes)
+        self._lock(txn, [(row_resource(pw.schema, pw.enc), LockMode.X) for pw in prepared],
+                   timeout_s)
         call = txn.staging.child()
         with self.store.read() as view:
-            affected = call.stage(writes, targets, view)
+            for pw in prepared:
+                current = view.table(pw.write.table)
+                if current is None or current.table_id != pw.schema.table_id:
+                    raise NotFound(f"table {pw.write.table!r} was dropped")
+            affected = call.stage(prepared, view)
         call.merge()
         return affected
 
@@ -464,15 +469,17 @@ class TransactionManager:
         (the committer's probe decides, inside the write transaction), else under locks of a
         transaction of its own (``lockmgr/DESIGN.md``, "One-shot writes without lock
         entries")."""
+        with self.store.read() as view:
+            work.prepare_in(view)
         if self.lock_free:
-            work.lock_free, work.session, work.table_ids = True, None, None
+            work.lock_free, work.session = True, None
             try:
                 return self.committer.submit(work, timeout_s=timeout_s, is_active=is_active)
             except commit.NeedsLocks:
                 pass
-        with self.store.read() as view:
-            needs, tables, _ = commit.request_needs(view, work.writes, work.checks, work.reads)
-        work.lock_free, work.table_ids = False, tables
+        work.lock_free = False
+        needs = work.needs
+        assert needs is not None
 
         def locked(locks: TxnLocks) -> commit.Work:
             work.session = self._session_check(locks)
@@ -543,7 +550,7 @@ class TransactionManager:
 
 def _staged_in_range(txn: Txn, schema: Schema, lo: bytes | None, hi: bytes | None,
                      reverse: bool) -> list[tuple[bytes, list[Value] | None]]:
-    out = [(enc, vals) for (tid, enc), (_, _, vals) in txn.staging.staged.items()
+    out = [(enc, vals) for (tid, enc), (_, _, vals, _) in txn.staging.staged.items()
            if tid == schema.table_id and (lo is None or enc >= lo) and (hi is None or enc < hi)]
     out.sort(key=lambda x: x[0], reverse=reverse)
     return out

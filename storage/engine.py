@@ -209,10 +209,12 @@ class WriteView(ReadView):
         """
         self._txn.put(keys.row(schema.table_id, encoded_pk), rows.encode(version, values))
 
-    def put_encoded(self, schema: Schema, encoded_pk: bytes, stored: bytes) -> None:
-        """Write a row already in its stored form (``rows.encode`` of its version and
-        values)."""
-        self._txn.put(keys.row(schema.table_id, encoded_pk), stored)
+    def put_encoded(self, schema: Schema, encoded_pk: bytes, version: int,
+                    encoded_values: bytes) -> None:
+        """Write a whole row at ``version`` from its values already encoded
+        (``rows.encode_values``)."""
+        self._txn.put(keys.row(schema.table_id, encoded_pk),
+                      rows.with_version(version, encoded_values))
 
     def delete(self, schema: Schema, encoded_pk: bytes) -> bool:
         """Remove a row; return whether it existed."""

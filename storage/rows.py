@@ -12,6 +12,26 @@ import msgpack
 from storage.catalog import MAX_ROW_BYTES, Value
 from storage.errors import Corrupt, InvalidInput
 
+_VERSION_ROOM = 10  # msgpack: one byte of array header, at most nine of version
+
+
+def encode_values(values: list[Value]) -> bytes:
+    """The encoded values of a row, for ``with_version``.
+
+    Raises:
+        InvalidInput: the row would be larger than ``MAX_ROW_BYTES`` encoded.
+    """
+    data: bytes = msgpack.packb(values, use_bin_type=True)
+    if len(data) + _VERSION_ROOM > MAX_ROW_BYTES:
+        raise InvalidInput(f"row is {len(data) + _VERSION_ROOM} bytes encoded; the limit is "
+                           f"{MAX_ROW_BYTES}")
+    return data
+
+
+def with_version(version: int, encoded_values: bytes) -> bytes:
+    """Stored form of a row from its version and ``encode_values`` output."""
+    return b"\x92" + msgpack.packb(version) + encoded_values
+
 
 def encode(version: int, values: list[Value]) -> bytes:
     """Stored form of a row.
@@ -19,10 +39,7 @@ def encode(version: int, values: list[Value]) -> bytes:
     Raises:
         InvalidInput: the encoded row is larger than ``MAX_ROW_BYTES``.
     """
-    data: bytes = msgpack.packb([version, values], use_bin_type=True)
-    if len(data) > MAX_ROW_BYTES:
-        raise InvalidInput(f"row is {len(data)} bytes encoded; the limit is {MAX_ROW_BYTES}")
-    return data
+    return with_version(version, encode_values(values))
 
 
 def decode(data: bytes) -> tuple[int, list[Value]]:
