@@ -3,8 +3,8 @@
 One row per (workload, clients): on the left, operations per second for each target, second by
 second through its rounds (laid end to end; log scale); on the right, the latency distribution
 (the share of operations at most that slow, over all rounds) per target, on a log scale. When
-node memory was sampled, a last row shows each node's RSS over the Shardless rounds. Drawn
-with matplotlib's Agg backend (no display needed).
+node memory was sampled, a last row shows each node's private memory over the Shardless
+rounds. Drawn with matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def draw(path: str, records: Sequence[RoundRecord], memory: Mapping[str, Any] | 
         for name in names:
             pts = [(s["t"], s["rss_kb"][name] / 1024) for s in samples if name in s["rss_kb"]]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-", label=name, markersize=3)
-        ax.set_title("node RSS during the Shardless rounds", fontsize=9)
+        ax.set_title("node private memory (RssAnon) during the Shardless rounds", fontsize=9)
         ax.set_xlabel("seconds since the run began")
         ax.set_ylabel("MiB")
         ax.legend(fontsize=7)

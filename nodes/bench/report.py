@@ -219,14 +219,17 @@ class Display:
             return
         from rich.table import Table
 
-        table = Table(title=f"Node memory (VmRSS) during the Shardless rounds; target: "
-                            f"{summary['target']}", title_justify="left")
-        for col in ("node", "pid", "after warm-up", "at the end", "growth"):
+        table = Table(title=f"Node private memory (RssAnon) during the Shardless rounds; "
+                            f"target: {summary['target']}; mapped volume pages (RssFile, "
+                            f"shared page cache) apart", title_justify="left")
+        for col in ("node", "pid", "after warm-up", "at the end", "growth", "mapped at end"):
             table.add_column(col, justify="left" if col == "node" else "right")
         warm, end, growth = summary["warm_rss_kb"], summary["end_rss_kb"], summary["growth_pct"]
+        mapped = summary.get("end_mapped_kb", {})
         for name in sorted(warm):
             table.add_row(name, str(summary["pids"].get(name, "")), f"{warm[name] / 1024:.1f} MiB",
-                          f"{end.get(name, 0) / 1024:.1f} MiB", f"{growth.get(name, 0):+.1f}%")
+                          f"{end.get(name, 0) / 1024:.1f} MiB", f"{growth.get(name, 0):+.1f}%",
+                          f"{mapped.get(name, 0) / 1024:.1f} MiB")
         self.console.print(table)
         total = summary["total_growth_pct"]
         loaded = summary["loaded_after_warm_s"]
@@ -234,7 +237,7 @@ class Display:
                                                       f"indicative only: {loaded:.0f} s of "
                                                       "load after warm-up, the target is "
                                                       "judged over 10 minutes")
-        self.say(f"memory: total growth after warm-up {total:+.1f}% over {loaded:.0f} s "
+        self.say(f"memory: private memory grew {total:+.1f}% after warm-up over {loaded:.0f} s "
                  f"of Shardless load: {verdict}" if total is not None else
                  "memory: no samples")
 

@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 from nodes.bench import memory
-from nodes.bench.memory import Sampler, local_pids, rss_kb
+from nodes.bench.memory import Sampler, local_pids, mapped_kb, rss_kb
 
 
 def test_rss_of_this_process_and_of_no_process() -> None:
     """Our own RSS is a positive number of KiB; a pid that does not exist gives None."""
     assert (rss_kb(os.getpid()) or 0) > 1000
     assert rss_kb(2**22 + 12345) is None
+    assert (mapped_kb(os.getpid()) or 0) > 0  # the interpreter's own mapped files
+    assert mapped_kb(2**22 + 12345) is None
 
 
 def test_local_pids_keep_live_node_processes_on_loopback_only() -> None:
