@@ -178,8 +178,14 @@ class LockManager:
         session = self.session
         return TxnLocks(txn_id, session.lease_id, self._wall(), self.node_id)
 
+    def requests(self, txn: TxnLocks, needs: Iterable[tuple[Resource, LockMode]]
+                 ) -> list[Request]:
+        """The entries ``acquire(txn, needs)`` would put now (none: all held). Pure."""
+        return group(plan(txn, list(needs), self.escalate_after))
+
     def acquire(self, txn: TxnLocks, needs: Iterable[tuple[Resource, LockMode]],
-                timeout_s: float | None = None) -> list[Request]:
+                timeout_s: float | None = None, *,
+                planned: list[Request] | None = None) -> list[Request]:
         """Take every lock ``needs`` implies (see ``table.plan``), waiting as long as needed;
         return the entries put for it, all granted now (none: ``txn`` held every lock).
 
@@ -189,10 +195,13 @@ class LockManager:
             Aborted: aborted for another reason meanwhile.
             SessionExpired: the session is gone (its locks with it).
             EtcdUnavailable: etcd did not answer.
+
+        ``planned``: what ``requests(txn, needs)`` gave, if the caller asked already (nothing of
+        ``txn`` may have changed since).
         """
         self._check_aborted(txn)
-        requests = plan(txn, list(needs), self.escalate_after)
-        if not requests:
+        grouped = self.requests(txn, needs) if planned is None else planned
+        if not grouped:
             return []
         limit = self.wait_timeout_s if timeout_s is None else min(timeout_s, self.wait_timeout_s)
         deadline = self._clock() + limit
@@ -200,7 +209,6 @@ class LockManager:
         # each entry costs a put and its reads, and each batch two session reads.
         chunk: list[Request] = []
         budget = self.max_ops - 2
-        grouped = group(requests)
         for req in grouped:
             cost = 1 + len(req.read_names())
             if chunk and cost > budget:

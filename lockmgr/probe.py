@@ -4,7 +4,7 @@ its way: the check of the lock-free path of one-shot writes.
 Owns: :func:`requests` (the entries a fresh transaction would put for its needs, exactly as
 ``LockManager.acquire`` would plan and group them), :func:`blocked` (whether any of those would
 have to wait behind the given entries, by the one grant rule of ``entries.py``), and
-:func:`published` (which granted entries a transaction must publish for the check to see them).
+:func:`published` (which of its entries a transaction must publish for the check to see them).
 Pure: the caller supplies the entries (``nodes`` reads them from storage, where interactive
 transactions publish their grants) and decides what a clear answer allows; the argument is in
 ``lockmgr/DESIGN.md``, "One-shot writes without lock entries".
@@ -73,23 +73,19 @@ def blocked(reqs: Sequence[Request], entries_on: Callable[[str], list[Entry]]) -
     return any(find_conflicts(_NOBODY, r, entries_on(r.name)) for r in reqs)
 
 
-def published(granted: Sequence[Request]) -> list[tuple[str, str, bytes]]:
-    """``(resource name, tag, value)`` of each granted entry that a lock-free request could
-    conflict with: page entries (they carry the row locks) and strong table entries. A table's
-    intention entries (IS, IX) are left out: a lock-free request only ever asks IX of a table,
-    which they cannot block. The tag names the entry (``<txn id>/<seq>``)."""
+def published(txn_id: str, first: int, entries: Sequence[Request]
+              ) -> list[tuple[str, str, bytes]]:
+    """``(resource name, tag, value)`` of each entry (asked for or granted) that a lock-free
+    request could conflict with: page entries (they carry the row locks) and strong table
+    entries. A table's intention entries (IS, IX) are left out: a lock-free request only ever
+    asks IX of a table, which they cannot block. Tags are ``<txn id>/p<n>``, ``n`` counting
+    from ``first``."""
     out = []
-    for r in granted:
+    for r in entries:
         if r.name.startswith("t/") and r.mode.is_intention():
             continue
-        out.append((r.name, entry_tag(r.key), r.value()))
+        out.append((r.name, f"{txn_id}/p{first + len(out)}", r.value()))
     return out
-
-
-def entry_tag(key: bytes) -> str:
-    """The ``<txn id>/<seq>`` part of a lock entry's etcd key."""
-    _, txn_id, seq = key.decode().rsplit("/", 2)
-    return f"{txn_id}/{seq}"
 
 
 def entry(resource_name: str, tag: str, value: bytes) -> Entry:

@@ -364,23 +364,31 @@ class TransactionManager:
 
     def _lock(self, txn: Txn, needs: list[tuple[Resource, LockMode]],
               timeout_s: float | None) -> None:
-        """Take ``needs`` for ``txn``, then publish the new grants in storage before ``txn``
-        reads under them: a one-shot write that went ahead without locks did so before the
+        """Take ``needs`` for ``txn``, and publish the entries in storage before ``txn`` reads
+        under them: a one-shot write that went ahead without locks did so before the
         publication, so ``txn`` reads it (``lockmgr/DESIGN.md``, "One-shot writes without lock
-        entries").
+        entries"). The publication runs while etcd grants the locks, not after: publishing
+        early only sends more one-shot writes to the lock queue, where they wait anyway.
 
         Raises:
             TxnAborted: the grants could not be published in time (``txn`` must not read).
         """
         if txn.locks is None or not needs:
             return
-        grants = probe.published(self.locks.acquire(txn.locks, needs, timeout_s))
-        if not grants:
+        planned = self.locks.requests(txn.locks, needs)
+        if not planned:
             return
-        txn.published.extend((name, tag) for name, tag, _ in grants)
+        grants = probe.published(txn.txn_id, len(txn.published), planned)
+        fut = None
+        if grants:
+            txn.published.extend((name, tag) for name, tag, _ in grants)  # withdrawn at the end
+            fut = self.committer.enqueue(
+                commit.PublishGrants(self._session_check(txn.locks), grants))
+        self.locks.acquire(txn.locks, needs, timeout_s, planned=planned)
+        if fut is None:
+            return
         try:
-            self.committer.submit(commit.PublishGrants(self._session_check(txn.locks), grants),
-                                  timeout_s=timeout_s)
+            self.committer.wait(fut, timeout_s)
         except commit.CommitTimeout as e:
             raise TxnAborted(LOCK_TIMEOUT, "the deadline passed while the locks were being "
                              "published; nothing was read") from e

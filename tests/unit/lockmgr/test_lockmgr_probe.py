@@ -56,11 +56,8 @@ def test_only_page_entries_and_strong_table_entries_are_published() -> None:
     published; page entries and strong table entries are."""
     granted = group([(Resource("7"), IX), (Resource("7", "p0"), IX),
                      (Resource("7", "p0", "p0r1"), X), (Resource("8"), S)])
-    for r, n in zip(granted, range(len(granted)), strict=True):
-        r.key = f"/shardless/c/locks/{r.name}/t1@n1/{n}".encode()
-    names = [name for name, _, _ in probe.published(granted)]
-    assert names == ["p/7/p0", "t/8"]
-    tag = probe.published(granted)[0][1]
-    assert tag == "t1@n1/1"
+    out = probe.published("t1@n1", 3, granted)
+    assert [(name, tag) for name, tag, _ in out] == [("p/7/p0", "t1@n1/p3"), ("t/8", "t1@n1/p4")]
+    tag = out[0][1]
     e = probe.entry("p/7/p0", tag, granted[1].value())
     assert (e.txn_id, e.mode, e.rows) == ("t1@n1", IX, {"p0r1": X})
