@@ -45,6 +45,8 @@ class Request:
     grants: list[tuple[Resource, LockMode]] = field(default_factory=list)
     key: bytes = b""
     revision: int = 0
+    cache_key: bytes = b""  # the entry is the node's cached table lock (``affinity.py``)
+    leave_cache: str = ""  # once granted, its transaction stops riding this table's cache
 
     def value(self) -> bytes:
         """The entry's value: ``MODE`` or ``MODE|row=MODE,row=MODE``."""

@@ -326,6 +326,34 @@ class EtcdClient:
             raise EtcdUnavailable(f"etcd transaction failed: {e!r}") from e
         return bool(resp.succeeded)
 
+    def watch_puts(self, prefix: bytes, start_revision: int,
+                   callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the client's watch thread) for every put under ``prefix`` at
+        or after ``start_revision``, and if the watch fails; return a function that cancels
+        the watch.
+
+        Raises:
+            EtcdUnavailable: the watch could not be created.
+        """
+        def on_event(resp: Any) -> None:
+            if resp is None or isinstance(resp, Exception) or any(
+                    isinstance(ev, etcd_events.PutEvent) for ev in getattr(resp, "events", ())):
+                callback()
+
+        try:
+            watch_id = self._client.add_watch_prefix_callback(prefix, on_event,
+                                                              start_revision=start_revision)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except _ERRORS:
+                pass
+
+        return cancel
+
     def close(self) -> None:
         """Close the channels."""
         self._client.close()

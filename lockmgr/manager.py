@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lockmgr import deadlock, resource
+from lockmgr.affinity import TableCaches
 from lockmgr.batcher import Batcher
 from lockmgr.entries import Entry, Request, blocked_on, find_conflicts, group, parse_entries
 from lockmgr.errors import (
@@ -99,6 +100,7 @@ class LockManager:
                  wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
                  escalate_after: int = DEFAULT_ESCALATE_AFTER,
                  max_ops: int = DEFAULT_MAX_OPS,
+                 table_affinity: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self._client = client
@@ -126,6 +128,7 @@ class LockManager:
                                           daemon=True)
         self._releaser.start()
         self._batcher = Batcher(client, cluster, max_ops=self.max_ops)
+        self.caches = TableCaches(client, cluster, node_id, enabled=table_affinity)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class LockManager:
             EtcdClient.put_op(resource.live_key(self.cluster, session.lease_id),
                               self.node_id.encode(), session.lease_id),
         ])
+        self.caches.reset(session.lease_id)
         self._session = session
 
     def detach(self, session: Session) -> None:
@@ -205,29 +209,38 @@ class LockManager:
             return []
         limit = self.wait_timeout_s if timeout_s is None else min(timeout_s, self.wait_timeout_s)
         deadline = self._clock() + limit
+        sent = self.caches.rewrite(txn, grouped)
         # Group first (a page's rows ride in its entry), then cut at etcd's operation limit:
         # each entry costs a put and its reads, and each batch two session reads.
         chunk: list[Request] = []
         budget = self.max_ops - 2
-        for req in grouped:
-            cost = 1 + len(req.read_names())
-            if chunk and cost > budget:
+        try:
+            for req in sent:
+                cost = 1 + len(req.read_names())
+                if chunk and cost > budget:
+                    self._acquire_chunk(txn, chunk, deadline)
+                    chunk, budget = [], self.max_ops - 2
+                chunk.append(req)
+                budget -= cost
+            if chunk:
                 self._acquire_chunk(txn, chunk, deadline)
-                chunk, budget = [], self.max_ops - 2
-            chunk.append(req)
-            budget -= cost
-        if chunk:
-            self._acquire_chunk(txn, chunk, deadline)
+        except BaseException:
+            self.caches.abandoned(txn, sent)
+            raise
         return grouped
 
     def _acquire_chunk(self, txn: TxnLocks, reqs: list[Request], deadline: float) -> None:
         for req in reqs:
+            if req.cache_key:  # the node's cached table lock: it outlives the transaction
+                req.key = req.cache_key
+                continue
             txn.seq += 1
             stored = resource.entry_name(req.name, req.mode.is_intention())
             req.key = resource.entry_key(self.cluster, stored, txn.txn_id, str(txn.seq))
-        # Known before etcd answers: a request that times out may still have written them, and
-        # the release must then delete them (else they block others as long as the session).
-        txn.keys.extend(req.key for req in reqs)
+            # Known before etcd answers: a request that times out may still have written it,
+            # and the release must then delete it (else it blocks others as long as the
+            # session).
+            txn.keys.append(req.key)
         answer = self._batcher.put_and_read(txn.lease_id, reqs)
         rev = answer.revision
         self._fence_dead(answer.markers, answer.live)
@@ -235,16 +248,21 @@ class LockManager:
         for req in reqs:
             entries = self._entries([kv for n in req.read_names() for kv in answer.reads[n]])
             req.revision = rev  # a key created in this etcd transaction has its revision
-            conflicts = find_conflicts(txn.txn_id, req, entries)
+            conflicts = find_conflicts(self._owner(txn, req), req, entries)
             if conflicts:
                 waits.append((req, conflicts))
             else:
-                self._granted(txn, req)
+                self._granted(txn, req, rev, entries)
         for req, conflicts in waits:
             self._wait(txn, req, conflicts, rev, deadline)
 
-    @staticmethod
-    def _granted(txn: TxnLocks, req: Request) -> None:
+    def _owner(self, txn: TxnLocks, req: Request) -> str:
+        """Whose entry ``req`` is: the node's table cache's, or ``txn``'s own."""
+        return self.caches.owner() if req.cache_key else txn.txn_id
+
+    def _granted(self, txn: TxnLocks, req: Request, revision: int, seen: list[Entry]) -> None:
+        if req.cache_key or req.leave_cache:
+            self.caches.granted(txn, req, revision, seen)
         for res, mode in req.grants:
             if res.kind == "row" and res not in txn.held:
                 txn.rows_per_page[Resource(res.table, res.page)] += 1
@@ -317,9 +335,9 @@ class LockManager:
                 if not results[0]:
                     raise SessionExpired(f"lock entry of {txn.txn_id} on {req.name} is gone: "
                                          f"its session ended")
-                conflicts = find_conflicts(txn.txn_id, req, entries)
+                conflicts = find_conflicts(self._owner(txn, req), req, entries)
                 if not conflicts:
-                    self._granted(txn, req)
+                    self._granted(txn, req, seen_rev, entries)
                     return
         finally:
             with self._lock:
@@ -350,6 +368,7 @@ class LockManager:
         retries while etcd is unreachable; at the latest they go with the session lease. Call it
         only after the transaction's commit is durable (strict two-phase locking).
         """
+        self.caches.release(txn)
         keys = [*txn.keys]
         if txn.waiting_for or not keys:
             keys.append(resource.wait_key(self.cluster, txn.txn_id))
@@ -466,3 +485,4 @@ class LockManager:
         self._detector.join(timeout=2)
         self._releaser.join(timeout=2)
         self._batcher.close()
+        self.caches.close()

@@ -36,6 +36,7 @@ class TxnLocks:
     abort_reason: str | None = None
     abort_detail: str = ""
     wake: threading.Event = field(default_factory=threading.Event)
+    riding: set[str] = field(default_factory=set)  # tables whose cached IX lock it relies on
 
     def abort(self, reason: str, detail: str = "") -> None:
         """Mark the transaction aborted and wake it if it waits for a lock."""
