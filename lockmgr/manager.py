@@ -127,7 +127,7 @@ class LockManager:
         self._releaser = threading.Thread(target=self._release_loop, name="lock-releaser",
                                           daemon=True)
         self._releaser.start()
-        self._batcher = Batcher(client, cluster, max_ops=self.max_ops)
+        self.batcher = Batcher(client, cluster, max_ops=self.max_ops)
         self.caches = TableCaches(client, cluster, node_id, enabled=table_affinity)
 
     # -- sessions ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class LockManager:
             # and the release must then delete it (else it blocks others as long as the
             # session).
             txn.keys.append(req.key)
-        answer = self._batcher.put_and_read(txn.lease_id, reqs)
+        answer = self.batcher.put_and_read(txn.lease_id, reqs)
         rev = answer.revision
         self._fence_dead(answer.markers, answer.live)
         waits = []
@@ -484,5 +484,5 @@ class LockManager:
             self._release_cv.notify_all()
         self._detector.join(timeout=2)
         self._releaser.join(timeout=2)
-        self._batcher.close()
+        self.batcher.close()
         self.caches.close()

@@ -305,10 +305,14 @@ class Node:
     def counters(self) -> dict[str, int]:
         """This node's counters since it started (see docs/api.md)."""
         assert self.committer is not None and self.locks is not None
-        c = self.committer
+        c, lm = self.committer, self.locks
         return {"commits": c.commits, "commit_batches": c.batches,
                 "lock_free_writes": c.lock_free, "lock_free_refused": c.needed_locks,
-                "deadlocks_found": self.locks.deadlocks_found}
+                "lock_requests": lm.batcher.requests, "lock_etcd_txns": lm.batcher.etcd_txns,
+                "table_cache_rides": lm.caches.rides,
+                "table_cache_established": lm.caches.established,
+                "table_cache_revoked": lm.caches.revoked,
+                "deadlocks_found": lm.deadlocks_found}
 
     def _local_transactions(self) -> list[api.TransactionInfo]:
         assert self.txns is not None
