@@ -41,6 +41,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="seconds an interactive transaction may stay idle before rollback")
     p.add_argument("--escalate-after", type=int, default=64,
                    help="row locks of one page a transaction takes before it locks the page")
+    p.add_argument("--processes", type=int, default=1,
+                   help="worker processes of the node, all serving --listen (SO_REUSEPORT), "
+                        "so that it uses that many cores (see nodes/workers.py)")
+    p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
+    p.add_argument("--group", default="", help=argparse.SUPPRESS)
     p.set_defaults(func=_run_node)
 
 
@@ -54,7 +59,18 @@ def _run_node(args: argparse.Namespace) -> int:
                          etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
                          grace_s=args.grace, max_workers=args.workers,
                          lock_timeout_s=args.lock_timeout, idle_timeout_s=args.idle_timeout,
-                         escalate_after=args.escalate_after)
+                         escalate_after=args.escalate_after, public_listen=args.public_listen,
+                         group=args.group)
+        if args.processes < 1:
+            raise ValueError("--processes must be at least 1")
+        if args.processes > 1:
+            from nodes.workers import Supervisor, strip_listen_and_id
+
+            valid = cfg.validated()
+            raw = list(args.raw_argv)
+            node_argv = strip_listen_and_id(raw[raw.index("node") + 1:])
+            return Supervisor(node_argv, node_id=valid.node_id, listen=valid.listen,
+                              processes=args.processes, grace_s=valid.grace_s).run()
         node = Node(cfg)
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
@@ -89,8 +105,9 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
     print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
     for m in st.members:
+        of = f"  (process of {m.group} at {m.public_address})" if m.group else ""
         print(f"{m.node_id:<24} {m.address:<22} {m.pid:>7}  {m.session:<16} "
-              f"{m.session_ttl_remaining:>4}")
+              f"{m.session_ttl_remaining:>4}{of}")
     if st.transactions:
         print(f"{len(st.transactions)} open transaction(s), {len(st.locks)} lock entr(ies), "
               f"{len(st.waits)} waiting")
@@ -188,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_status(sub)
     _add_drain(sub)
     _add_bench(sub)
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
+    args.raw_argv = raw_argv
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
     return int(args.func(args))

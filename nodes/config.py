@@ -36,6 +36,8 @@ class NodeConfig:
     lock_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
     escalate_after: int = 64
+    public_listen: str = ""  # a worker process: the node's address, shared (SO_REUSEPORT)
+    group: str = ""  # a worker process: the id of the node it is a process of
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -59,5 +61,9 @@ class NodeConfig:
         node_id = self.node_id or f"{socket.gethostname()}-{port}"
         if "/" in node_id:
             raise ValueError("--node-id must not contain '/'")
+        if self.public_listen:
+            _h, sep, p = self.public_listen.rpartition(":")
+            if not sep or not p.isdigit():
+                raise ValueError(f"--public-listen {self.public_listen!r} is not HOST:PORT")
         return NodeConfig(**{**self.__dict__, "node_id": node_id,
                              "volume": os.path.abspath(self.volume)})

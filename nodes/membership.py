@@ -47,13 +47,15 @@ class MemberInfo:
     pid: int
     started_at: float
     lease_id: int
+    group: str = ""  # the node this process belongs to, if it is one of a node's processes
+    public_address: str = ""  # ... and that node's shared address
 
 
 class Membership:
     """The node's session and member key, renewed for the node's whole life."""
 
     def __init__(self, client: EtcdClient, *, cluster: str, node_id: str, address: str,
-                 ttl_s: int, etcd_timeout_s: float,
+                 ttl_s: int, etcd_timeout_s: float, group: str = "", public_address: str = "",
                  on_started: Callable[[Session], None] = lambda s: None,
                  on_lost: Callable[[Session], None] = lambda s: None,
                  before_close: Callable[[Session], None] = lambda s: None) -> None:
@@ -61,6 +63,8 @@ class Membership:
         self.cluster = cluster
         self.node_id = node_id
         self.address = address
+        self.group = group
+        self.public_address = public_address
         self.ttl_s = ttl_s
         self.etcd_timeout_s = etcd_timeout_s
         self.started_at = time.time()
@@ -76,7 +80,8 @@ class Membership:
     def _record(self, lease_id: int) -> bytes:
         return json.dumps({"node_id": self.node_id, "address": self.address,
                            "pid": os.getpid(), "started_at": self.started_at,
-                           "lease": lease_id}).encode()
+                           "lease": lease_id, "group": self.group,
+                           "public": self.public_address}).encode()
 
     def _open_session(self) -> Session:
         session = Session(self._client, self.ttl_s, etcd_timeout_s=self.etcd_timeout_s)
@@ -159,7 +164,8 @@ class Membership:
             try:
                 d = json.loads(kv.value)
                 out.append(MemberInfo(str(d["node_id"]), str(d["address"]), int(d["pid"]),
-                                      float(d["started_at"]), kv.lease_id))
+                                      float(d["started_at"]), kv.lease_id,
+                                      str(d.get("group", "")), str(d.get("public", ""))))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring malformed member key %r", kv.key)
         return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent import futures
@@ -178,6 +179,7 @@ class Node:
         self.leader: Leader | None = None
         self.txns: TransactionManager | None = None
         self.server: grpc.Server | None = None
+        self.shared_server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.port = 0
         self.gate = Gate()
@@ -203,7 +205,8 @@ class Node:
                                         lock_free_check=lock_free_check(cfg.escalate_after))
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
-                                     etcd_timeout_s=cfg.etcd_timeout_s,
+                                     etcd_timeout_s=cfg.etcd_timeout_s, group=cfg.group,
+                                     public_address=cfg.public_listen,
                                      on_started=self._session_started,
                                      on_lost=self._session_lost,
                                      before_close=self.locks.detach)
@@ -217,11 +220,35 @@ class Node:
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
                              self.store, node_id=cfg.node_id, address=cfg.listen)
         self.leader.start()
+        pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
+        srv = self._server(pool, reuse_port=False)
+        try:
+            self.port = srv.add_insecure_port(cfg.listen)
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
+        srv.start()
+        self.server = srv
+        if cfg.public_listen:  # one of a node's processes: serve the node's address too
+            shared = self._server(pool, reuse_port=True)
+            try:
+                shared.add_insecure_port(cfg.public_listen)
+            except RuntimeError as e:
+                raise RuntimeError(f"cannot listen on {cfg.public_listen}: {e}") from e
+            shared.start()
+            self.shared_server = shared
+        for name in ["", *SERVICE_NAMES]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
+                 cfg.volume, cfg.etcd)
+
+    def _server(self, pool: futures.ThreadPoolExecutor, *, reuse_port: bool) -> grpc.Server:
+        """A gRPC server with every service of the node. ``reuse_port``: for the address the
+        processes of one node share (the kernel spreads connections over them); otherwise a
+        second process on the port is an error, not a silent share."""
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0)]
-        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
-                                                     thread_name_prefix="rpc"), options=opts)
+                ("grpc.so_reuseport", 1 if reuse_port else 0)]
+        srv = grpc.server(pool, options=opts)
         rpc.add_TableServiceServicer_to_server(server.TableService(self), srv)
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
         rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
@@ -230,16 +257,7 @@ class Node:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], srv)
-        try:
-            self.port = srv.add_insecure_port(cfg.listen)
-        except RuntimeError as e:
-            raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
-        srv.start()
-        self.server = srv
-        for name in ["", *SERVICE_NAMES]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
-                 cfg.volume, cfg.etcd)
+        return srv
 
     def _session_started(self, session: Session) -> None:
         assert self.deathwatch is not None and self.locks is not None
@@ -275,7 +293,8 @@ class Node:
             if not local_only:
                 out.members.append(api.Member(
                     node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
-                    pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl))
+                    pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl,
+                    group=m.group, public_address=m.public_address))
         out.transactions.extend(self._local_transactions())
         out.counters.update(self.counters())
         if local_only:
@@ -323,6 +342,13 @@ class Node:
                     locks_held=len(t.locks.held) if t.locks is not None else 0)
                 for t in self.txns.open_transactions()]
 
+    def request_group_stop(self) -> None:
+        """One of a node's processes: ask the node's supervisor to make every process of the
+        node leave (it sends each SIGTERM, which takes the path of ``request_stop``)."""
+        parent = os.getppid()
+        if self.cfg.group and parent > 1:
+            os.kill(parent, signal.SIGTERM)
+
     def request_stop(self) -> int:
         """Ask the node to leave (see the module docstring); return its open transactions."""
         self.gate.drain()
@@ -365,8 +391,9 @@ class Node:
         time.sleep(min(DRAIN_S, self.cfg.grace_s))
         if not self.gate.close(max(0.0, deadline - time.monotonic()) + DRAIN_S):
             log.warning("calls still in flight after %.1f s; stopping anyway", self.cfg.grace_s)
-        if self.server is not None:
-            self.server.stop(self.cfg.grace_s).wait()
+        for srv in (self.shared_server, self.server):
+            if srv is not None:
+                srv.stop(self.cfg.grace_s).wait()
         if self.committer is not None:
             self.committer.close()
         if self.membership is not None:

@@ -350,10 +350,13 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
     @unary
     def Drain(self, request: api.DrainRequest, context: grpc.ServicerContext
               ) -> api.DrainResponse:
-        me = self.node.cfg.node_id
-        if request.node_id and request.node_id != me:
+        me, group = self.node.cfg.node_id, self.node.cfg.group
+        if request.node_id and request.node_id not in (me, group):
             raise WrongNode(f"this is node {me}, not {request.node_id}; send Drain to that "
                             f"node's address")
+        if group and request.node_id != me:  # the whole node: every one of its processes
+            self.node.request_group_stop()
+            me = group
         open_txns = self.node.request_stop()
         log.info("drain requested by %s: leaving with %d open transaction(s)", context.peer(),
                  open_txns)

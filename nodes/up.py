@@ -452,6 +452,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cluster name passed to each node (default: the node's)",
     )  # fmt: skip
     parser.add_argument(
+        "--processes", type=int, default=1, metavar="K",
+        help="processes of each node, serving its address together (default 1; see "
+        "nodes/workers.py)",
+    )  # fmt: skip
+    parser.add_argument(
         "--ready-timeout", type=float, default=60.0, metavar="SECONDS",
         help="how long to wait for etcd and each node to be ready (default 60)",
     )  # fmt: skip
@@ -581,6 +586,7 @@ def run(args: argparse.Namespace) -> int:
                 host=host,
                 ttl_s=args.ttl,
                 cluster=args.cluster,
+                extra_args=("--processes", str(args.processes)) if args.processes > 1 else (),
             )
             nodes.append(node)
             node.start()

@@ -46,6 +46,7 @@ class Settings:
     processes: int = DEFAULT_PROCESSES
     client_counts: tuple[int, ...] = (DEFAULT_PROCESSES * DEFAULT_THREADS,)
     nodes: int = DEFAULT_NODES
+    node_processes: int = 1
     connect: tuple[str, ...] = ()
     baselines: tuple[str, ...] = ()
     json_path: str | None = None
@@ -114,6 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("systems")
     s.add_argument("--nodes", type=int, default=None, metavar="N",
                    help=f"nodes of the cluster started here (default {DEFAULT_NODES})")
+    s.add_argument("--node-processes", type=int, default=1, metavar="K",
+                   help="processes of each node started here (shardless node --processes; "
+                        "default 1)")
     s.add_argument("--connect", default=None, metavar="HOST:PORT[,...]",
                    help="measure this running cluster instead of starting one")
     s.add_argument("--baseline", default="", metavar="NAME[,NAME...]",
@@ -231,11 +235,14 @@ def settings(args: argparse.Namespace, argv: tuple[str, ...] = ()) -> Settings:
     if args.pg_bindir is not None and not os.path.isfile(os.path.join(args.pg_bindir,
                                                                       "postgres")):
         raise BadOption(f"--pg-bindir {args.pg_bindir!r} has no postgres binary")
+    if args.node_processes < 1:
+        raise BadOption("--node-processes must be at least 1")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     return Settings(
         workloads=workloads, distribution=args.distribution, records=records,
         value_size=value_size, batch=batch, seconds=seconds, ops=ops, rounds=rounds,
         warmup_s=float(args.warmup), processes=processes, client_counts=counts, nodes=nodes,
+        node_processes=args.node_processes,
         connect=connect, baselines=baselines, json_path=_output("--json", args.json),
         plot_path=_output("--plot", args.plot, ".png"), seed=seed, timeout_s=args.timeout,
         work_dir=args.work_dir, keep=bool(args.keep), etcd_bin=args.etcd_bin,

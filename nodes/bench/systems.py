@@ -155,13 +155,22 @@ class Systems:
                 node = NodeProcess(f"node-{i}", etcd=self.etcd.endpoint,
                                    volume=self.work_dir / "volume", port=free_port(),
                                    log_path=self.work_dir / "logs" / f"node-{i}.log",
-                                   cluster="bench")
+                                   cluster="bench",
+                                   extra_args=("--processes", str(s.node_processes)))
                 self.nodes.append(node)
                 node.start()
             for node in self.nodes:
                 node.wait_serving(timeout_s=READY_TIMEOUT_S)
             addresses = [n.address for n in self.nodes]
             self.node_pids = {n.name: n.pid for n in self.nodes if n.pid is not None}
+            if s.node_processes > 1:  # sample the workers, not their supervisors
+                deadline = time.monotonic() + READY_TIMEOUT_S
+                while True:
+                    self.node_pids = self._connected_pids(addresses)
+                    if len(self.node_pids) >= s.nodes * s.node_processes or \
+                            time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
             self.say(f"shardless: {len(self.nodes)} node(s) at {','.join(addresses)} "
                      f"(pids {' '.join(str(p) for p in self.node_pids.values())})")
         self.specs.append(Spec("shardless", {"addresses": addresses}))

@@ -280,20 +280,24 @@ class StatusRequest(_message.Message):
     def __init__(self, local_only: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining")
+    __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining", "group", "public_address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     session: str
     pid: int
     started_at: float
     session_ttl_remaining: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ...) -> None: ...
+    group: str
+    public_address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ..., group: _Optional[str] = ..., public_address: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters")
