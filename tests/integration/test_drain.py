@@ -125,11 +125,12 @@ def test_drain_under_load_fails_no_client_call(cluster: Cluster) -> None:
 
 
 def test_drain_hands_back_what_does_not_finish_in_its_grace(make_cluster) -> None:  # type: ignore[no-untyped-def]
-    """With --grace 1, a transaction left open on the node drained (``shardless drain ID
-    --via``) keeps working until the grace ends, then gets ABORTED NODE_DRAINING and leaves
+    """With --grace 3, a transaction left open on the node drained (``shardless drain ID
+    --via``) keeps working until the grace ends (the grace leaves room for the drain command's
+    own exit on a loaded machine), then gets ABORTED NODE_DRAINING and leaves
     nothing behind. A Drain meant for another node is refused with FAILED_PRECONDITION, and
     an unknown id makes the command exit 1."""
-    cluster = make_cluster("--grace", "1")
+    cluster = make_cluster("--grace", "3")
     leaving, other = cluster[0], cluster[2]
     db = connect([other.address], refresh_s=None, attempts=1)
     db.create_table("t", {"k": "int64"}, primary_key="k")
@@ -161,7 +162,7 @@ def test_drain_hands_back_what_does_not_finish_in_its_grace(make_cluster) -> Non
             assert time.monotonic() - started < 10, "the transaction was never handed back"
             time.sleep(0.05)
         assert worked >= 5, "calls of the open transaction were refused during the grace"
-        assert 0.8 <= took < 5, took
+        assert 1.0 <= took < 8, took
         txn.done = True
     wait_for(lambda: not leaving.is_alive, 15, message="the drained node to exit")
     assert leaving.returncode == 0
