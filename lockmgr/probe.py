@@ -73,6 +73,15 @@ def blocked(reqs: Sequence[Request], entries_on: Callable[[str], list[Entry]]) -
     return any(find_conflicts(_NOBODY, r, entries_on(r.name)) for r in reqs)
 
 
+def grant_prefixes(table: str) -> tuple[str, str]:
+    """Name prefixes that cover every entry :func:`published` gives for resources of table
+    ``table`` (its strong table entries and its page entries), so that a caller finding no
+    published entry under them knows :func:`blocked` would say no for any request on the
+    table's rows. They may cover other tables' names too (``t/1`` covers ``t/12``): a false
+    alarm costs only the full check."""
+    return f"t/{table}", f"p/{table}/"
+
+
 def published(txn_id: str, first: int, entries: Sequence[Request]
               ) -> list[tuple[str, str, bytes]]:
     """``(resource name, tag, value)`` of each entry (asked for or granted) that a lock-free

@@ -499,7 +499,9 @@ class Transaction:
             raise InvalidInput(f"request has {n} operations; the limit is {MAX_OPS_PER_REQUEST}")
         tables = _Tables(view)
         self.prepared = prepare(tables, self.writes)
-        self.needs = request_needs(self.prepared, tables, self.checks, self.reads)
+        for c in [*self.checks, *self.reads]:
+            tables(c.table)
+        self.needs = None  # named when asked (``lock_needs``): often nobody asks
         self.table_ids = tables.ids()
 
     def _tables_unchanged(self, view: ReadView) -> bool:
@@ -507,12 +509,26 @@ class Transaction:
             (s := view.table(name)) is not None and s.table_id == table_id
             for name, table_id in self.table_ids.items())
 
+    def lock_tables(self, view: ReadView) -> list[str]:
+        """The lock-resource ids of the tables this request touches as ``view`` sees them
+        (prepared again in ``view`` if a table was re-created since)."""
+        if self.prepared is None or not self._tables_unchanged(view):
+            self.prepare_in(view)
+        assert self.table_ids is not None
+        return [str(t) for t in self.table_ids.values()]
+
     def lock_needs(self, view: ReadView) -> Needs:
         """The locks this request needs as ``view`` sees its tables (prepared again in
-        ``view`` if a table was re-created since)."""
-        if self.needs is None or not self._tables_unchanged(view):
+        ``view`` if a table was re-created since).
+
+        Raises:
+            InvalidInput, NotFound: the request is malformed.
+        """
+        if self.prepared is None or not self._tables_unchanged(view):
             self.prepare_in(view)
-        assert self.needs is not None
+        if self.needs is None:
+            assert self.prepared is not None
+            self.needs = request_needs(self.prepared, _Tables(view), self.checks, self.reads)
         return self.needs
 
     def plan(self, view: WriteView, position: int) -> Plan:
@@ -614,9 +630,10 @@ class _Pending:
     is_active: Callable[[], bool]
 
 
-LockFreeCheck = Callable[[ReadView, Needs], bool]
-"""Whether a request with these lock needs must take its locks, given the state in the write
-transaction (the published grants; see ``txn.lock_free_check``)."""
+LockFreeCheck = Callable[[ReadView, list[str], Callable[[], Needs]], bool]
+"""Whether a request on these tables (their lock-resource ids) with these lock needs (named
+only if asked) must take its locks, given the state in the write transaction (the published
+grants; see ``txn.lock_free_check``)."""
 
 
 class GroupCommitter:
@@ -704,8 +721,9 @@ class GroupCommitter:
         Raises:
             StorageError: the request is malformed (its plan would refuse it too).
         """
-        needs: Needs = p.work.lock_needs(view)  # type: ignore[attr-defined]
-        if self._lock_free_check is not None and not self._lock_free_check(view, needs):
+        work: Transaction = p.work  # type: ignore[assignment]
+        if self._lock_free_check is not None and not self._lock_free_check(
+                view, work.lock_tables(view), lambda: work.lock_needs(view)):
             self.lock_free += 1
             return True
         self.needed_locks += 1

@@ -176,7 +176,7 @@ class RowService(_Base, rpc.RowServiceServicer):
         with self.node.store.read() as view:
             schema = view.require_table(table)
             names, indexes = schema.projection(columns)
-            encs = [schema.check_key(convert.key(k)) for k in keys]
+            encs = convert.encoded_keys(schema, keys)
             for out, found in zip(results, view.get_many(schema, encs), strict=True):
                 if found is not None:
                     out.found = True
@@ -253,14 +253,15 @@ def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
             filters: list[query.Filter], cols: list[str], limit: int | None
             ) -> Iterator[api.ScanResponse]:
     """Filter, project and pack rows into stream messages of many rows each."""
-    schema.check_projection(cols)
+    names, indexes = schema.projection(cols)
     keep = query.compile_filters(schema, filters)
     chunk = api.ScanResponse()
     size = sent = 0
+    fill = convert.fill_row_values
     for version, values in rows:
         if not keep(values):
             continue
-        r = convert.fill_row(chunk.rows.add(), schema.as_dict(values, cols), version)
+        r = fill(chunk.rows.add(), names, values, indexes, version)
         size += r.ByteSize()
         sent += 1
         if len(chunk.rows) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:

@@ -100,8 +100,12 @@ def lock_free_check(escalate_after: int) -> commit.LockFreeCheck:
     storage (``lockmgr.probe``; ``lockmgr/DESIGN.md``, "One-shot writes without lock
     entries")."""
 
-    def must_lock(view: ReadView, needs: commit.Needs) -> bool:
-        return probe.blocked(probe.requests(needs, escalate_after), lambda name: [
+    def must_lock(view: ReadView, tables: list[str], needs: Callable[[], commit.Needs]
+                  ) -> bool:
+        if not any(view.has_grants_under(prefix)
+                   for t in tables for prefix in probe.grant_prefixes(t)):
+            return False  # nothing published on these tables: no entry could be in the way
+        return probe.blocked(probe.requests(needs(), escalate_after), lambda name: [
             probe.entry(name, tag, value) for tag, _, value in view.grants(name)])
 
     return must_lock
@@ -486,8 +490,8 @@ class TransactionManager:
             except commit.NeedsLocks:
                 pass
         work.lock_free = False
-        needs = work.needs
-        assert needs is not None
+        with self.store.read() as view:
+            needs = work.lock_needs(view)
 
         def locked(locks: TxnLocks) -> commit.Work:
             work.session = self._session_check(locks)

@@ -145,6 +145,10 @@ class ReadView:
         (``grants.py``)."""
         return grants.on(self._txn, resource)
 
+    def has_grants_under(self, prefix: str) -> bool:
+        """Whether any published grant's resource name starts with ``prefix``."""
+        return grants.any_under(self._txn, prefix)
+
     def is_fenced(self, lease_id: int) -> bool:
         """Whether the session ``lease_id`` is fenced."""
         return fence.is_fenced(self._txn, lease_id)

@@ -67,6 +67,13 @@ def on(txn: Any, resource: str) -> list[tuple[str, int, bytes]]:
     return out
 
 
+def any_under(txn: Any, prefix: str) -> bool:
+    """Whether any grant's resource name starts with ``prefix`` (one cursor seek)."""
+    start = keys.GRANT + prefix.encode("utf-8")
+    cur = txn.cursor()
+    return bool(cur.set_range(start)) and cur.key().startswith(start)
+
+
 def _decode(k: bytes, v: bytes) -> tuple[int, bytes]:
     try:
         lease, value = msgpack.unpackb(v, raw=False)

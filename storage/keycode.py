@@ -47,6 +47,12 @@ def _escape(raw: bytes) -> bytes:
     return raw.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
 
 
+def encode_int64(value: int) -> bytes:
+    """Encode one int64 key element known to be in range (the hot path of a lone int64
+    primary key; :func:`encode_value` checks the range)."""
+    return b"\x04" + _U64.pack((value + (1 << 64)) % (1 << 64) ^ _SIGN)
+
+
 def encode_value(value: KeyValue) -> bytes:
     """Encode one key element.
 
@@ -63,7 +69,7 @@ def encode_value(value: KeyValue) -> bytes:
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
             raise InvalidInput(f"integer {value} is outside the int64 range")
-        return b"\x04" + _U64.pack((value + (1 << 64)) % (1 << 64) ^ _SIGN)
+        return encode_int64(value)
     if isinstance(value, float):
         if math.isnan(value):
             raise InvalidInput("NaN cannot be part of a key")

@@ -432,3 +432,19 @@ def test_reopening_a_store_keeps_committed_data(tmp_path: Path):
             assert r.count(t) == 2
     finally:
         s.close()
+
+
+def test_grants_under_a_prefix_are_seen_and_go_when_withdrawn(store: Store) -> None:
+    """``has_grants_under`` finds a published grant by a prefix of its resource name (a prefix
+    that also covers a longer name is a false alarm by design), and nothing once withdrawn."""
+    with store.write() as w:
+        w.publish_grants(7, [("p/12/0003", "t1@n/p0", b"IX")])
+    with store.read() as r:
+        assert r.has_grants_under("p/12/")
+        assert r.has_grants_under("p/1")  # covers p/12/...: a false alarm, allowed
+        assert not r.has_grants_under("p/13/")
+        assert not r.has_grants_under("t/12")
+    with store.write() as w:
+        w.withdraw_grants([("p/12/0003", "t1@n/p0")])
+    with store.read() as r:
+        assert not r.has_grants_under("p/")
