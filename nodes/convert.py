@@ -45,9 +45,12 @@ def to_value(x: Value) -> pb.Value:
 
 
 def row(r: pb.Row) -> dict[str, Value]:
-    """Column -> value of a Row message."""
+    """Column -> value of a Row message (by key, not ``items()``: the map's items view is
+    Python code, a third slower per row, measured)."""
     out: dict[str, Value] = {}
-    for name, v in r.columns.items():
+    cols = r.columns
+    for name in cols:
+        v = cols[name]
         kind = v.WhichOneof("kind")
         out[name] = None if kind is None else getattr(v, kind)
     return out

@@ -44,3 +44,10 @@ def test_bad_keys_are_refused_with_the_general_paths_error(bad: pb.Key) -> None:
     with pytest.raises(InvalidInput) as general:
         INT_PK.check_key(convert.key(bad))
     assert str(fast.value) == str(general.value)
+
+
+def test_a_row_message_becomes_its_columns_with_null_for_an_unset_value() -> None:
+    r = pb.Row(columns={"id": pb.Value(int_value=3), "v": pb.Value(bytes_value=b"x"),
+                        "n": pb.Value(), "s": pb.Value(string_value="")})
+    assert convert.row(r) == {"id": 3, "v": b"x", "n": None, "s": ""}
+    assert convert.row(convert.to_row(convert.row(r))) == convert.row(r)
