@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import msgpack
+
 from shardless.v1 import types_pb2 as pb
 from storage import Column, InvalidInput, Schema, Value
-from storage.keycode import encode_int64
+from storage.keycode import INT64_BIAS, INT64_PACK, INT_TAG
 
 _TYPE_TO_PB = {
     "bool": pb.COLUMN_TYPE_BOOL,
@@ -108,6 +110,27 @@ def key(k: pb.Key) -> tuple[Value, ...]:
     return tuple(out)
 
 
+PACKED_NIL = b"\xc0"
+"""A key without a row in packed BatchGet results (MessagePack nil)."""
+
+
+def packed_array(parts: list[bytes]) -> bytes:
+    """A MessagePack array of already-encoded elements (``PackedRows.rows``)."""
+    n = len(parts)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(parts)
+
+
+def packed_row(version: int, values: list[Value]) -> bytes:
+    """One row of ``PackedRows.rows``: ``[version, [values]]``, as storage stores it."""
+    return msgpack.packb([version, values], use_bin_type=True)  # type: ignore[no-any-return]
+
+
 def encoded_keys(schema: Schema, ks: Iterable[pb.Key]) -> list[bytes]:
     """``schema.check_key(key(k))`` of each Key message (validated and encoded), with a fast
     path for the common table whose primary key is one int64 column: a part of the int kind is
@@ -118,12 +141,15 @@ def encoded_keys(schema: Schema, ks: Iterable[pb.Key]) -> list[bytes]:
     if len(pks) != 1 or pks[0].type != "int64":
         return [check(key(k)) for k in ks]
     out = []
+    pack, tag, bias = INT64_PACK, INT_TAG, INT64_BIAS
     for k in ks:
         parts = k.parts
-        if len(parts) == 1 and parts[0].WhichOneof("kind") == "int_value":
-            out.append(encode_int64(parts[0].int_value))
-        else:
-            out.append(check(key(k)))
+        if len(parts) == 1:
+            p = parts[0]
+            if p.WhichOneof("kind") == "int_value":
+                out.append(tag + pack(p.int_value + bias))  # encode_int64, inlined
+                continue
+        out.append(check(key(k)))
     return out
 
 

@@ -161,13 +161,45 @@ class RowService(_Base, rpc.RowServiceServicer):
         cols = list(request.columns)
         out = api.BatchGetResponse()
         if not request.transaction_id and not request.for_update:
+            if request.packed:
+                self._snapshot_packed(request.table, request.keys, cols, out.packed)
+                return out
             results = [out.results.add() for _ in request.keys]
             self._snapshot_reads(request.table, request.keys, cols, results)
             return out
         reads = [commit.Read(request.table, convert.key(k), cols) for k in request.keys]
         found = self._reads(reads, request.transaction_id, request.for_update, context)
+        if request.packed:
+            names = self._column_names(request.table, cols)
+            out.packed.columns.extend(names)
+            out.packed.rows = convert.packed_array([
+                convert.PACKED_NIL if f is None else
+                convert.packed_row(f[0], [f[1][n] for n in names]) for f in found])
+            return out
         _results(found, out.results)
         return out
+
+    def _column_names(self, table: str, columns: list[str]) -> list[str]:
+        """The names a projection of ``table`` returns (checked; all when empty)."""
+        with self.node.store.read() as view:
+            return view.require_table(table).projection(columns)[0]
+
+    def _snapshot_packed(self, table: str, keys: Any, columns: list[str],
+                         out: pb.PackedRows) -> None:
+        """Like :meth:`_snapshot_reads`, into packed rows: without a projection the stored
+        rows go out as they are (their layout is the packed one)."""
+        with self.node.store.read() as view:
+            schema = view.require_table(table)
+            names, indexes = schema.projection(columns)
+            encs = convert.encoded_keys(schema, keys)
+            nil = convert.PACKED_NIL
+            if indexes is None:
+                parts = [nil if r is None else r for r in view.get_many_stored(schema, encs)]
+            else:
+                parts = [nil if f is None else convert.packed_row(f[0], [f[1][i] for i in indexes])
+                         for f in view.get_many(schema, encs)]
+        out.columns.extend(names)
+        out.rows = convert.packed_array(parts)
 
     def _snapshot_reads(self, table: str, keys: Any, columns: list[str],
                         results: list[api.GetResponse]) -> None:
@@ -230,13 +262,14 @@ class RowService(_Base, rpc.RowServiceServicer):
         end = convert.key(request.end.key) if request.HasField("end") else None
         bounds = (start, request.start.exclusive, end, request.end.exclusive)
         limit = request.limit or None
+        chunks = _packed_chunks if request.packed else _chunks
         if request.transaction_id:
             with self.node.txns.use(request.transaction_id) as txn:
                 schema, rows, close = self.node.txns.scan(
                     txn, request.table, bounds, request.reverse, request.for_update,
                     _timeout(context))
                 try:
-                    yield from _chunks(schema, rows, filters, cols, limit)
+                    yield from chunks(schema, rows, filters, cols, limit)
                 finally:
                     close()
             return
@@ -245,8 +278,12 @@ class RowService(_Base, rpc.RowServiceServicer):
         with self.node.store.read() as view:
             schema = view.require_table(request.table)
             lo, hi = query.byte_range(schema, *bounds)
-            yield from _chunks(schema, view.scan(schema, lo, hi, request.reverse), filters,
-                               cols, limit)
+            if request.packed and not filters and not cols:
+                yield from _stored_chunks(schema, view.scan_stored(schema, lo, hi,
+                                                                   request.reverse), limit)
+                return
+            yield from chunks(schema, view.scan(schema, lo, hi, request.reverse), filters,
+                              cols, limit)
 
 
 def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
@@ -271,6 +308,55 @@ def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
             break
     if chunk.rows:
         yield chunk
+
+
+def _packed_message(names: list[str], parts: list[bytes]) -> api.ScanResponse:
+    return api.ScanResponse(packed=pb.PackedRows(columns=names,
+                                                 rows=convert.packed_array(parts)))
+
+
+def _packed_chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
+                   filters: list[query.Filter], cols: list[str], limit: int | None
+                   ) -> Iterator[api.ScanResponse]:
+    """Like :func:`_chunks`, each message's rows packed (``PackedRows``)."""
+    names, indexes = schema.projection(cols)
+    keep = query.compile_filters(schema, filters)
+    parts: list[bytes] = []
+    size = sent = 0
+    pack = convert.packed_row
+    for version, values in rows:
+        if not keep(values):
+            continue
+        part = pack(version, values if indexes is None else [values[i] for i in indexes])
+        parts.append(part)
+        size += len(part)
+        sent += 1
+        if len(parts) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
+            yield _packed_message(names, parts)
+            parts, size = [], 0
+        if limit is not None and sent >= limit:
+            break
+    if parts:
+        yield _packed_message(names, parts)
+
+
+def _stored_chunks(schema: Schema, stored: Iterator[bytes], limit: int | None
+                   ) -> Iterator[api.ScanResponse]:
+    """Packed scan messages of whole stored rows, passed on undecoded (no filter, no
+    projection: the stored layout is the packed one)."""
+    names = [c.name for c in schema.columns]
+    parts: list[bytes] = []
+    size = 0
+    for sent, raw in enumerate(stored, 1):
+        parts.append(raw)
+        size += len(raw)
+        if len(parts) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
+            yield _packed_message(names, parts)
+            parts, size = [], 0
+        if limit is not None and sent >= limit:
+            break
+    if parts:
+        yield _packed_message(names, parts)
 
 
 class TransactionService(_Base, rpc.TransactionServiceServicer):

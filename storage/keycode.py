@@ -41,6 +41,11 @@ _U64 = struct.Struct(">Q")
 _F64 = struct.Struct(">d")
 
 KeyValue = None | bool | int | float | str | bytes
+INT_TAG = b"\x04"
+INT64_PACK = _U64.pack
+INT64_BIAS = _SIGN
+"""``INT_TAG + INT64_PACK(v + INT64_BIAS)`` is :func:`encode_int64` of ``v`` (in range), for
+loops that encode many keys: a function call per key is a third of their cost."""
 
 
 def _escape(raw: bytes) -> bytes:
@@ -50,7 +55,7 @@ def _escape(raw: bytes) -> bytes:
 def encode_int64(value: int) -> bytes:
     """Encode one int64 key element known to be in range (the hot path of a lone int64
     primary key; :func:`encode_value` checks the range)."""
-    return b"\x04" + _U64.pack((value + (1 << 64)) % (1 << 64) ^ _SIGN)
+    return INT_TAG + _U64.pack(value + _SIGN)  # two's complement, sign bit flipped
 
 
 def encode_value(value: KeyValue) -> bytes:

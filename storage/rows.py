@@ -42,6 +42,14 @@ def encode(version: int, values: list[Value]) -> bytes:
     return with_version(version, encode_values(values))
 
 
+def looks_stored(data: bytes) -> bool:
+    """A cheap check that ``data`` is a stored row (a MessagePack array of two), for callers
+    that pass stored rows on undecoded. NB: ``nodes/server.py`` sends stored rows as they are
+    as the API's packed rows (``PackedRows``, the same layout): a change of this layout means
+    transcoding there."""
+    return data[:1] == b"\x92"
+
+
 def decode(data: bytes) -> tuple[int, list[Value]]:
     """Version and values of a stored row.
 

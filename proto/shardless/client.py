@@ -40,6 +40,8 @@ Addresses:
 Rows:
     Reads return :class:`Record` objects: plain ``dict`` subclasses (column -> value) that also
     carry the row's ``version`` attribute, the commit-log position that last wrote it.
+    ``batch_get`` and ``scan`` ask for packed rows (``PackedRows``: one MessagePack value per
+    message, decoded in C) and read plain ``results``/``rows`` from a node that sends those.
 
 Example:
     >>> from shardless import connect
@@ -63,6 +65,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
+import msgpack
 
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
@@ -363,6 +366,33 @@ def _to_read(op: api.ReadOp | tuple[Any, ...]) -> api.ReadOp:
 
 def _result(r: api.GetResponse) -> Record | None:
     return from_row(r.row) if r.found else None
+
+
+def from_packed(packed: pb.PackedRows) -> list[Record | None]:
+    """The rows of a ``PackedRows`` message, ``None`` for a nil (a BatchGet key with no row).
+
+    Raises:
+        ValueError: ``packed.rows`` is not the packed layout.
+    """
+    names = list(packed.columns)
+    try:
+        items = msgpack.unpackb(packed.rows, raw=False) if packed.rows else []
+        return [None if item is None else Record(dict(zip(names, item[1], strict=True)),
+                                                 version=item[0]) for item in items]
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as e:
+        raise ValueError(f"malformed packed rows: {e}") from e
+
+
+def _batch_results(response: api.BatchGetResponse) -> list[Record | None]:
+    if response.HasField("packed"):
+        return from_packed(response.packed)
+    return [_result(r) for r in response.results]  # a node that does not pack
+
+
+def _scan_rows(response: api.ScanResponse) -> list[Record | None]:
+    if response.HasField("packed"):
+        return from_packed(response.packed)
+    return [from_row(r) for r in response.rows]  # a node that does not pack
 
 
 def _rows(rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> list[pb.Row]:
@@ -733,9 +763,9 @@ class Client:
         Raises:
             TypeError: ``keys`` is a single scalar rather than a list of keys.
         """
-        request = api.BatchGetRequest(table=table, keys=_keys(keys), columns=list(columns or ()))
-        response = self._rows.BatchGet(request, timeout=self.timeout_s)
-        return [_result(r) for r in response.results]
+        request = api.BatchGetRequest(table=table, keys=_keys(keys), columns=list(columns or ()),
+                                      packed=True)
+        return _batch_results(self._rows.BatchGet(request, timeout=self.timeout_s))
 
     def scan(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
              start_exclusive: bool = False, end_exclusive: bool = False, limit: int = 0,
@@ -774,6 +804,7 @@ class Client:
             reverse=reverse,
             filters=[to_filter(f) for f in filters],
             columns=list(columns or ()),
+            packed=True,
         )
         if start is not None:
             request.start.CopyFrom(pb.Bound(key=to_key(start), exclusive=start_exclusive))
@@ -785,8 +816,7 @@ class Client:
         call = self._rows.Scan(request, timeout=timeout_s)
         try:
             for response in call:
-                for row in response.rows:
-                    yield from_row(row)
+                yield from _scan_rows(response)  # type: ignore[misc]
         finally:
             call.cancel()  # no-op once the stream has ended
 
@@ -994,9 +1024,8 @@ class Transaction:
         """Read several rows, locking each."""
         request = api.BatchGetRequest(table=table, keys=_keys(keys),
                                       columns=list(columns or ()), transaction_id=self.id,
-                                      for_update=for_update)
-        return [_result(r) for r in self._rows.BatchGet(request, **self._opts())
-                .results]
+                                      for_update=for_update, packed=True)
+        return _batch_results(self._rows.BatchGet(request, **self._opts()))
 
     def scan(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
              start_exclusive: bool = False, end_exclusive: bool = False, limit: int = 0,
@@ -1007,13 +1036,13 @@ class Transaction:
         request = api.ScanRequest(table=table, limit=limit, reverse=reverse,
                                   filters=[to_filter(f) for f in filters],
                                   columns=list(columns or ()), transaction_id=self.id,
-                                  for_update=for_update)
+                                  for_update=for_update, packed=True)
         if start is not None:
             request.start.CopyFrom(pb.Bound(key=to_key(start), exclusive=start_exclusive))
         if end is not None:
             request.end.CopyFrom(pb.Bound(key=to_key(end), exclusive=end_exclusive))
-        return [from_row(r) for resp in self._rows.Scan(request, **self._opts())
-                for r in resp.rows]
+        return [r for resp in self._rows.Scan(request, **self._opts())  # type: ignore[misc]
+                for r in _scan_rows(resp)]
 
     def insert(self, table: str,
                rows: Mapping[str, Scalar] | Iterable[Mapping[str, Scalar]]) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from msgpack import unpackb
 
 from nodes.bench.targets import (
     ACCOUNTS_TABLE,
@@ -133,16 +134,19 @@ class RpcSession(Composite):
         return 1
 
     def scan(self, key: int, n: int) -> int:
-        """Up to ``n`` rows from ``key`` on."""
-        req = api.ScanRequest(table=KV_TABLE, start=pb.Bound(key=int_key(key)), limit=n)
-        return sum(len(m.rows) for m in self.s.Scan(req, timeout=self.t))
+        """Up to ``n`` rows from ``key`` on, packed (as the client helper asks), decoded."""
+        req = api.ScanRequest(table=KV_TABLE, start=pb.Bound(key=int_key(key)), limit=n,
+                              packed=True)
+        return sum(len(unpackb(m.packed.rows, raw=False))
+                   for m in self.s.Scan(req, timeout=self.t))
 
     def batch_get(self, keys: list[int]) -> int:
-        """One call reading every key."""
+        """One call reading every key, packed (as the client helper asks), decoded."""
         resp = self.s.BatchGet(api.BatchGetRequest(table=KV_TABLE,
-                                                   keys=[int_key(k) for k in keys]),
+                                                   keys=[int_key(k) for k in keys],
+                                                   packed=True),
                                timeout=self.t)
-        return sum(1 for r in resp.results if r.found)
+        return sum(1 for r in unpackb(resp.packed.rows, raw=False) if r is not None)
 
     def multi_write(self, keys: list[int]) -> int:
         """One call upserting every key (atomically)."""

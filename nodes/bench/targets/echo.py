@@ -16,17 +16,21 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from msgpack import packb
 
 from nodes.bench.echo import STREAM, UNARY, header
 from nodes.bench.targets import ACCOUNTS_TABLE, INITIAL_BALANCE
 from nodes.bench.targets.cluster import ChannelTarget, account_row, kv_row
 from shardless.v1 import services_pb2 as api
+from shardless.v1 import types_pb2 as pb
 
 if TYPE_CHECKING:
     from nodes.bench.options import Settings
 
 SCAN_CHUNK_ROWS = 512
 """Rows per streamed message, as the node sends them (``nodes/server.py``)."""
+_PACKED = 1 << 40
+"""Marks a packed request in the canned replies' key (beside its row count)."""
 VERSION = 123_456_789
 """A plausible row version / commit position, so canned replies have realistic sizes."""
 
@@ -41,8 +45,9 @@ class EchoStubs:
         self._value = bytes(value_size)
         self._canned: dict[tuple[str, str, int], Any] = {}
         self.Get = self._method("Get", lambda r: (r.table, 1), self._get)
-        self.BatchGet = self._method("BatchGet", lambda r: (r.table, len(r.keys)),
-                                     self._batch_get)
+        self.BatchGet = self._method(
+            "BatchGet", lambda r: (r.table, len(r.keys) | (_PACKED if r.packed else 0)),
+            lambda t, n: self._batch_get(t, n & ~_PACKED, bool(n & _PACKED)))
         self.Insert = self._method("Insert", lambda r: ("", len(r.rows)), self._write)
         self.Upsert = self._method("Upsert", lambda r: ("", len(r.rows)), self._write)
         self.Update = self._method("Update", lambda r: ("", len(r.rows)), self._write)
@@ -61,7 +66,17 @@ class EchoStubs:
     def _get(self, table: str, _n: int) -> api.GetResponse:
         return api.GetResponse(found=True, row=self._row(table, 4_242))
 
-    def _batch_get(self, table: str, n: int) -> api.BatchGetResponse:
+    def _packed(self, table: str, n: int) -> pb.PackedRows:
+        """``n`` rows as the node packs them: the stored layout, ``[version, [values]]``."""
+        columns = ["id", "balance"] if table == ACCOUNTS_TABLE else ["id", "v"]
+        values = (lambda k: [k, INITIAL_BALANCE]) if table == ACCOUNTS_TABLE else \
+            (lambda k: [k, self._value])
+        return pb.PackedRows(columns=columns, rows=packb(
+            [[VERSION, values(4_242 + i)] for i in range(n)], use_bin_type=True))
+
+    def _batch_get(self, table: str, n: int, packed: bool = False) -> api.BatchGetResponse:
+        if packed:
+            return api.BatchGetResponse(packed=self._packed(table, n))
         return api.BatchGetResponse(results=[api.GetResponse(found=True,
                                                              row=self._row(table, 4_242 + i))
                                              for i in range(n)])
@@ -89,13 +104,19 @@ class EchoStubs:
              ) -> Iterator[api.ScanResponse]:
         """Echo a scan: the reply is as many messages as the node streams, of the same size."""
         n = int(request.limit)
-        key = ("Scan", request.table, n)
+        key = ("Scan", request.table, n | (_PACKED if request.packed else 0))
         replies = self._canned.get(key)
         if replies is None:
-            rows = [self._row(request.table, 4_242 + i) for i in range(n)]
-            replies = self._canned[key] = [
-                api.ScanResponse(rows=rows[i:i + SCAN_CHUNK_ROWS]).SerializeToString()
-                for i in range(0, max(n, 1), SCAN_CHUNK_ROWS)]
+            chunks = range(0, max(n, 1), SCAN_CHUNK_ROWS)
+            if request.packed:
+                replies = [api.ScanResponse(packed=self._packed(
+                    request.table, min(SCAN_CHUNK_ROWS, n - i))).SerializeToString()
+                    for i in chunks]
+            else:
+                rows = [self._row(request.table, 4_242 + i) for i in range(n)]
+                replies = [api.ScanResponse(rows=rows[i:i + SCAN_CHUNK_ROWS])
+                           .SerializeToString() for i in chunks]
+            self._canned[key] = replies
         size = sum(len(m) for m in replies)
         for _ in self._stream(header(size, len(replies)) + request.SerializeToString(),
                               timeout=timeout):

@@ -86,24 +86,28 @@ class GetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ...) -> None: ...
 
 class BatchGetRequest(_message.Message):
-    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update")
+    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update", "packed")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
     columns: _containers.RepeatedScalarFieldContainer[str]
     transaction_id: str
     for_update: bool
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
+    packed: bool
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "packed")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[GetResponse]
-    def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ...) -> None: ...
+    packed: _types_pb2.PackedRows
+    def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
     __slots__ = ("table", "rows", "transaction_id", "idempotency_key")
@@ -150,7 +154,7 @@ class WriteResponse(_message.Message):
     def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update")
+    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update", "packed")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +164,7 @@ class ScanRequest(_message.Message):
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     table: str
     start: _types_pb2.Bound
     end: _types_pb2.Bound
@@ -169,13 +174,16 @@ class ScanRequest(_message.Message):
     columns: _containers.RepeatedScalarFieldContainer[str]
     transaction_id: str
     for_update: bool
-    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
+    packed: bool
+    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "packed")
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
-    def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ...) -> None: ...
+    packed: _types_pb2.PackedRows
+    def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
     __slots__ = ("read_only",)

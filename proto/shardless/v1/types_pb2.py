@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardless/v1/types.proto\x12\x0cshardless.v1\"\x81\x01\n\x05Value\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x8c\x01\n\x03Row\x12/\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1e.shardless.v1.Row.ColumnsEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\x1a\x43\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.shardless.v1.Value:\x02\x38\x01\")\n\x03Key\x12\"\n\x05parts\x18\x01 \x03(\x0b\x32\x13.shardless.v1.Value\"P\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.shardless.v1.ColumnType\x12\x10\n\x08not_null\x18\x03 \x01(\x08\"W\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x14.shardless.v1.Column\x12\x13\n\x0bprimary_key\x18\x03 \x03(\t\"\xe6\x01\n\x08Mutation\x12\r\n\x05table\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.shardless.v1.Mutation.Kind\x12\x1e\n\x03row\x18\x03 \x01(\x0b\x32\x11.shardless.v1.Row\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06INSERT\x10\x01\x12\n\n\x06UPSERT\x10\x02\x12\n\n\x06UPDATE\x10\x03\x12\n\n\x06\x44\x45LETE\x10\x04\x42\x13\n\x11_expected_version\"\x9c\x01\n\tCondition\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.shardless.v1.Key\x12\x10\n\x06\x65xists\x18\x03 \x01(\x08H\x00\x12\x11\n\x07version\x18\x04 \x01(\x04H\x00\x12\x32\n\rcolumn_equals\x18\x05 \x01(\x0b\x32\x19.shardless.v1.ColumnValueH\x00\x42\x07\n\x05\x63heck\"A\n\x0b\x43olumnValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.shardless.v1.Value\"\xc9\x01\n\x06\x46ilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12#\n\x02op\x18\x02 \x01(\x0e\x32\x17.shardless.v1.Filter.Op\x12\"\n\x05value\x18\x03 \x01(\x0b\x32\x13.shardless.v1.Value\"f\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x06\n\x02\x45Q\x10\x01\x12\x06\n\x02NE\x10\x02\x12\x06\n\x02LT\x10\x03\x12\x06\n\x02LE\x10\x04\x12\x06\n\x02GT\x10\x05\x12\x06\n\x02GE\x10\x06\x12\x0b\n\x07IS_NULL\x10\x07\x12\x0f\n\x0bIS_NOT_NULL\x10\x08\":\n\x05\x42ound\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.shardless.v1.Key\x12\x11\n\texclusive\x18\x02 \x01(\x08*\x9d\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OLUMN_TYPE_BOOL\x10\x01\x12\x15\n\x11\x43OLUMN_TYPE_INT64\x10\x02\x12\x16\n\x12\x43OLUMN_TYPE_DOUBLE\x10\x03\x12\x16\n\x12\x43OLUMN_TYPE_STRING\x10\x04\x12\x15\n\x11\x43OLUMN_TYPE_BYTES\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18shardless/v1/types.proto\x12\x0cshardless.v1\"\x81\x01\n\x05Value\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04kind\"\x8c\x01\n\x03Row\x12/\n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x1e.shardless.v1.Row.ColumnsEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\x1a\x43\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.shardless.v1.Value:\x02\x38\x01\"+\n\nPackedRows\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\")\n\x03Key\x12\"\n\x05parts\x18\x01 \x03(\x0b\x32\x13.shardless.v1.Value\"P\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.shardless.v1.ColumnType\x12\x10\n\x08not_null\x18\x03 \x01(\x08\"W\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x14.shardless.v1.Column\x12\x13\n\x0bprimary_key\x18\x03 \x03(\t\"\xe6\x01\n\x08Mutation\x12\r\n\x05table\x18\x01 \x01(\t\x12)\n\x04kind\x18\x02 \x01(\x0e\x32\x1b.shardless.v1.Mutation.Kind\x12\x1e\n\x03row\x18\x03 \x01(\x0b\x32\x11.shardless.v1.Row\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\n\n\x06INSERT\x10\x01\x12\n\n\x06UPSERT\x10\x02\x12\n\n\x06UPDATE\x10\x03\x12\n\n\x06\x44\x45LETE\x10\x04\x42\x13\n\x11_expected_version\"\x9c\x01\n\tCondition\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1e\n\x03key\x18\x02 \x01(\x0b\x32\x11.shardless.v1.Key\x12\x10\n\x06\x65xists\x18\x03 \x01(\x08H\x00\x12\x11\n\x07version\x18\x04 \x01(\x04H\x00\x12\x32\n\rcolumn_equals\x18\x05 \x01(\x0b\x32\x19.shardless.v1.ColumnValueH\x00\x42\x07\n\x05\x63heck\"A\n\x0b\x43olumnValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.shardless.v1.Value\"\xc9\x01\n\x06\x46ilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12#\n\x02op\x18\x02 \x01(\x0e\x32\x17.shardless.v1.Filter.Op\x12\"\n\x05value\x18\x03 \x01(\x0b\x32\x13.shardless.v1.Value\"f\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\x06\n\x02\x45Q\x10\x01\x12\x06\n\x02NE\x10\x02\x12\x06\n\x02LT\x10\x03\x12\x06\n\x02LE\x10\x04\x12\x06\n\x02GT\x10\x05\x12\x06\n\x02GE\x10\x06\x12\x0b\n\x07IS_NULL\x10\x07\x12\x0f\n\x0bIS_NOT_NULL\x10\x08\":\n\x05\x42ound\x12\x1e\n\x03key\x18\x01 \x01(\x0b\x32\x11.shardless.v1.Key\x12\x11\n\texclusive\x18\x02 \x01(\x08*\x9d\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43OLUMN_TYPE_BOOL\x10\x01\x12\x15\n\x11\x43OLUMN_TYPE_INT64\x10\x02\x12\x16\n\x12\x43OLUMN_TYPE_DOUBLE\x10\x03\x12\x16\n\x12\x43OLUMN_TYPE_STRING\x10\x04\x12\x15\n\x11\x43OLUMN_TYPE_BYTES\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROW_COLUMNSENTRY']._loaded_options = None
   _globals['_ROW_COLUMNSENTRY']._serialized_options = b'8\001'
-  _globals['_COLUMNTYPE']._serialized_start=1255
-  _globals['_COLUMNTYPE']._serialized_end=1412
+  _globals['_COLUMNTYPE']._serialized_start=1300
+  _globals['_COLUMNTYPE']._serialized_end=1457
   _globals['_VALUE']._serialized_start=43
   _globals['_VALUE']._serialized_end=172
   _globals['_ROW']._serialized_start=175
   _globals['_ROW']._serialized_end=315
   _globals['_ROW_COLUMNSENTRY']._serialized_start=248
   _globals['_ROW_COLUMNSENTRY']._serialized_end=315
-  _globals['_KEY']._serialized_start=317
-  _globals['_KEY']._serialized_end=358
-  _globals['_COLUMN']._serialized_start=360
-  _globals['_COLUMN']._serialized_end=440
-  _globals['_TABLESCHEMA']._serialized_start=442
-  _globals['_TABLESCHEMA']._serialized_end=529
-  _globals['_MUTATION']._serialized_start=532
-  _globals['_MUTATION']._serialized_end=762
-  _globals['_MUTATION_KIND']._serialized_start=665
-  _globals['_MUTATION_KIND']._serialized_end=741
-  _globals['_CONDITION']._serialized_start=765
-  _globals['_CONDITION']._serialized_end=921
-  _globals['_COLUMNVALUE']._serialized_start=923
-  _globals['_COLUMNVALUE']._serialized_end=988
-  _globals['_FILTER']._serialized_start=991
-  _globals['_FILTER']._serialized_end=1192
-  _globals['_FILTER_OP']._serialized_start=1090
-  _globals['_FILTER_OP']._serialized_end=1192
-  _globals['_BOUND']._serialized_start=1194
-  _globals['_BOUND']._serialized_end=1252
+  _globals['_PACKEDROWS']._serialized_start=317
+  _globals['_PACKEDROWS']._serialized_end=360
+  _globals['_KEY']._serialized_start=362
+  _globals['_KEY']._serialized_end=403
+  _globals['_COLUMN']._serialized_start=405
+  _globals['_COLUMN']._serialized_end=485
+  _globals['_TABLESCHEMA']._serialized_start=487
+  _globals['_TABLESCHEMA']._serialized_end=574
+  _globals['_MUTATION']._serialized_start=577
+  _globals['_MUTATION']._serialized_end=807
+  _globals['_MUTATION_KIND']._serialized_start=710
+  _globals['_MUTATION_KIND']._serialized_end=786
+  _globals['_CONDITION']._serialized_start=810
+  _globals['_CONDITION']._serialized_end=966
+  _globals['_COLUMNVALUE']._serialized_start=968
+  _globals['_COLUMNVALUE']._serialized_end=1033
+  _globals['_FILTER']._serialized_start=1036
+  _globals['_FILTER']._serialized_end=1237
+  _globals['_FILTER_OP']._serialized_start=1135
+  _globals['_FILTER_OP']._serialized_end=1237
+  _globals['_BOUND']._serialized_start=1239
+  _globals['_BOUND']._serialized_end=1297
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,14 @@ class Row(_message.Message):
     version: int
     def __init__(self, columns: _Optional[_Mapping[str, Value]] = ..., version: _Optional[int] = ...) -> None: ...
 
+class PackedRows(_message.Message):
+    __slots__ = ("columns", "rows")
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    rows: bytes
+    def __init__(self, columns: _Optional[_Iterable[str]] = ..., rows: _Optional[bytes] = ...) -> None: ...
+
 class Key(_message.Message):
     __slots__ = ("parts",)
     PARTS_FIELD_NUMBER: _ClassVar[int]
