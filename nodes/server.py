@@ -6,8 +6,9 @@ snapshot taken when the call starts; writes go through the node's group committe
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -144,6 +145,8 @@ class RowService(_Base, rpc.RowServiceServicer):
 
     @unary
     def Get(self, request: api.GetRequest, context: grpc.ServicerContext) -> api.GetResponse:
+        if request.HasField("begin"):
+            return self._begun_here(request, context, self.Get)
         if not request.transaction_id and not request.for_update:
             out = api.GetResponse()
             self._snapshot_reads(request.table, [request.key], list(request.columns), [out])
@@ -152,12 +155,35 @@ class RowService(_Base, rpc.RowServiceServicer):
         return _result(self._reads([read], request.transaction_id, request.for_update,
                                    context)[0])
 
+    def _begun_here(self, request: Any, context: grpc.ServicerContext,
+                    call: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        """A read with an inline begin: open the transaction, run ``call`` (the unguarded
+        method) in it, and answer the transaction in ``begun``; roll it back if the read
+        fails, since the client never learns of it then."""
+        if request.transaction_id:
+            raise InvalidInput("give either transaction_id or begin, not both")
+        txn = self.node.txns.begin(request.begin.read_only)
+        inner = type(request)()
+        inner.CopyFrom(request)
+        inner.ClearField("begin")
+        inner.transaction_id = txn.txn_id
+        try:
+            out = call.__wrapped__(self, inner, context)  # type: ignore[attr-defined]
+        except BaseException:
+            with contextlib.suppress(Exception), self.node.txns.use(txn.txn_id) as t:
+                self.node.txns.rollback(t)
+            raise
+        out.begun.CopyFrom(_begun(self.node, txn.txn_id))
+        return out
+
     @unary
     def BatchGet(self, request: api.BatchGetRequest, context: grpc.ServicerContext
                  ) -> api.BatchGetResponse:
         if len(request.keys) > MAX_KEYS_PER_CALL:
             raise InvalidInput(f"{len(request.keys)} keys in one call; the limit is "
                                f"{MAX_KEYS_PER_CALL}")
+        if request.HasField("begin"):
+            return self._begun_here(request, context, self.BatchGet)
         cols = list(request.columns)
         out = api.BatchGetResponse()
         if not request.transaction_id and not request.for_update:
@@ -386,15 +412,16 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
     @unary
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
               ) -> api.BeginResponse:
-        txn = self.node.txns.begin(request.read_only)
-        return api.BeginResponse(transaction_id=txn.txn_id, node_id=self.node.cfg.node_id,
-                                 address=self.node.cfg.listen)
+        return _begun(self.node, self.node.txns.begin(request.read_only).txn_id)
 
     @unary
     def Commit(self, request: api.CommitRequest, context: grpc.ServicerContext
                ) -> api.CommitResponse:
         _check_idempotency_key(request.idempotency_key)
+        writes = [_mutation(m) for m in request.mutations]
         with self.node.txns.use(request.transaction_id) as txn:
+            if writes:
+                self.node.txns.write(txn, writes, _timeout(context))
             out = self.node.txns.commit(txn, _timeout(context), request.idempotency_key)
         return api.CommitResponse(commit_position=out.commit_position,
                                   rows_affected=out.rows_affected, replayed=out.replayed,
@@ -406,6 +433,12 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         with self.node.txns.use(request.transaction_id) as txn:
             self.node.txns.rollback(txn)
         return api.RollbackResponse()
+
+
+def _begun(node: Node, txn_id: str) -> api.BeginResponse:
+    """What Begin answers for transaction ``txn_id`` of this node."""
+    return api.BeginResponse(transaction_id=txn_id, node_id=node.cfg.node_id,
+                             address=node.cfg.listen)
 
 
 def _check_idempotency_key(key: str) -> None:

@@ -16,13 +16,13 @@ kind                   what                                                     
 ``short_scan``         YCSB-E scan: from a chosen key, a length uniform in 1-100   1 stream
 ``scan``               scan of ``--batch`` rows from a chosen key                  1 stream
 ``read_modify_write``  YCSB-F: a get, then an upsert of the same key (not atomic)  2
-``rmw``                interactive transaction: begin, get for update, update,     4
-                       commit
+``rmw``                interactive transaction: get for update with an inline      2
+                       begin, then commit carrying the update
 ``batch_get``          one call reading ``--batch`` distinct keys                  1
 ``multi_write``        one call upserting ``--batch`` distinct keys (atomic)       1
-``bank``               transfer between two accounts in one interactive            4
-                       transaction: begin, read both for update, update both,
-                       commit
+``bank``               transfer between two accounts in one interactive            2
+                       transaction: read both for update with an inline begin,
+                       then commit carrying both updates
 =====================  ==========================================================  =========
 
 A workload named ``a+b+...`` mixes the named workloads: each operation first picks one of them
@@ -45,7 +45,7 @@ SHORT_SCAN_MAX = 100
 KINDS = ("read", "update", "insert", "short_scan", "scan", "read_modify_write", "rmw",
          "batch_get", "multi_write", "bank")
 RPCS = {"read": 1, "update": 1, "insert": 1, "short_scan": 1, "scan": 1,
-        "read_modify_write": 2, "rmw": 4, "batch_get": 1, "multi_write": 1, "bank": 4}
+        "read_modify_write": 2, "rmw": 2, "batch_get": 1, "multi_write": 1, "bank": 2}
 """How many RPCs each kind makes against Shardless (and so how many echo calls)."""
 
 

@@ -154,50 +154,57 @@ class RpcSession(Composite):
             table=KV_TABLE, rows=[kv_row(k, self.value) for k in keys]))
         return len(keys)
 
-    def _transaction(self, body: Callable[[Any, str], int]) -> int:
-        begun = self.s.Begin(api.BeginRequest(), timeout=self.t)
-        txn_id = begun.transaction_id
-        stubs = self._stubs_at(begun.address) if begun.address else self.s
-        committing = False
+    def _transaction(self, first: Callable[[], Any], writes: Callable[[Any], list[pb.Mutation]]
+                     ) -> int:
+        """An interactive transaction in two calls: ``first`` reads with an inline begin (the
+        response's ``begun`` names the transaction and its node), then Commit carries the
+        ``writes(response)`` it stages (``CommitRequest.mutations``)."""
         try:
-            rows = body(stubs, txn_id)
-            committing = True
-            stubs.Commit(api.CommitRequest(transaction_id=txn_id), timeout=self.t)
-            return rows
+            resp = first()
+        except grpc.RpcError as e:  # the node rolled the transaction back
+            if e.code() == grpc.StatusCode.ABORTED:
+                raise Retry("ABORTED") from None
+            raise
+        begun = resp.begun
+        stubs = self._stubs_at(begun.address) if begun.address else self.s
+        mutations = writes(resp)
+        try:
+            stubs.Commit(api.CommitRequest(transaction_id=begun.transaction_id,
+                                           mutations=mutations), timeout=self.t)
+            return len(mutations)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.ABORTED:
                 raise Retry("ABORTED") from None
-            if not committing:
-                try:
-                    stubs.Rollback(api.RollbackRequest(transaction_id=txn_id), timeout=self.t)
-                except grpc.RpcError:
-                    pass
+            try:
+                stubs.Rollback(api.RollbackRequest(transaction_id=begun.transaction_id),
+                               timeout=self.t)
+            except grpc.RpcError:
+                pass
             raise
 
     def rmw(self, key: int) -> int:
-        """Begin, get for update, update, commit."""
-        def body(s: Any, txn_id: str) -> int:
-            s.Get(api.GetRequest(table=KV_TABLE, key=int_key(key), transaction_id=txn_id,
-                                 for_update=True), timeout=self.t)
-            s.Update(api.WriteRowsRequest(table=KV_TABLE, rows=[kv_row(key, self.value)],
-                                          transaction_id=txn_id), timeout=self.t)
-            return 1
-        return self._transaction(body)
+        """Get for update (beginning the transaction), then commit with the update."""
+        return self._transaction(
+            lambda: self.s.Get(api.GetRequest(table=KV_TABLE, key=int_key(key),
+                                              for_update=True, begin=api.BeginRequest()),
+                               timeout=self.t),
+            lambda _resp: [pb.Mutation(table=KV_TABLE, kind=pb.Mutation.UPDATE,
+                                       row=kv_row(key, self.value))])
 
     def bank(self, a: int, b: int, amount: int) -> int:
-        """Begin, read both accounts for update (one call), update both (one call), commit."""
-        def body(s: Any, txn_id: str) -> int:
-            resp = s.BatchGet(api.BatchGetRequest(table=ACCOUNTS_TABLE,
-                                                  keys=[int_key(a), int_key(b)],
-                                                  transaction_id=txn_id, for_update=True),
-                              timeout=self.t)
+        """Read both accounts for update (one call, beginning the transaction), then commit
+        with both updates."""
+        def writes(resp: Any) -> list[pb.Mutation]:
             ra, rb = (r.row.columns["balance"].int_value for r in resp.results)
-            s.Update(api.WriteRowsRequest(table=ACCOUNTS_TABLE,
-                                          rows=[account_row(a, ra - amount),
-                                                account_row(b, rb + amount)],
-                                          transaction_id=txn_id), timeout=self.t)
-            return 2
-        return self._transaction(body)
+            return [pb.Mutation(table=ACCOUNTS_TABLE, kind=pb.Mutation.UPDATE,
+                                row=account_row(a, ra - amount)),
+                    pb.Mutation(table=ACCOUNTS_TABLE, kind=pb.Mutation.UPDATE,
+                                row=account_row(b, rb + amount))]
+        return self._transaction(
+            lambda: self.s.BatchGet(api.BatchGetRequest(
+                table=ACCOUNTS_TABLE, keys=[int_key(a), int_key(b)], for_update=True,
+                begin=api.BeginRequest()), timeout=self.t),
+            writes)
 
     def close(self) -> None:
         """Nothing to close: the target owns the channels."""

@@ -29,8 +29,15 @@ if TYPE_CHECKING:
 
 SCAN_CHUNK_ROWS = 512
 """Rows per streamed message, as the node sends them (``nodes/server.py``)."""
-_PACKED = 1 << 40
-"""Marks a packed request in the canned replies' key (beside its row count)."""
+_PACKED, _BEGIN = 1 << 40, 1 << 41
+"""Mark a packed request, an inline begin, in the canned replies' key (beside its count)."""
+_COUNT = (1 << 40) - 1
+
+
+def _flags(request: Any, n: int) -> int:
+    """``n`` with the flags of ``request`` (packed, inline begin)."""
+    return n | (_PACKED if getattr(request, "packed", False) else 0) | \
+        (_BEGIN if request.HasField("begin") else 0)
 VERSION = 123_456_789
 """A plausible row version / commit position, so canned replies have realistic sizes."""
 
@@ -44,10 +51,11 @@ class EchoStubs:
         self._address = address
         self._value = bytes(value_size)
         self._canned: dict[tuple[str, str, int], Any] = {}
-        self.Get = self._method("Get", lambda r: (r.table, 1), self._get)
+        self.Get = self._method("Get", lambda r: (r.table, _flags(r, 1)),
+                                lambda t, n: self._begun(n, self._get(t, 1)))
         self.BatchGet = self._method(
-            "BatchGet", lambda r: (r.table, len(r.keys) | (_PACKED if r.packed else 0)),
-            lambda t, n: self._batch_get(t, n & ~_PACKED, bool(n & _PACKED)))
+            "BatchGet", lambda r: (r.table, _flags(r, len(r.keys))),
+            lambda t, n: self._begun(n, self._batch_get(t, n & _COUNT, bool(n & _PACKED))))
         self.Insert = self._method("Insert", lambda r: ("", len(r.rows)), self._write)
         self.Upsert = self._method("Upsert", lambda r: ("", len(r.rows)), self._write)
         self.Update = self._method("Update", lambda r: ("", len(r.rows)), self._write)
@@ -57,6 +65,13 @@ class EchoStubs:
                                    api.CommitResponse(commit_position=VERSION, rows_affected=2))
         self.Rollback = self._method("Rollback", lambda r: ("", 0),
                                      lambda _t, _n: api.RollbackResponse())
+
+    def _begun(self, flags: int, reply: Any) -> Any:
+        """``reply`` with the ``begun`` of an inline begin, if the request had one."""
+        if flags & _BEGIN:
+            reply.begun.CopyFrom(api.BeginResponse(transaction_id="5f3a9c1e.123456@node-1",
+                                                   node_id="node-1", address=self._address))
+        return reply
 
     def _row(self, table: str, k: int) -> Any:
         row = account_row(k, INITIAL_BALANCE) if table == ACCOUNTS_TABLE else kv_row(k, self._value)

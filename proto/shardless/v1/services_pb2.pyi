@@ -64,50 +64,58 @@ class DescribeTableResponse(_message.Message):
     def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("table", "key", "columns", "transaction_id", "for_update")
+    __slots__ = ("table", "key", "columns", "transaction_id", "for_update", "begin")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
     table: str
     key: _types_pb2.Key
     columns: _containers.RepeatedScalarFieldContainer[str]
     transaction_id: str
     for_update: bool
-    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ...) -> None: ...
+    begin: BeginRequest
+    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("found", "row")
+    __slots__ = ("found", "row", "begun")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
+    BEGUN_FIELD_NUMBER: _ClassVar[int]
     found: bool
     row: _types_pb2.Row
-    def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ...) -> None: ...
+    begun: BeginResponse
+    def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ..., begun: _Optional[_Union[BeginResponse, _Mapping]] = ...) -> None: ...
 
 class BatchGetRequest(_message.Message):
-    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update", "packed")
+    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update", "packed", "begin")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
     columns: _containers.RepeatedScalarFieldContainer[str]
     transaction_id: str
     for_update: bool
     packed: bool
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
+    begin: BeginRequest
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
-    __slots__ = ("results", "packed")
+    __slots__ = ("results", "packed", "begun")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    BEGUN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[GetResponse]
     packed: _types_pb2.PackedRows
-    def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
+    begun: BeginResponse
+    def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ..., begun: _Optional[_Union[BeginResponse, _Mapping]] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
     __slots__ = ("table", "rows", "transaction_id", "idempotency_key")
@@ -202,12 +210,14 @@ class BeginResponse(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("transaction_id", "idempotency_key")
+    __slots__ = ("transaction_id", "idempotency_key", "mutations")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    MUTATIONS_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     idempotency_key: str
-    def __init__(self, transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    mutations: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
+    def __init__(self, transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., mutations: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("commit_position", "rows_affected", "replayed", "committed_transaction_id")
