@@ -336,9 +336,24 @@ def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
         yield chunk
 
 
-def _packed_message(names: list[str], parts: list[bytes]) -> api.ScanResponse:
-    return api.ScanResponse(packed=pb.PackedRows(columns=names,
-                                                 rows=convert.packed_array(parts)))
+def _packed_messages(names: list[str], parts: Iterator[bytes], limit: int | None
+                     ) -> Iterator[api.ScanResponse]:
+    """Scan messages of packed rows (``PackedRows``; ``parts``: each row packed), cut as
+    :func:`_chunks` cuts them, up to ``limit`` rows."""
+    chunk: list[bytes] = []
+    size = 0
+    for sent, part in enumerate(parts, 1):
+        chunk.append(part)
+        size += len(part)
+        if len(chunk) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
+            yield api.ScanResponse(packed=pb.PackedRows(columns=names,
+                                                        rows=convert.packed_array(chunk)))
+            chunk, size = [], 0
+        if limit is not None and sent >= limit:
+            break
+    if chunk:
+        yield api.ScanResponse(packed=pb.PackedRows(columns=names,
+                                                    rows=convert.packed_array(chunk)))
 
 
 def _packed_chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
@@ -347,42 +362,17 @@ def _packed_chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
     """Like :func:`_chunks`, each message's rows packed (``PackedRows``)."""
     names, indexes = schema.projection(cols)
     keep = query.compile_filters(schema, filters)
-    parts: list[bytes] = []
-    size = sent = 0
     pack = convert.packed_row
-    for version, values in rows:
-        if not keep(values):
-            continue
-        part = pack(version, values if indexes is None else [values[i] for i in indexes])
-        parts.append(part)
-        size += len(part)
-        sent += 1
-        if len(parts) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
-            yield _packed_message(names, parts)
-            parts, size = [], 0
-        if limit is not None and sent >= limit:
-            break
-    if parts:
-        yield _packed_message(names, parts)
+    parts = (pack(version, values if indexes is None else [values[i] for i in indexes])
+             for version, values in rows if keep(values))
+    return _packed_messages(names, parts, limit)
 
 
 def _stored_chunks(schema: Schema, stored: Iterator[bytes], limit: int | None
                    ) -> Iterator[api.ScanResponse]:
     """Packed scan messages of whole stored rows, passed on undecoded (no filter, no
     projection: the stored layout is the packed one)."""
-    names = [c.name for c in schema.columns]
-    parts: list[bytes] = []
-    size = 0
-    for sent, raw in enumerate(stored, 1):
-        parts.append(raw)
-        size += len(raw)
-        if len(parts) >= SCAN_CHUNK_ROWS or size >= SCAN_CHUNK_BYTES:
-            yield _packed_message(names, parts)
-            parts, size = [], 0
-        if limit is not None and sent >= limit:
-            break
-    if parts:
-        yield _packed_message(names, parts)
+    return _packed_messages([c.name for c in schema.columns], stored, limit)
 
 
 class TransactionService(_Base, rpc.TransactionServiceServicer):
