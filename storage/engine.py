@@ -97,13 +97,8 @@ class ReadView:
     def get_many(self, schema: Schema, encoded_pks: list[bytes]
                  ) -> list[tuple[int, list[Value]] | None]:
         """Version and values of each row (None where absent), in the order asked."""
-        get = self._txn.get
-        prefix = keys.row_prefix(schema.table_id)
-        out: list[tuple[int, list[Value]] | None] = []
-        for enc in encoded_pks:
-            raw = get(prefix + enc)
-            out.append(None if raw is None else rows.decode(raw))
-        return out
+        decode = rows.decode
+        return [None if raw is None else decode(raw) for raw in self._get_raw(schema, encoded_pks)]
 
     def get_many_stored(self, schema: Schema, encoded_pks: list[bytes]) -> list[bytes | None]:
         """Each row in its stored form (``rows.py``: ``msgpack([version, [values]])``), None
@@ -112,30 +107,25 @@ class ReadView:
         Raises:
             Corrupt: a stored value is not a row.
         """
-        get = self._txn.get
-        prefix = keys.row_prefix(schema.table_id)
-        out = [get(prefix + enc) for enc in encoded_pks]
+        out = self._get_raw(schema, encoded_pks)
         for raw in out:
             if raw is not None and not rows.looks_stored(raw):
                 raise Corrupt("unreadable row")
         return out
 
+    def _get_raw(self, schema: Schema, encoded_pks: list[bytes]) -> list[bytes | None]:
+        get = self._txn.get
+        prefix = keys.row_prefix(schema.table_id)
+        return [get(prefix + enc) for enc in encoded_pks]
+
     def scan_stored(self, schema: Schema, lo: bytes | None, hi: bytes | None,
                     reverse: bool = False) -> Iterator[bytes]:
-        """Like :meth:`scan`, each row in its stored form (see :meth:`get_many_stored`)."""
-        prefix = keys.row_prefix(schema.table_id)
-        start = prefix + (lo or b"")
-        end = prefix + hi if hi is not None else prefix + b"\xff"
-        cur = self._txn.cursor()
-        if reverse:  # less common: the decoding path walks backwards, and its rows re-encode
-            for _, version, values in self.scan_keyed(schema, lo, hi, reverse):
-                yield rows.encode(version, values)
-            return
-        if not cur.set_range(start):
-            return
-        for k, v in cur:
-            if k >= end:
-                return
+        """Like :meth:`scan`, each row in its stored form (see :meth:`get_many_stored`).
+
+        Raises:
+            Corrupt: a stored value is not a row.
+        """
+        for _, v in self._range(schema, lo, hi, reverse):
             if not rows.looks_stored(v):
                 raise Corrupt("unreadable row")
             yield v
@@ -149,8 +139,14 @@ class ReadView:
     def scan_keyed(self, schema: Schema, lo: bytes | None, hi: bytes | None,
                    reverse: bool = False) -> Iterator[tuple[bytes, int, list[Value]]]:
         """Like :meth:`scan`, with each row's encoded primary key first."""
+        n = len(keys.row_prefix(schema.table_id))
+        for k, v in self._range(schema, lo, hi, reverse):
+            yield k[n:], *rows.decode(v)
+
+    def _range(self, schema: Schema, lo: bytes | None, hi: bytes | None, reverse: bool
+               ) -> Iterator[tuple[bytes, bytes]]:
+        """(stored key, stored row) of each row with ``lo <= encoded pk < hi``, in order."""
         prefix = keys.row_prefix(schema.table_id)
-        n = len(prefix)
         start = prefix + (lo or b"")
         end = prefix + hi if hi is not None else prefix + b"\xff"
         cur = self._txn.cursor()
@@ -160,7 +156,7 @@ class ReadView:
             for k, v in cur:
                 if k >= end:
                     return
-                yield k[n:], *rows.decode(v)
+                yield k, v
             return
         ok = cur.prev() if cur.set_range(end) else cur.last()
         while ok:
@@ -168,7 +164,7 @@ class ReadView:
             if k < start:
                 return
             if k < end:
-                yield k[n:], *rows.decode(cur.value())
+                yield k, cur.value()
             ok = cur.prev()
 
     def idempotent_result(self, key: str) -> Any | None:
