@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import msgpack
-
 from shardless.v1 import types_pb2 as pb
 from storage import Column, InvalidInput, Schema, Value
 from storage.keycode import INT64_BIAS, INT64_PACK, INT_TAG
+from storage.rows import encode as stored_row
 
 _TYPE_TO_PB = {
     "bool": pb.COLUMN_TYPE_BOOL,
@@ -127,8 +126,9 @@ def packed_array(parts: list[bytes]) -> bytes:
 
 
 def packed_row(version: int, values: list[Value]) -> bytes:
-    """One row of ``PackedRows.rows``: ``[version, [values]]``, as storage stores it."""
-    return msgpack.packb([version, values], use_bin_type=True)  # type: ignore[no-any-return]
+    """One row of ``PackedRows.rows``: ``[version, [values]]``, storage's own layout (so that
+    stored rows go out as they are), made by storage's own encoder."""
+    return stored_row(version, values)
 
 
 def encoded_keys(schema: Schema, ks: Iterable[pb.Key]) -> list[bytes]:
