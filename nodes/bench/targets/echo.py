@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 SCAN_CHUNK_ROWS = 512
 """Rows per streamed message, as the node sends them (``nodes/server.py``)."""
+VERSION = 123_456_789
+"""A plausible row version / commit position, so canned replies have realistic sizes."""
 _PACKED, _BEGIN = 1 << 40, 1 << 41
 """Mark a packed request, an inline begin, in the canned replies' key (beside its count)."""
 _COUNT = (1 << 40) - 1
@@ -38,8 +40,6 @@ def _flags(request: Any, n: int) -> int:
     """``n`` with the flags of ``request`` (packed, inline begin)."""
     return n | (_PACKED if getattr(request, "packed", False) else 0) | \
         (_BEGIN if request.HasField("begin") else 0)
-VERSION = 123_456_789
-"""A plausible row version / commit position, so canned replies have realistic sizes."""
 
 
 class EchoStubs:
