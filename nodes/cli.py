@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
-from storage.lmdb_env import DEFAULT_MAP_SIZE
+from storage import DEFAULT_MAP_SIZE
 
 log = logging.getLogger("shardless")
 

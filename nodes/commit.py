@@ -46,7 +46,6 @@ from storage import (
     Column,
     ConditionFailed,
     InvalidInput,
-    MapFull,
     NotFound,
     ReadView,
     Schema,
@@ -730,46 +729,48 @@ class GroupCommitter:
         p.future.set_exception(NeedsLocks("a lock is in the way; take the locks"))
         return False
 
-    def _commit(self, batch: list[_Pending], retry_if_grown: bool = True) -> None:
+    def _apply(self, view: WriteView, batch: list[_Pending]
+               ) -> tuple[list[tuple[_Pending, Outcome]], list[tuple[_Pending, Exception]]]:
+        """Plan and apply each request of ``batch`` in one write transaction; return those
+        applied with their outcomes, and those refused by their plans (run again from the start
+        if the store retries the transaction)."""
         done: list[tuple[_Pending, Outcome]] = []
         # Refused by its plan: told only once the transaction committed, since the plan may
         # have seen the writes of earlier requests of the batch, which a failed commit undoes.
         refused: list[tuple[_Pending, Exception]] = []
+        for p in batch:
+            if p.future.done():
+                continue
+            if not p.is_active():
+                p.future.set_exception(CommitTimeout("the caller went away before the "
+                                                     "commit; nothing was applied"))
+                continue
+            position = view.next_position()
+            try:
+                if getattr(p.work, "lock_free", False) and \
+                        not self._may_go_lock_free(view, p):
+                    continue
+                plan = p.work.plan(view, position)
+            except Exception as e:  # a plan changes nothing, so only this request fails
+                if not isinstance(e, StorageError):
+                    log.exception("planning a request failed")
+                refused.append((p, e))
+                continue
+            plan.apply(view, position)
+            if plan.changes:
+                got = view.append_log(ts=self._wall_clock(), node=self._node_id,
+                                      changes=plan.changes)
+                assert got == position, (got, position)
+            if plan.idempotency_key:
+                view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
+                                       ts=self._wall_clock())
+            done.append((p, plan.outcome))
+        return done, refused
+
+    def _commit(self, batch: list[_Pending]) -> None:
         try:
-            with self._store.write() as view:
-                for p in batch:
-                    if p.future.done():
-                        continue
-                    if not p.is_active():
-                        p.future.set_exception(CommitTimeout("the caller went away before the "
-                                                             "commit; nothing was applied"))
-                        continue
-                    position = view.next_position()
-                    try:
-                        if getattr(p.work, "lock_free", False) and \
-                                not self._may_go_lock_free(view, p):
-                            continue
-                        plan = p.work.plan(view, position)
-                    except Exception as e:  # a plan changes nothing, so only this request fails
-                        if not isinstance(e, StorageError):
-                            log.exception("planning a request failed")
-                        refused.append((p, e))
-                        continue
-                    plan.apply(view, position)
-                    if plan.changes:
-                        got = view.append_log(ts=self._wall_clock(), node=self._node_id,
-                                              changes=plan.changes)
-                        assert got == position, (got, position)
-                    if plan.idempotency_key:
-                        view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
-                                               ts=self._wall_clock())
-                    done.append((p, plan.outcome))
+            done, refused = self._store.transact(lambda view: self._apply(view, batch))
         except Exception as e:  # the whole transaction failed: none of the group was applied
-            if isinstance(e, MapFull) and retry_if_grown and self._store.adopt_map_size():
-                log.info("the volume's map grew (another node set a bigger --map-size); "
-                         "retrying the group commit")
-                self._commit(batch, retry_if_grown=False)
-                return
             if not isinstance(e, StorageError):
                 log.exception("group commit failed")
             for p in batch:

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from lockmgr import check_timing, parse_endpoints
-from storage.lmdb_env import DEFAULT_MAP_SIZE
+from storage import DEFAULT_MAP_SIZE
 
 DEFAULT_TTL_S = 5
 DEFAULT_ETCD_TIMEOUT_S = 0.5

@@ -5,8 +5,8 @@ loop: a follower waits for the key to go (a watch) and campaigns at once; the le
 every ``CYCLE_S``:
 
 - fence the sessions that ended without closing (so their markers do not wait for an acquirer),
-- free LMDB reader slots left by dead processes (so the volume's file does not grow without
-  bound while stale readers pin old pages),
+- the storage engine's upkeep (LMDB: free reader slots left by dead processes, so that the
+  volume's file does not grow without bound while stale readers pin old pages),
 - purge idempotency records past their retention (every ``PURGE_EVERY`` cycles),
 - publish what it did in the leader record (shown by cluster status).
 
@@ -111,15 +111,15 @@ class Leader:
         """Run the duties once; return a one-line description."""
         self.cycles += 1
         fenced = self._locks.fence_dead_sessions()
-        freed = self._store.env.reader_check()
+        upkeep = self._store.housekeeping()
         purged = 0
         if self.cycles % PURGE_EVERY == 1:
-            with self._store.write() as view:
-                purged = view.purge_idempotency(now=time.time())
+            purged = self._store.transact(lambda view: view.purge_idempotency(now=time.time()))
         parts = [f"cycle {self.cycles}",
                  f"fenced {len(fenced)} dead session(s)"
                  + (f" ({', '.join(f'{x:x}' for x in fenced)})" if fenced else ""),
-                 f"freed {freed} stale reader slot(s)", f"purged {purged} idempotency record(s)"]
+                 *(f"{what} {n}" for what, n in upkeep.items()),
+                 f"purged {purged} idempotency record(s)"]
         return "; ".join(parts)
 
     def stop(self) -> None:

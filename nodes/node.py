@@ -41,7 +41,7 @@ from nodes.membership import Membership
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import MapFull, Store
+from storage import Store, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ VERSION = "0.1.0"
 DRAIN_S = 0.5
 SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
                  ("TableService", "RowService", "TransactionService", "ClusterService")]
-
-
-def lmdb_path(volume: str) -> str:
-    """Where the LMDB environment lives inside a volume directory."""
-    return os.path.join(volume, "lmdb")
 
 
 class Gate:
@@ -155,14 +150,8 @@ class StorageFencer:
 
     def fence(self, lease_id: int) -> None:
         """Write the fence record of ``lease_id`` (in its own, synced, write transaction)."""
-        for retry_if_grown in (True, False):
-            try:
-                with self._store.write() as view:
-                    view.fence(lease_id, ts=time.time(), by=self._node_id)
-                return
-            except MapFull:
-                if not (retry_if_grown and self._store.adopt_map_size()):
-                    raise
+        self._store.transact(lambda view: view.fence(lease_id, ts=time.time(),
+                                                     by=self._node_id))
 
 
 class Node:
@@ -195,7 +184,7 @@ class Node:
             RuntimeError: the listen address could not be bound.
         """
         cfg = self.cfg
-        self.store = Store(lmdb_path(cfg.volume), map_size=cfg.map_size)
+        self.store = open_volume(cfg.volume, map_size=cfg.map_size)
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
         self.locks = LockManager(self.etcd, cfg.cluster, cfg.node_id,
                                  StorageFencer(self.store, cfg.node_id),

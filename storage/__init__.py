@@ -1,11 +1,12 @@
-"""Storage on the shared volume: LMDB, key encoding, catalog, rows and the commit log.
+"""Storage on the shared volume: the engine seam (``kv.py``) with LMDB under it, key encoding,
+catalog, rows, the commit log, fences, grants and idempotency records (``store.py``).
 
-Knows nothing of gRPC, etcd or the lock manager. See ``storage/DESIGN.md``.
+Knows nothing of gRPC, etcd or the lock manager. ``nodes`` opens storage with
+:func:`open_volume` and sees only the names below. See ``storage/DESIGN.md``.
 """
 
 from storage.catalog import COLUMN_TYPES, MAX_ROW_BYTES, Column, Schema, Value
 from storage.commitlog import Change, Record
-from storage.engine import ReadView, Store, WriteView
 from storage.errors import (
     AlreadyExists,
     ConditionFailed,
@@ -17,15 +18,20 @@ from storage.errors import (
     StorageError,
 )
 from storage.keycode import prefix_end
+from storage.kv import Engine, Snapshot, WriteTxn
+from storage.lmdb_env import DEFAULT_MAP_SIZE
+from storage.store import ReadView, Store, WriteView, open_volume
 
 __all__ = [
     "COLUMN_TYPES",
+    "DEFAULT_MAP_SIZE",
     "MAX_ROW_BYTES",
     "AlreadyExists",
     "Change",
     "Column",
     "ConditionFailed",
     "Corrupt",
+    "Engine",
     "Fenced",
     "InvalidInput",
     "MapFull",
@@ -33,9 +39,12 @@ __all__ = [
     "ReadView",
     "Record",
     "Schema",
+    "Snapshot",
     "StorageError",
     "Store",
     "Value",
+    "WriteTxn",
     "WriteView",
+    "open_volume",
     "prefix_end",
 ]

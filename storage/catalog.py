@@ -2,7 +2,7 @@
 
 Owns: what a valid table name, column and primary key are; the column types; the limits on names
 and rows; turning a schema into bytes and back. Does not own: where schemas are stored (the
-``Store`` in ``engine.py`` puts them under ``keys.catalog``) or anything about the API.
+``Store`` in ``store.py`` puts them under ``keys.catalog``) or anything about the API.
 
 Limits (documented in docs/limits.md): names are 1..128 printable characters (and at most 510 bytes
 of UTF-8); at most 256 columns; at most 16 primary-key columns; an encoded primary key of

@@ -1,6 +1,6 @@
 """The commit log: one record per commit, at a position that only grows.
 
-A record is written in the same LMDB write transaction as the rows it describes, so the log and
+A record is written in the same write transaction as the rows it describes, so the log and
 the data never disagree: a commit is in both or in neither. The last position lives in the meta
 key ``log_pos``; positions start at 1 and have no gaps. Each record is
 ``msgpack({"ts": unix seconds, "node": node id, "changes": [[table, op, pk tuple], ...]})`` with
@@ -21,6 +21,7 @@ import msgpack
 
 from storage import keys
 from storage.errors import Corrupt
+from storage.kv import Snapshot, WriteTxn
 
 LOG_POS = keys.meta("log_pos")
 _U64 = struct.Struct(">Q")
@@ -45,13 +46,13 @@ class Record:
     changes: tuple[Change, ...]
 
 
-def last_position(txn: Any) -> int:
+def last_position(txn: Snapshot) -> int:
     """Position of the last commit (0 before the first)."""
     raw = txn.get(LOG_POS)
     return 0 if raw is None else int(_U64.unpack(raw)[0])
 
 
-def append(txn: Any, *, ts: float, node: str, changes: list[Change]) -> int:
+def append(txn: WriteTxn, *, ts: float, node: str, changes: list[Change]) -> int:
     """Append one record in ``txn`` (a write transaction) and return its position."""
     pos = last_position(txn) + 1
     txn.put(LOG_POS, _U64.pack(pos))
@@ -61,14 +62,9 @@ def append(txn: Any, *, ts: float, node: str, changes: list[Change]) -> int:
     return pos
 
 
-def read(txn: Any, start: int = 1) -> Iterator[Record]:
+def read(txn: Snapshot, start: int = 1) -> Iterator[Record]:
     """Records from position ``start`` on, in order."""
-    cur = txn.cursor()
-    if not cur.set_range(keys.log(start)):
-        return
-    for k, v in cur:
-        if not k.startswith(keys.LOG):
-            return
+    for k, v in txn.scan(keys.log(max(start, 0)), keys.kind_range(keys.LOG)[1]):
         try:
             d = msgpack.unpackb(v, raw=False)
             yield Record(keys.log_position(k), float(d["ts"]), str(d["node"]),

@@ -17,20 +17,19 @@ Records are small and kept (a fenced session never comes back; its lease id is n
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 
 from storage import keys
 from storage.errors import Fenced
+from storage.kv import Snapshot, WriteTxn
 
 
-def is_fenced(txn: Any, lease_id: int) -> bool:
+def is_fenced(txn: Snapshot, lease_id: int) -> bool:
     """Whether a fence record exists for the session ``lease_id``."""
     return txn.get(keys.fence(lease_id)) is not None
 
 
-def check(txn: Any, lease_id: int) -> None:
+def check(txn: Snapshot, lease_id: int) -> None:
     """Refuse to go on if the session ``lease_id`` is fenced.
 
     Raises:
@@ -40,8 +39,11 @@ def check(txn: Any, lease_id: int) -> None:
         raise Fenced(f"session {lease_id:x} is fenced; its transaction cannot commit")
 
 
-def fence(txn: Any, lease_id: int, *, ts: float, by: str) -> bool:
+def fence(txn: WriteTxn, lease_id: int, *, ts: float, by: str) -> bool:
     """Write the fence record of ``lease_id`` in write transaction ``txn``; return whether it
-    is new."""
-    return bool(txn.put(keys.fence(lease_id), msgpack.packb({"ts": ts, "by": by}),
-                        overwrite=False))
+    is new (an existing record is kept as it was)."""
+    key = keys.fence(lease_id)
+    if txn.get(key) is not None:
+        return False
+    txn.put(key, msgpack.packb({"ts": ts, "by": by}))
+    return True

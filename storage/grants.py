@@ -18,60 +18,53 @@ writes to the locking path, which fences the dead session and so removes its rec
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 
 from storage import keys
 from storage.errors import Corrupt
+from storage.kv import Snapshot, WriteTxn
 
 
-def publish(txn: Any, lease_id: int, grants: list[tuple[str, str, bytes]]) -> None:
+def publish(txn: WriteTxn, lease_id: int, grants: list[tuple[str, str, bytes]]) -> None:
     """Record ``(resource, tag, value)`` grants of session ``lease_id`` in write txn ``txn``."""
     for res, tag, value in grants:
         txn.put(keys.grant(res, tag), msgpack.packb([lease_id, value], use_bin_type=True))
 
 
-def withdraw(txn: Any, grants: list[tuple[str, str]]) -> None:
+def withdraw(txn: WriteTxn, grants: list[tuple[str, str]]) -> None:
     """Remove the ``(resource, tag)`` grants (missing ones are fine)."""
     for res, tag in grants:
         txn.delete(keys.grant(res, tag))
 
 
-def withdraw_session(txn: Any, lease_id: int) -> int:
+def withdraw_session(txn: WriteTxn, lease_id: int) -> int:
     """Remove every grant of session ``lease_id``; return how many went."""
-    cur = txn.cursor()
-    doomed = []
-    if cur.set_range(keys.GRANT):
-        for k, v in cur:
-            if not k.startswith(keys.GRANT):
-                break
-            if _decode(k, v)[0] == lease_id:
-                doomed.append(k)
+    doomed = [k for k, v in txn.scan(*keys.kind_range(keys.GRANT))
+              if _decode(k, v)[0] == lease_id]
     for k in doomed:
         txn.delete(k)
     return len(doomed)
 
 
-def on(txn: Any, resource: str) -> list[tuple[str, int, bytes]]:
+def on(txn: Snapshot, resource: str) -> list[tuple[str, int, bytes]]:
     """The grants published on ``resource``: (tag, lease id, value) each."""
     prefix = keys.grant_prefix(resource)
     out = []
-    cur = txn.cursor()
-    if cur.set_range(prefix):
-        for k, v in cur:
-            if not k.startswith(prefix):
-                break
-            lease, value = _decode(k, v)
-            out.append((k[len(prefix):].decode("utf-8"), lease, value))
+    for k, v in txn.scan(prefix, _end(prefix)):
+        lease, value = _decode(k, v)
+        out.append((k[len(prefix):].decode("utf-8"), lease, value))
     return out
 
 
-def any_under(txn: Any, prefix: str) -> bool:
-    """Whether any grant's resource name starts with ``prefix`` (one cursor seek)."""
+def any_under(txn: Snapshot, prefix: str) -> bool:
+    """Whether any grant's resource name starts with ``prefix`` (one seek)."""
     start = keys.GRANT + prefix.encode("utf-8")
-    cur = txn.cursor()
-    return bool(cur.set_range(start)) and cur.key().startswith(start)
+    return next(txn.scan(start, _end(start), limit=1), None) is not None
+
+
+def _end(prefix: bytes) -> bytes:
+    """A bound above every grant key that starts with ``prefix`` (UTF-8 has no 0xFF byte)."""
+    return prefix + b"\xff"
 
 
 def _decode(k: bytes, v: bytes) -> tuple[int, bytes]:

@@ -1,6 +1,6 @@
 """Idempotency records: a client's key for a write, stored with the write's result.
 
-The record is written in the same LMDB write transaction as the write it describes, so a retry
+The record is written in the same write transaction as the write it describes, so a retry
 with the same key (after a lost reply, on any node) finds it and gets the first result back
 without applying anything again. The result is an opaque msgpack-able value chosen by the caller
 (``nodes`` stores the commit position, rows affected and read results).
@@ -17,6 +17,7 @@ import msgpack
 
 from storage import keys
 from storage.errors import Corrupt, InvalidInput
+from storage.kv import Snapshot, WriteTxn
 
 RETENTION_S = 24 * 3600.0
 MAX_KEY_BYTES = 256
@@ -29,7 +30,7 @@ def _key(key: str) -> bytes:
     return keys.IDEMPOTENCY + raw
 
 
-def lookup(txn: Any, key: str) -> Any | None:
+def lookup(txn: Snapshot, key: str) -> Any | None:
     """The stored result for ``key``, or None."""
     raw = txn.get(_key(key))
     if raw is None:
@@ -40,7 +41,7 @@ def lookup(txn: Any, key: str) -> Any | None:
         raise Corrupt(f"unreadable idempotency record for {key!r}") from e
 
 
-def record(txn: Any, key: str, result: Any, *, ts: float) -> None:
+def record(txn: WriteTxn, key: str, result: Any, *, ts: float) -> None:
     """Store ``result`` for ``key`` in write transaction ``txn``."""
     txn.put(_key(key), msgpack.packb({"ts": ts, "result": result}, use_bin_type=True))
 
@@ -54,24 +55,19 @@ def check_key(key: str) -> None:
     _key(key)
 
 
-def purge(txn: Any, *, now: float, retention_s: float = RETENTION_S, limit: int = 10_000) -> int:
+def purge(txn: WriteTxn, *, now: float, retention_s: float = RETENTION_S,
+          limit: int = 10_000) -> int:
     """Delete up to ``limit`` records older than ``retention_s``; return how many went."""
-    cur = txn.cursor()
-    n = 0
-    if not cur.set_range(keys.IDEMPOTENCY):
-        return 0
-    while n < limit:
-        k = cur.key()
-        if not k.startswith(keys.IDEMPOTENCY):
-            break
+    doomed = []
+    for k, v in txn.scan(*keys.kind_range(keys.IDEMPOTENCY)):
         try:
-            ts = float(msgpack.unpackb(cur.value(), raw=False)["ts"])
+            ts = float(msgpack.unpackb(v, raw=False)["ts"])
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             ts = 0.0
         if now - ts > retention_s:
-            n += 1
-            if not cur.delete():
+            doomed.append(k)
+            if len(doomed) >= limit:
                 break
-        elif not cur.next():
-            break
-    return n
+    for k in doomed:
+        txn.delete(k)
+    return len(doomed)

@@ -1,4 +1,4 @@
-"""The whole LMDB key space in one place.
+"""The whole key space in one place.
 
 Every key starts with a one-byte kind prefix, so kinds never interleave and each kind can be
 scanned as a range:
@@ -16,12 +16,15 @@ prefix    key                                     value
 ========  ======================================  =============================================
 
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
-the same name. LMDB limits keys to 511 bytes; ``MAX_ENCODED_PK`` leaves room for the row prefix.
+the same name. Every engine takes keys of ``kv.MIN_KEY_BYTES`` (511, LMDB's limit);
+``MAX_ENCODED_PK`` leaves room for the row prefix.
 """
 
 from __future__ import annotations
 
 import struct
+
+from storage.kv import MIN_KEY_BYTES
 
 META = b"\x00"
 CATALOG = b"\x01"
@@ -31,12 +34,16 @@ FENCE = b"\x04"
 IDEMPOTENCY = b"\x05"
 GRANT = b"\x06"
 
-MAX_LMDB_KEY = 511
 ROW_PREFIX_LEN = 5
-MAX_ENCODED_PK = MAX_LMDB_KEY - ROW_PREFIX_LEN
+MAX_ENCODED_PK = MIN_KEY_BYTES - ROW_PREFIX_LEN
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+
+def kind_range(kind: bytes) -> tuple[bytes, bytes]:
+    """The bounds ``(lo, hi)`` of every key of one kind (a one-byte prefix above)."""
+    return kind, bytes([kind[0] + 1])
 
 
 def meta(name: str) -> bytes:

@@ -1,8 +1,14 @@
-"""The only module that imports ``lmdb``: one environment per process on the shared volume.
+"""``LmdbEngine``: the engine (``kv.Engine``) on the shared volume, and the only module that
+imports ``lmdb``.
 
-Owns: opening the environment (map size, reader slots, durability flags), freeing reader slots
-left by dead processes, and translating ``lmdb.Error`` into ``storage`` errors. Does not own: the
-meaning of keys (``keys.py``) or of values.
+Owns: opening the environment (map size, reader slots, durability flags), snapshots, write
+transactions and cursor walks over it, growing the map, freeing reader slots left by dead
+processes, and translating ``lmdb.Error`` into ``storage`` errors. Does not own: the meaning of
+keys (``keys.py``) or of values.
+
+LMDB keeps the contract of ``kv.py`` by itself: one write transaction at a time across all
+processes of the host (a lock in the lock file), MVCC snapshots for readers, and a commit that
+returns after its pages and meta page are synced.
 
 NB: LMDB allows one write transaction at a time across all processes of the host; a process must
 open the environment once and share it between its threads, and must never fork while it holds
@@ -13,10 +19,10 @@ the environment's meta page at its first commit. Another process then gets ``Map
 when it begins a transaction (or ``MapFullError`` when it writes past its own, smaller map), and
 may take up the new size with ``set_mapsize(0)``, but only while none of its transactions is
 open. :class:`_MapGate` gives that moment: every transaction holds the gate shared, and
-:meth:`LmdbEnv.adopt_map_size` takes it exclusively (giving up after ``ADOPT_WAIT_S`` rather than
+:meth:`LmdbEngine.adopt_map_size` takes it exclusively (giving up after ``ADOPT_WAIT_S`` rather than
 wait for a long scan forever; the next MapFull or MapResized tries again). Read transactions
-adopt by themselves; writers call :meth:`LmdbEnv.adopt_map_size` after ``MapFull`` and retry if
-the map grew.
+adopt by themselves; writers call :meth:`LmdbEngine.make_room` after ``MapFull`` and run again if
+the map grew (``Store.transact`` does).
 
 The environment is opened with ``sync=True`` and ``metasync=True``: a write
 transaction's commit returns only after its data is on disk, which is what makes a commit
@@ -26,10 +32,11 @@ durable before it is acknowledged.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
@@ -99,8 +106,11 @@ class _MapGate:
                     self._cond.notify_all()
 
 
-class LmdbEnv:
-    """An LMDB environment in ``path`` (a directory, created if missing)."""
+class LmdbEngine:
+    """An LMDB environment in ``path`` (a directory, created if missing): see ``kv.Engine``."""
+
+    max_key_bytes = 511
+    """LMDB's compiled-in limit (``Environment.max_key_size()``), checked when opening."""
 
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE,
                  max_readers: int = DEFAULT_MAX_READERS) -> None:
@@ -112,8 +122,47 @@ class LmdbEnv:
                                   readahead=False, max_dbs=0)
         except lmdb.Error as e:
             raise StorageError(f"cannot open LMDB environment at {path}: {e}") from e
+        if self._env.max_key_size() < self.max_key_bytes:
+            self._env.close()
+            raise StorageError(f"this LMDB build takes keys of {self._env.max_key_size()} "
+                               f"bytes at most; Shardless needs {self.max_key_bytes}")
         self._gate = _MapGate()
         self.reader_check()
+
+    # kv.Engine
+
+    def read(self) -> _ReadTxn:
+        """A read-only snapshot, released on exit (a context manager)."""
+        return _ReadTxn(self)
+
+    def write(self) -> _WriteTxn:
+        """A write transaction: committed (durably) on normal exit, aborted on an exception
+        (a context manager).
+
+        Raises:
+            MapFull: the map or the disk is full; nothing was written.
+            StorageError: any other LMDB failure; nothing was written.
+        """
+        return _WriteTxn(self)
+
+    def make_room(self) -> bool:
+        """After ``MapFull``: take up a bigger map size that another process set; return
+        whether the map grew (then the write may be run again)."""
+        return self.adopt_map_size()
+
+    def housekeeping(self) -> dict[str, int]:
+        """Free reader slots held by dead processes."""
+        return {"stale reader slots freed": self.reader_check()}
+
+    def info(self) -> dict[str, int]:
+        """LMDB's environment info (map size, last page, readers in use...)."""
+        return {k: int(v) for k, v in self._env.info().items()}
+
+    def close(self) -> None:
+        """Close the environment; no transaction may be open."""
+        self._env.close()
+
+    # LMDB's own
 
     def map_size(self) -> int:
         """The map size this process uses now, in bytes."""
@@ -136,10 +185,6 @@ class LmdbEnv:
                 raise StorageError(f"cannot adopt the volume's new map size: {e}") from e
             return self.map_size() > before
 
-    def _begin(self, write: bool) -> Any:
-        """Begin a transaction (the caller holds the gate shared)."""
-        return self._env.begin(write=write, buffers=False)
-
     def reader_check(self) -> int:
         """Free reader slots held by dead processes; return how many were freed."""
         return int(self._env.reader_check())
@@ -150,7 +195,7 @@ class LmdbEnv:
         for attempt in range(3):
             self._gate.acquire_shared()
             try:
-                return self._begin(write)
+                return self._env.begin(write=write, buffers=False)
             except lmdb.MapResizedError:
                 self._gate.release_shared()
             except lmdb.Error as e:
@@ -166,44 +211,76 @@ class LmdbEnv:
         raise StorageError("cannot begin a transaction: the map was resized by another "
                            "process and this one could not adopt the new size")
 
-    def read_txn(self) -> _ReadTxn:
-        """A read-only snapshot transaction, aborted on exit (a context manager)."""
-        return _ReadTxn(self)
-
-    def write_txn(self) -> _WriteTxn:
-        """A write transaction: committed (durably) on normal exit, aborted on an exception
-        (a context manager).
-
-        Raises:
-            MapFull: the map or the disk is full; nothing was written.
-            StorageError: any other LMDB failure; nothing was written.
-        """
-        return _WriteTxn(self)
-
     def _full_message(self) -> str:
         return (f"the volume is full (LMDB map of {self.map_size() >> 20} MiB); restart a node "
                 f"with a bigger --map-size (the others take it up) or free space")
 
-    def stat(self) -> dict[str, int]:
-        """LMDB's environment info (map size, last page, readers in use...)."""
-        return dict(self._env.info())
 
-    def close(self) -> None:
-        """Close the environment; no transaction may be open."""
-        self._env.close()
+class _Snapshot:
+    """``kv.Snapshot`` over an LMDB transaction; ``get`` is LMDB's own, for the cost of every
+    read."""
+
+    __slots__ = ("_txn", "get")
+
+    def __init__(self, txn: Any) -> None:
+        self._txn = txn
+        self.get: Callable[[bytes], bytes | None] = txn.get
+
+    def scan(self, lo: bytes, hi: bytes | None = None, *, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """See ``kv.Snapshot.scan``."""
+        if limit is not None and limit <= 0:
+            return iter(())
+        cur = self._txn.cursor()
+        walk = _backward(cur, lo, hi) if reverse else _forward(cur, lo, hi)
+        return walk if limit is None else itertools.islice(walk, limit)
+
+
+class _Writable(_Snapshot):
+    """``kv.WriteTxn`` over an LMDB write transaction."""
+
+    __slots__ = ("delete", "put")
+
+    def __init__(self, txn: Any) -> None:
+        super().__init__(txn)
+        self.put: Callable[[bytes, bytes], None] = txn.put
+        self.delete: Callable[[bytes], bool] = txn.delete
+
+
+def _forward(cur: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    if not cur.set_range(lo):
+        return
+    if hi is None:
+        yield from cur
+        return
+    for k, v in cur:
+        if k >= hi:
+            return
+        yield k, v
+
+
+def _backward(cur: Any, lo: bytes, hi: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+    # set_range lands on the first key >= hi; the one before it is the first below hi.
+    ok = cur.prev() if hi is not None and cur.set_range(hi) else cur.last()
+    while ok:
+        k = cur.key()
+        if k < lo:
+            return
+        yield k, cur.value()
+        ok = cur.prev()
 
 
 class _ReadTxn:
-    """``LmdbEnv.read_txn``: a class rather than a generator, for the cost of every read."""
+    """``LmdbEngine.read``: a class rather than a generator, for the cost of every read."""
 
     __slots__ = ("_env", "_txn")
 
-    def __init__(self, env: LmdbEnv) -> None:
+    def __init__(self, env: LmdbEngine) -> None:
         self._env = env
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> _Snapshot:
         self._txn = self._env._shared_begin(write=False)
-        return self._txn
+        return _Snapshot(self._txn)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
@@ -215,16 +292,16 @@ class _ReadTxn:
 
 
 class _WriteTxn:
-    """``LmdbEnv.write_txn``; see there."""
+    """``LmdbEngine.write``; see there."""
 
     __slots__ = ("_env", "_txn")
 
-    def __init__(self, env: LmdbEnv) -> None:
+    def __init__(self, env: LmdbEngine) -> None:
         self._env = env
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> _Writable:
         self._txn = self._env._shared_begin(write=True)
-        return self._txn
+        return _Writable(self._txn)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         env, txn = self._env, self._txn

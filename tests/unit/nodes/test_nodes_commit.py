@@ -37,13 +37,14 @@ from storage import (
     Schema,
     Store,
     WriteView,
+    open_volume,
 )
 from storage.keycode import encode
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(str(tmp_path / "vol"), map_size=64 << 20)
+    s = open_volume(str(tmp_path / "vol"), map_size=64 << 20)
     try:
         with s.write() as w:
             w.create_table(Schema.build(

@@ -22,7 +22,7 @@ from nodes.query import (
     byte_range,
     compile_filters,
 )
-from storage import Column, InvalidInput, Schema, Store
+from storage import Column, InvalidInput, Schema, Store, open_volume
 from storage.keycode import encode
 
 A_VALUES = [1, 2, 3]
@@ -33,7 +33,7 @@ ALL = [(a, b) for a in A_VALUES for b in B_VALUES]
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """A volume with tables before, t and after; t keyed by (a int64, b string) holds ALL."""
-    s = Store(str(tmp_path / "vol"), map_size=64 << 20)
+    s = open_volume(str(tmp_path / "vol"), map_size=64 << 20)
     try:
         with s.write() as w:
             for name in ("before", "t", "after"):
@@ -176,7 +176,7 @@ def test_a_bound_with_too_many_parts_raises_invalid_input(store: Store):
 def test_bounds_on_a_maximum_length_key_scan_correctly(tmp_path: Path, start_ex, end_ex,
                                                        reverse, expected):
     """prefix_end of a 506-byte key makes a bound one byte over LMDB's key limit; scans work."""
-    s = Store(str(tmp_path / "long"), map_size=16 << 20)
+    s = open_volume(str(tmp_path / "long"), map_size=16 << 20)
     try:
         with s.write() as w:
             t = w.create_table(Schema.build("s", [Column("k", "string")], ["k"]))

@@ -1,4 +1,6 @@
-"""Unit tests of storage.Store over a real LMDB environment in a temporary directory."""
+"""Unit tests of the domain store (storage.Store), run over both engines: a real LMDB
+environment in a temporary directory and the in-memory engine; a few LMDB-only ones at the
+end."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from storage import (
     Schema,
     StorageError,
     Store,
+    open_volume,
 )
 from storage.catalog import MAX_NAME_CHARS
 from storage.keycode import encode
 from storage.keys import MAX_ENCODED_PK
+from storage.memory import MemoryEngine
 
 MAP_SIZE = 64 << 20
 
@@ -30,9 +34,21 @@ def schema(name: str) -> Schema:
     return Schema.build(name, [Column("id", "int64"), Column("v", "string")], ["id"])
 
 
+def open_store(kind: str, tmp_path: Path, size: int) -> Store:
+    """A store over engine ``kind`` of about ``size`` bytes."""
+    if kind == "lmdb":
+        return open_volume(str(tmp_path / "vol"), map_size=size)
+    return Store(MemoryEngine(max_bytes=size))
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(str(tmp_path / "vol"), map_size=MAP_SIZE)
+def store(engine_kind: str, tmp_path: Path) -> Iterator[Store]:
+    s = open_store(engine_kind, tmp_path, MAP_SIZE)
     try:
         yield s
     finally:
@@ -363,9 +379,9 @@ def test_an_exception_inside_a_write_leaves_nothing_written(store: Store):
     assert create(store, "u").table_id == 2  # the aborted id allocation was undone too
 
 
-def test_a_full_map_raises_map_full_and_keeps_earlier_commits(tmp_path: Path):
+def test_a_full_map_raises_map_full_and_keeps_earlier_commits(engine_kind: str, tmp_path: Path):
     """Overflowing the map fails only that write, with MapFull; committed data survives."""
-    s = Store(str(tmp_path / "small"), map_size=1 << 20)
+    s = open_store(engine_kind, tmp_path, 1 << 20)
     try:
         t = create(s, "t")
         put_rows(s, t, [1])
@@ -400,13 +416,17 @@ def test_a_write_sees_its_own_uncommitted_changes(store: Store):
         assert [vals for _, vals in w.scan(t, None, None)] == [[1, "x"]]
 
 
-def test_a_second_store_on_one_path_in_the_same_process_is_refused(store: Store):
+def test_a_second_open_of_one_volume_in_the_same_process_is_refused(tmp_path: Path):
     """LMDB allows one environment per volume per process; a second open raises StorageError."""
-    t = create(store, "t")
-    with pytest.raises(StorageError, match="already open"):
-        Store(store.path, map_size=MAP_SIZE)
-    put_rows(store, t, [1])  # the first Store is unharmed
-    assert scan_ids(store, t) == [1]
+    store = open_volume(str(tmp_path / "vol"), map_size=MAP_SIZE)
+    try:
+        t = create(store, "t")
+        with pytest.raises(StorageError, match="already open"):
+            open_volume(str(tmp_path / "vol"), map_size=MAP_SIZE)
+        put_rows(store, t, [1])  # the first Store is unharmed
+        assert scan_ids(store, t) == [1]
+    finally:
+        store.close()
 
 
 def test_commits_made_on_another_thread_are_seen_by_new_snapshots(store: Store):
@@ -418,14 +438,15 @@ def test_commits_made_on_another_thread_are_seen_by_new_snapshots(store: Store):
     assert scan_ids(store, t) == [1, 2]
 
 
-def test_reopening_a_store_keeps_committed_data(tmp_path: Path):
+def test_reopening_a_volume_keeps_committed_data(tmp_path: Path):
     """Data committed before close is there after reopening the volume."""
     path = str(tmp_path / "vol")
-    s = Store(path, map_size=MAP_SIZE)
+    s = open_volume(path, map_size=MAP_SIZE)
     t = create(s, "t")
     put_rows(s, t, [1, 2])
     s.close()
-    s = Store(path, map_size=MAP_SIZE)
+    assert (tmp_path / "vol" / "lmdb" / "data.mdb").exists()
+    s = open_volume(path, map_size=MAP_SIZE)
     try:
         with s.read() as r:
             assert r.table("t") == t

@@ -1,27 +1,27 @@
-"""The storage interface that ``nodes`` uses: snapshots to read, write transactions to commit.
+"""The domain store that ``nodes`` uses: snapshots to read, write transactions to commit.
 
 Owns: the catalog (create, drop, look up tables), row get/put/delete/scan by encoded primary key,
-and the commit log position, all over one ``LmdbEnv``. Does not own: what a write means (insert
-versus update, conditions, idempotency) — that is transaction logic in ``nodes`` — nor anything
-of etcd or gRPC.
+and the commit log, fences, grants and idempotency records, all over one ``kv.Engine``; and
+:func:`open_volume`, the one way ``nodes`` opens storage. Does not own: what a write means (insert
+versus update, conditions, idempotency), which is transaction logic in ``nodes``; any engine's
+mechanics (``lmdb_env.py``, ``memory.py``); anything of etcd or gRPC.
 
-Invariant: every ``WriteView`` is one LMDB write transaction; all its row changes and its commit-
-log records commit together and durably, or not at all. Readers see whole commits only.
-
-The interface is kept narrow (``ReadView``/``WriteView`` below) so that a backend over a
-distributed engine can later replace LMDB without changes in ``nodes`` or ``lockmgr``.
+Invariant: every ``WriteView`` is one engine write transaction; all its row changes and its
+commit-log records commit together and durably, or not at all. Readers see whole commits only.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from storage import commitlog, fence, grants, idempotency, keys, rows
 from storage.catalog import Schema, Value, check_name
-from storage.errors import AlreadyExists, Corrupt, NotFound
-from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEnv
+from storage.errors import AlreadyExists, Corrupt, MapFull, NotFound, StorageError
+from storage.kv import MIN_KEY_BYTES, Engine, Snapshot, WriteTxn, delete_range
+from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEngine
 
 _U32 = struct.Struct(">I")
 NEXT_TABLE_ID = keys.meta("next_table_id")
@@ -56,7 +56,7 @@ _NO_CACHE = SchemaCache()
 class ReadView:
     """A consistent snapshot of the volume (or the current state inside a write)."""
 
-    def __init__(self, txn: Any, schemas: SchemaCache = _NO_CACHE) -> None:
+    def __init__(self, txn: Snapshot, schemas: SchemaCache = _NO_CACHE) -> None:
         self._txn = txn
         self._schemas = schemas
 
@@ -80,14 +80,8 @@ class ReadView:
 
     def tables(self) -> list[Schema]:
         """Every table, by name."""
-        out = []
-        cur = self._txn.cursor()
-        if cur.set_range(keys.CATALOG):
-            for k, v in cur:
-                if not k.startswith(keys.CATALOG):
-                    break
-                out.append(self._schemas.decode(v))
-        return out
+        lo, hi = keys.kind_range(keys.CATALOG)
+        return [self._schemas.decode(v) for _, v in self._txn.scan(lo, hi)]
 
     def get(self, schema: Schema, encoded_pk: bytes) -> tuple[int, list[Value]] | None:
         """Version and values of one row, or None."""
@@ -147,25 +141,8 @@ class ReadView:
                ) -> Iterator[tuple[bytes, bytes]]:
         """(stored key, stored row) of each row with ``lo <= encoded pk < hi``, in order."""
         prefix = keys.row_prefix(schema.table_id)
-        start = prefix + (lo or b"")
         end = prefix + hi if hi is not None else prefix + b"\xff"
-        cur = self._txn.cursor()
-        if not reverse:
-            if not cur.set_range(start):
-                return
-            for k, v in cur:
-                if k >= end:
-                    return
-                yield k, v
-            return
-        ok = cur.prev() if cur.set_range(end) else cur.last()
-        while ok:
-            k = cur.key()
-            if k < start:
-                return
-            if k < end:
-                yield k, cur.value()
-            ok = cur.prev()
+        return self._txn.scan(prefix + (lo or b""), end, reverse=reverse)
 
     def idempotent_result(self, key: str) -> Any | None:
         """The result stored with idempotency key ``key``, or None."""
@@ -187,14 +164,7 @@ class ReadView:
     def count(self, schema: Schema) -> int:
         """Number of rows in a table (walks the keys)."""
         prefix = keys.row_prefix(schema.table_id)
-        cur = self._txn.cursor()
-        n = 0
-        if cur.set_range(prefix):
-            for k in cur.iternext(keys=True, values=False):
-                if not k.startswith(prefix):
-                    break
-                n += 1
-        return n
+        return sum(1 for _ in self._txn.scan(prefix, prefix + b"\xff"))
 
     def commit_position(self) -> int:
         """Position of the last commit in this snapshot (0 before the first)."""
@@ -206,7 +176,12 @@ class ReadView:
 
 
 class WriteView(ReadView):
-    """One LMDB write transaction; see the module invariant."""
+    """One engine write transaction; see the module invariant."""
+
+    _txn: WriteTxn
+
+    def __init__(self, txn: WriteTxn, schemas: SchemaCache = _NO_CACHE) -> None:
+        super().__init__(txn, schemas)
 
     def create_table(self, schema: Schema) -> Schema:
         """Store a new table and return its schema with a fresh table id.
@@ -227,14 +202,7 @@ class WriteView(ReadView):
         """Remove a table and all its rows; return how many rows went."""
         self._txn.delete(keys.catalog(schema.name))
         prefix = keys.row_prefix(schema.table_id)
-        cur = self._txn.cursor()
-        n = 0
-        if cur.set_range(prefix):
-            while cur.key().startswith(prefix):
-                n += 1
-                if not cur.delete():
-                    break
-        return n
+        return delete_range(self._txn, prefix, prefix + b"\xff")
 
     def put(self, schema: Schema, encoded_pk: bytes, version: int, values: list[Value]) -> None:
         """Write a whole row at ``version``.
@@ -253,7 +221,7 @@ class WriteView(ReadView):
 
     def delete(self, schema: Schema, encoded_pk: bytes) -> bool:
         """Remove a row; return whether it existed."""
-        return bool(self._txn.delete(keys.row(schema.table_id, encoded_pk)))
+        return self._txn.delete(keys.row(schema.table_id, encoded_pk))
 
     def append_log(self, *, ts: float, node: str, changes: list[commitlog.Change]) -> int:
         """Append this commit's record; return its position (the new rows' version)."""
@@ -295,17 +263,20 @@ class WriteView(ReadView):
 
 
 class Store:
-    """The volume: an LMDB environment opened once per process."""
+    """The volume's domain store over one engine (opened once per process)."""
 
-    def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, engine: Engine, *, path: str = "") -> None:
+        if engine.max_key_bytes < MIN_KEY_BYTES:
+            raise StorageError(f"the engine takes keys of {engine.max_key_bytes} bytes at most; "
+                               f"the key space needs {MIN_KEY_BYTES}")
+        self.engine = engine
         self.path = path
-        self.env = LmdbEnv(path, map_size=map_size)
         self._schemas = SchemaCache()
 
     def read(self) -> _Opened[ReadView]:
         """A snapshot (a context manager giving a ``ReadView``): sees every commit made before
         it was taken, and nothing after."""
-        return _Opened(self.env.read_txn(), ReadView, self._schemas)
+        return _Opened(self.engine.read(), ReadView, self._schemas)
 
     def write(self) -> _Opened[WriteView]:
         """A write transaction (a context manager giving a ``WriteView``); durable when the
@@ -314,24 +285,55 @@ class Store:
         Raises:
             MapFull: the volume is full; nothing was written.
         """
-        return _Opened(self.env.write_txn(), WriteView, self._schemas)
+        return _Opened(self.engine.write(), WriteView, self._schemas)
 
-    def adopt_map_size(self) -> bool:
-        """After ``MapFull``: take up a bigger map size set by another process; return whether
-        the map grew (then retry the write). See ``lmdb_env``."""
-        return self.env.adopt_map_size()
+    def transact(self, work: Callable[[WriteView], T]) -> T:
+        """Run ``work`` in one write transaction and commit it; return what it returned.
+
+        When the volume is full and the engine can make room (LMDB: another process set a
+        bigger map), ``work`` runs once more, in a new transaction: it must expect to be run
+        again from the start (what it read before is gone with the failed transaction).
+
+        Raises:
+            MapFull: the volume is full; nothing was written.
+            Exception: whatever ``work`` raised; nothing was written.
+        """
+        try:
+            with self.write() as view:
+                return work(view)
+        except MapFull:
+            if not self.engine.make_room():
+                raise
+        with self.write() as view:
+            return work(view)
+
+    def housekeeping(self) -> dict[str, int]:
+        """The engine's periodic upkeep (see ``kv.Engine.housekeeping``)."""
+        return self.engine.housekeeping()
 
     def close(self) -> None:
-        """Close the environment."""
-        self.env.close()
+        """Close the engine."""
+        self.engine.close()
+
+
+def open_volume(volume: str, *, map_size: int = DEFAULT_MAP_SIZE) -> Store:
+    """Open the shared volume in directory ``volume`` (its LMDB environment lives in
+    ``volume/lmdb``, created if missing), once per process.
+
+    Raises:
+        StorageError: it cannot be opened.
+    """
+    path = os.path.join(volume, "lmdb")
+    return Store(LmdbEngine(path, map_size=map_size), path=path)
 
 
 V = TypeVar("V", bound=ReadView)
+T = TypeVar("T")
 
 
 class _Opened(Generic[V]):
-    """``Store.read`` and ``Store.write``: a view over an LMDB transaction for a ``with`` block
-    (a class rather than a generator, for the cost of every call)."""
+    """``Store.read`` and ``Store.write``: a view over an engine transaction for a ``with``
+    block (a class rather than a generator, for the cost of every call)."""
 
     __slots__ = ("_ctx", "_kind", "_schemas")
 
