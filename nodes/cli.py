@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
-from storage import DEFAULT_MAP_SIZE
+from storage import DEFAULT_MAP_SIZE, Retention
+from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
 
 log = logging.getLogger("shardless")
 
@@ -41,6 +42,14 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="seconds an interactive transaction may stay idle before rollback")
     p.add_argument("--escalate-after", type=int, default=64,
                    help="row locks of one page a transaction takes before it locks the page")
+    p.add_argument("--log-keep", type=float, default=DEFAULT_KEEP_S, metavar="SECONDS",
+                   help="commit-log records younger than this are always kept (the leader's "
+                        "setting applies; see docs/operations.md, 'The commit log')")
+    p.add_argument("--log-max-mb", type=float, default=DEFAULT_MAX_BYTES / (1 << 20),
+                   help="the commit log's size bound: past it the oldest records go even if "
+                        "a replica or consumer still needs them")
+    p.add_argument("--log-max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+                   help="no commit-log record is kept longer than this")
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes of the node, all serving --listen (SO_REUSEPORT), "
                         "so that it uses that many cores (see nodes/workers.py)")
@@ -60,7 +69,10 @@ def _run_node(args: argparse.Namespace) -> int:
                          grace_s=args.grace, max_workers=args.workers,
                          lock_timeout_s=args.lock_timeout, idle_timeout_s=args.idle_timeout,
                          escalate_after=args.escalate_after, public_listen=args.public_listen,
-                         group=args.group)
+                         group=args.group,
+                         log_retention=Retention(keep_s=args.log_keep,
+                                                 max_bytes=int(args.log_max_mb * (1 << 20)),
+                                                 max_age_s=args.log_max_age))
         if args.processes < 1:
             raise ValueError("--processes must be at least 1")
         if args.processes > 1:
@@ -102,6 +114,8 @@ def _run_status(args: argparse.Namespace) -> int:
     with Client(args.addresses) as c:
         st = c.status()
     print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
+    print(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
+          f"{st.log_bytes / (1 << 20):.1f} MiB")
     print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
     print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
     for m in st.members:

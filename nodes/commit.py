@@ -757,13 +757,13 @@ class GroupCommitter:
                 refused.append((p, e))
                 continue
             plan.apply(view, position)
+            if plan.idempotency_key:  # before the record, so that its replay op goes with it
+                view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
+                                       ts=self._wall_clock())
             if plan.changes:
                 got = view.append_log(ts=self._wall_clock(), node=self._node_id,
                                       changes=plan.changes)
                 assert got == position, (got, position)
-            if plan.idempotency_key:
-                view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
-                                       ts=self._wall_clock())
             done.append((p, plan.outcome))
         return done, refused
 

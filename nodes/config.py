@@ -7,7 +7,8 @@ import socket
 from dataclasses import dataclass
 
 from lockmgr import check_timing, parse_endpoints
-from storage import DEFAULT_MAP_SIZE
+from storage import DEFAULT_MAP_SIZE, Retention
+from storage.retention import DEFAULT_RETENTION
 
 DEFAULT_TTL_S = 5
 DEFAULT_ETCD_TIMEOUT_S = 0.5
@@ -38,6 +39,7 @@ class NodeConfig:
     escalate_after: int = 64
     public_listen: str = ""  # a worker process: the node's address, shared (SO_REUSEPORT)
     group: str = ""  # a worker process: the id of the node it is a process of
+    log_retention: Retention = DEFAULT_RETENTION  # applied by the leader (storage/retention.py)
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -56,6 +58,7 @@ class NodeConfig:
         if self.lock_timeout_s <= 0 or self.idle_timeout_s <= 0 or self.escalate_after < 1:
             raise ValueError("--lock-timeout and --idle-timeout must be positive, "
                              "--escalate-after at least 1")
+        self.log_retention.validated()
         ttl = self.ttl_s
         check_timing(ttl, ttl / 6, self.etcd_timeout_s, ttl / 3)
         node_id = self.node_id or f"{socket.gethostname()}-{port}"

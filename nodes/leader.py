@@ -8,6 +8,8 @@ every ``CYCLE_S``:
 - the storage engine's upkeep (LMDB: free reader slots left by dead processes, so that the
   volume's file does not grow without bound while stale readers pin old pages),
 - purge idempotency records past their retention (every ``PURGE_EVERY`` cycles),
+- trim the commit log by its retention rule (``storage/retention.py``; up to ``TRIM_ROUNDS``
+  short write transactions of ``TRIM_BATCH`` records per cycle),
 - publish what it did in the leader record (shown by cluster status).
 
 Deadlock detection runs on every node for its own waiters (deterministic victims, see
@@ -25,23 +27,28 @@ from typing import Any
 
 from lockmgr import Election, EtcdUnavailable, LockManager, SessionExpired
 from nodes.membership import Membership
-from storage import StorageError, Store
+from storage import Retention, StorageError, Store
+from storage.retention import DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
 
 CYCLE_S = 1.0
 PURGE_EVERY = 60
+TRIM_BATCH = 2000
+TRIM_ROUNDS = 5
 
 
 class Leader:
     """Campaign for leadership and, while leader, run the duties."""
 
     def __init__(self, election: Election, membership: Membership, locks: LockManager,
-                 store: Store, *, node_id: str, address: str) -> None:
+                 store: Store, *, node_id: str, address: str,
+                 log_retention: Retention = DEFAULT_RETENTION) -> None:
         self._election = election
         self._membership = membership
         self._locks = locks
         self._store = store
+        self._retention = log_retention
         self.node_id = node_id
         self.address = address
         self.lease_id = 0  # the session under which we lead (0: not leader)
@@ -115,12 +122,25 @@ class Leader:
         purged = 0
         if self.cycles % PURGE_EVERY == 1:
             purged = self._store.transact(lambda view: view.purge_idempotency(now=time.time()))
+        trimmed = self._trim_log()
         parts = [f"cycle {self.cycles}",
                  f"fenced {len(fenced)} dead session(s)"
                  + (f" ({', '.join(f'{x:x}' for x in fenced)})" if fenced else ""),
                  *(f"{what} {n}" for what, n in upkeep.items()),
-                 f"purged {purged} idempotency record(s)"]
+                 f"purged {purged} idempotency record(s)",
+                 f"trimmed {trimmed} commit-log record(s)"]
         return "; ".join(parts)
+
+    def _trim_log(self) -> int:
+        """Remove the commit-log records that the retention rule lets go; return how many."""
+        n = 0
+        for _ in range(TRIM_ROUNDS):
+            cut = self._store.trim_log(self._retention, now=time.time(), needed_from=None,
+                                       limit=TRIM_BATCH)
+            n += cut.records
+            if cut.records < TRIM_BATCH:
+                break
+        return n
 
     def stop(self) -> None:
         """Stop the loop and give up the post (before the session is closed)."""

@@ -207,7 +207,8 @@ class Node:
         self.membership.start(cfg.etcd_wait_s)
         self.deathwatch.start()
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
-                             self.store, node_id=cfg.node_id, address=cfg.listen)
+                             self.store, node_id=cfg.node_id, address=cfg.listen,
+                             log_retention=cfg.log_retention)
         self.leader.start()
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
@@ -270,10 +271,11 @@ class Node:
         """The cluster as this node sees it."""
         assert self.store is not None and self.membership is not None and self.etcd is not None
         with self.store.read() as view:
-            position = view.commit_position()
+            oldest, position, log_bytes = view.log_bounds()
         out = api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
                                  commit_position=position, cluster=self.cfg.cluster,
-                                 version=VERSION)
+                                 version=VERSION, log_oldest_position=oldest,
+                                 log_bytes=log_bytes)
         for m in self.membership.members():
             try:
                 ttl = self.etcd.time_to_live(m.lease_id)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 MAX_KEYS_PER_CALL = 100_000
 SCAN_CHUNK_ROWS = 512
 SCAN_CHUNK_BYTES = 1 << 20
+LOG_BATCH = 256
+MAX_LOG_BATCH = 10_000
 
 _KINDS = {pb.Mutation.INSERT: commit.INSERT, pb.Mutation.UPSERT: commit.UPSERT,
           pb.Mutation.UPDATE: commit.UPDATE, pb.Mutation.DELETE: commit.DELETE}
@@ -456,6 +458,30 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
     def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
                ) -> api.StatusResponse:
         return self.node.status(local_only=request.local_only)
+
+    @stream
+    def ReadLog(self, request: api.ReadLogRequest, context: grpc.ServicerContext
+                ) -> Iterator[api.ReadLogResponse]:
+        batch = request.batch_records or LOG_BATCH
+        if batch > MAX_LOG_BATCH:
+            raise InvalidInput(f"batch_records is at most {MAX_LOG_BATCH}")
+        store = self.node.store
+        with store.read() as view:
+            oldest, last, _ = view.log_bounds()
+        position = request.start_position or oldest
+        end = last if not request.max_records else min(last, position + request.max_records - 1)
+        # One snapshot per batch, not one for the stream: a record never changes once written,
+        # and a long snapshot would pin the pages that truncation frees.
+        while position <= end and context.is_active():
+            with store.read() as view:
+                got = view.log_stored(position, min(batch, end - position + 1))
+            if not got:
+                return
+            yield api.ReadLogResponse(
+                records=[api.LogRecord(position=rec.position, ts=rec.ts, node_id=rec.node,
+                                       data=raw) for rec, raw in got],
+                oldest_position=oldest, last_position=last)
+            position = got[-1][0].position + 1
 
     @unary
     def Drain(self, request: api.DrainRequest, context: grpc.ServicerContext

@@ -13,6 +13,7 @@ from storage.errors import (
     Corrupt,
     Fenced,
     InvalidInput,
+    LogTruncated,
     MapFull,
     NotFound,
     StorageError,
@@ -20,6 +21,7 @@ from storage.errors import (
 from storage.keycode import prefix_end
 from storage.kv import Engine, Snapshot, WriteTxn
 from storage.lmdb_env import DEFAULT_MAP_SIZE
+from storage.retention import Cut, Retention
 from storage.store import ReadView, Store, WriteView, open_volume
 
 __all__ = [
@@ -31,13 +33,16 @@ __all__ = [
     "Column",
     "ConditionFailed",
     "Corrupt",
+    "Cut",
     "Engine",
     "Fenced",
     "InvalidInput",
+    "LogTruncated",
     "MapFull",
     "NotFound",
     "ReadView",
     "Record",
+    "Retention",
     "Schema",
     "Snapshot",
     "StorageError",

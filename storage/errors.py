@@ -31,6 +31,15 @@ class MapFull(StorageError):
     """The volume's map (or disk) is full; nothing was written. Free space or grow the map."""
 
 
+class LogTruncated(StorageError):
+    """The commit-log position asked for is gone (the log is kept in bounds): start again from a
+    fresh copy, or from ``oldest``, the oldest position still held."""
+
+    def __init__(self, message: str, *, oldest: int) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+
+
 class Corrupt(StorageError):
     """Stored bytes could not be decoded: the volume is damaged or from another version."""
 

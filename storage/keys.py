@@ -15,6 +15,11 @@ prefix    key                                     value
 0x06      GRANT + resource + 0x00 + entry tag     msgpack ``[lease, entry value]`` (``grants.py``)
 ========  ======================================  =============================================
 
+Replicated: what replicas and backups copy and the commit log's ops replay (``is_replicated``):
+catalog, rows, idempotency records and the meta values but the log's own (``LOG_META``). Not
+replicated: the log itself (each copy keeps its own, at the same positions), fence records and
+published grants (they belong to the sessions of the nodes on one volume).
+
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
 the same name. Every engine takes keys of ``kv.MIN_KEY_BYTES`` (511, LMDB's limit);
 ``MAX_ENCODED_PK`` leaves room for the row prefix.
@@ -39,6 +44,11 @@ MAX_ENCODED_PK = MIN_KEY_BYTES - ROW_PREFIX_LEN
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+
+def is_replicated(key: bytes) -> bool:
+    """Whether ``key`` belongs to the replicated key space (see the module docstring)."""
+    return key[:1] in REPLICATED_KINDS and key not in LOG_META
 
 
 def kind_range(kind: bytes) -> tuple[bytes, bytes]:
@@ -89,3 +99,11 @@ def grant_prefix(resource: str) -> bytes:
 def grant(resource: str, tag: str) -> bytes:
     """Key of one published grant: a lock entry ``tag`` on ``resource``."""
     return grant_prefix(resource) + tag.encode("utf-8")
+
+
+META_LOG_POS = meta("log_pos")
+META_LOG_START = meta("log_start")
+META_LOG_BYTES = meta("log_bytes")
+LOG_META = frozenset((META_LOG_POS, META_LOG_START, META_LOG_BYTES))
+"""The commit log's own meta values: each copy of the volume keeps its own."""
+REPLICATED_KINDS = frozenset((META, CATALOG, ROW, IDEMPOTENCY))

@@ -12,9 +12,11 @@ commit-log records commit together and durably, or not at all. Readers see whole
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from storage import commitlog, fence, grants, idempotency, keys, rows
@@ -22,6 +24,7 @@ from storage.catalog import Schema, Value, check_name
 from storage.errors import AlreadyExists, Corrupt, MapFull, NotFound, StorageError
 from storage.kv import MIN_KEY_BYTES, Engine, Snapshot, WriteTxn, delete_range
 from storage.lmdb_env import DEFAULT_MAP_SIZE, LmdbEngine
+from storage.retention import Cut, Retention, cut
 
 _U32 = struct.Struct(">I")
 NEXT_TABLE_ID = keys.meta("next_table_id")
@@ -170,18 +173,57 @@ class ReadView:
         """Position of the last commit in this snapshot (0 before the first)."""
         return commitlog.last_position(self._txn)
 
-    def log(self, start: int = 1) -> Iterator[commitlog.Record]:
-        """Commit-log records from ``start`` on."""
+    def log(self, start: int | None = None) -> Iterator[commitlog.Record]:
+        """Commit-log records from ``start`` on (None: from the oldest held).
+
+        Raises:
+            LogTruncated: ``start`` is before the oldest position held.
+        """
         return commitlog.read(self._txn, start)
+
+    def log_stored(self, start: int | None, limit: int
+                   ) -> list[tuple[commitlog.Record, bytes]]:
+        """Up to ``limit`` commit-log records from ``start`` on, each with its stored bytes.
+
+        Raises:
+            LogTruncated: ``start`` is before the oldest position held.
+        """
+        return commitlog.read_stored(self._txn, start, limit)
+
+    def log_bounds(self) -> tuple[int, int, int]:
+        """The commit log held: oldest position, last position, size in bytes (the oldest is
+        ``last + 1`` when no record is held)."""
+        return (commitlog.oldest_position(self._txn), commitlog.last_position(self._txn),
+                commitlog.held_bytes(self._txn))
+
+    def replicated_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every key and value of the replicated key space (``keys.is_replicated``), in key
+        order: with :meth:`commit_position`, a consistent copy of the volume."""
+        for kind in sorted(keys.REPLICATED_KINDS):
+            for k, v in self._txn.scan(*keys.kind_range(kind)):
+                if k not in keys.LOG_META:
+                    yield k, v
+
+    def _finish(self) -> None:
+        """Called before the transaction commits (nothing to do for a read)."""
 
 
 class WriteView(ReadView):
-    """One engine write transaction; see the module invariant."""
+    """One engine write transaction; see the module invariant.
+
+    Every change to the replicated key space is noted as a replay op (``commitlog.py``) and goes
+    into the next commit-log record this transaction appends; changes that no record took up
+    (an idempotency record of a request that changed nothing, a purge) get a record of their own
+    just before the transaction commits, so that replaying the log reproduces the volume.
+    """
 
     _txn: WriteTxn
 
     def __init__(self, txn: WriteTxn, schemas: SchemaCache = _NO_CACHE) -> None:
         super().__init__(txn, schemas)
+        self._ops: list[commitlog.Op] = []
+        self._log_bytes = 0
+        self._recorder = _Recorder(txn, self._ops)
 
     def create_table(self, schema: Schema) -> Schema:
         """Store a new table and return its schema with a fresh table id.
@@ -189,19 +231,21 @@ class WriteView(ReadView):
         Raises:
             AlreadyExists: a table of that name exists.
         """
-        if self._txn.get(keys.catalog(schema.name)) is not None:
+        txn = self._recorder
+        if txn.get(keys.catalog(schema.name)) is not None:
             raise AlreadyExists(f"table {schema.name!r} already exists")
-        raw = self._txn.get(NEXT_TABLE_ID)
+        raw = txn.get(NEXT_TABLE_ID)
         table_id = 1 if raw is None else _U32.unpack(raw)[0]
-        self._txn.put(NEXT_TABLE_ID, _U32.pack(table_id + 1))
+        txn.put(NEXT_TABLE_ID, _U32.pack(table_id + 1))
         stored = schema.with_id(table_id)
-        self._txn.put(keys.catalog(schema.name), stored.encode())
+        txn.put(keys.catalog(schema.name), stored.encode())
         return stored
 
     def drop_table(self, schema: Schema) -> int:
         """Remove a table and all its rows; return how many rows went."""
-        self._txn.delete(keys.catalog(schema.name))
+        self._recorder.delete(keys.catalog(schema.name))
         prefix = keys.row_prefix(schema.table_id)
+        self._ops.append((commitlog.DELETE_RANGE, prefix, prefix + b"\xff"))
         return delete_range(self._txn, prefix, prefix + b"\xff")
 
     def put(self, schema: Schema, encoded_pk: bytes, version: int, values: list[Value]) -> None:
@@ -210,22 +254,31 @@ class WriteView(ReadView):
         Raises:
             InvalidInput: the encoded row is too large.
         """
-        self._txn.put(keys.row(schema.table_id, encoded_pk), rows.encode(version, values))
+        key, value = keys.row(schema.table_id, encoded_pk), rows.encode(version, values)
+        self._txn.put(key, value)
+        self._ops.append((commitlog.PUT, key, value))
 
     def put_encoded(self, schema: Schema, encoded_pk: bytes, version: int,
                     encoded_values: bytes) -> None:
         """Write a whole row at ``version`` from its values already encoded
         (``rows.encode_values``)."""
-        self._txn.put(keys.row(schema.table_id, encoded_pk),
-                      rows.with_version(version, encoded_values))
+        key = keys.row(schema.table_id, encoded_pk)
+        value = rows.with_version(version, encoded_values)
+        self._txn.put(key, value)
+        self._ops.append((commitlog.PUT, key, value))
 
     def delete(self, schema: Schema, encoded_pk: bytes) -> bool:
         """Remove a row; return whether it existed."""
-        return self._txn.delete(keys.row(schema.table_id, encoded_pk))
+        return self._recorder.delete(keys.row(schema.table_id, encoded_pk))
 
     def append_log(self, *, ts: float, node: str, changes: list[commitlog.Change]) -> int:
-        """Append this commit's record; return its position (the new rows' version)."""
-        return commitlog.append(self._txn, ts=ts, node=node, changes=changes)
+        """Append this commit's record, with the replay ops noted since the last one; return
+        its position (the new rows' version)."""
+        pos, size = commitlog.append(self._txn, ts=ts, node=node, changes=changes,
+                                     ops=self._ops)
+        self._ops.clear()
+        self._log_bytes += size
+        return pos
 
     def check_not_fenced(self, lease_id: int) -> None:
         """Refuse to commit for a fenced session (see ``fence.py``).
@@ -251,15 +304,89 @@ class WriteView(ReadView):
 
     def record_idempotent(self, key: str, result: Any, *, ts: float) -> None:
         """Store ``result`` under idempotency key ``key`` (same transaction as the write)."""
-        idempotency.record(self._txn, key, result, ts=ts)
+        idempotency.record(self._recorder, key, result, ts=ts)
 
     def purge_idempotency(self, *, now: float) -> int:
         """Delete idempotency records past their retention; return how many went."""
-        return idempotency.purge(self._txn, now=now)
+        return idempotency.purge(self._recorder, now=now)
 
     def next_position(self) -> int:
         """The position that the next ``append_log`` in this transaction will return."""
         return commitlog.last_position(self._txn) + 1
+
+    def truncate_log(self, before: int) -> tuple[int, int]:
+        """Remove the commit-log records before position ``before``; return how many went and
+        their size in bytes (``retention.py`` decides ``before``)."""
+        return commitlog.truncate(self._txn, before)
+
+    def load_copy(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Store items of another volume's :meth:`ReadView.replicated_items` as they are (a
+        copy, not a commit: nothing is logged); return how many.
+
+        Raises:
+            Corrupt: an item is outside the replicated key space.
+        """
+        n = 0
+        for k, v in items:
+            if not keys.is_replicated(k):
+                raise Corrupt(f"a copied item is outside the replicated key space: {k[:16]!r}")
+            self._txn.put(k, v)
+            n += 1
+        return n
+
+    def restart_log_at(self, position: int) -> None:
+        """Make the log of a volume copied at ``position`` empty, its next record
+        ``position + 1``."""
+        commitlog.restart_at(self._txn, position)
+
+    def apply_record(self, record: commitlog.Record) -> None:
+        """Replay a record of another volume's log here, and keep it at the same position.
+
+        Raises:
+            Corrupt: it carries no replay ops (an older format) or a malformed op.
+            StorageError: it is not the next position of this log.
+        """
+        if record.ops is None:
+            raise Corrupt(f"commit-log record {record.position} has no replay ops")
+        expected = self.next_position()
+        if record.position != expected:
+            raise StorageError(f"record {record.position} does not follow this log (next is "
+                               f"{expected})")
+        commitlog.apply_ops(self._txn, record.ops)
+        _, size = commitlog.append(self._txn, ts=record.ts, node=record.node,
+                                   changes=record.changes, ops=record.ops)
+        self._log_bytes += size
+
+    def _finish(self) -> None:
+        """Log the changes that no record took up, and the log's new size."""
+        if self._ops:
+            self.append_log(ts=time.time(), node="", changes=[])
+        if self._log_bytes:
+            commitlog.add_bytes(self._txn, self._log_bytes)
+            self._log_bytes = 0
+
+
+class _Recorder:
+    """A ``kv.WriteTxn`` over a write transaction that notes each change as a replay op (for
+    the domain modules that write through the protocol: idempotency, the catalog)."""
+
+    __slots__ = ("_ops", "_txn", "get", "scan")
+
+    def __init__(self, txn: WriteTxn, ops: list[commitlog.Op]) -> None:
+        self._txn = txn
+        self._ops = ops
+        self.get = txn.get
+        self.scan = txn.scan
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value)
+        self._ops.append((commitlog.PUT, key, value))
+
+    def delete(self, key: bytes) -> bool:
+        existed = self._txn.delete(key)
+        if existed:
+            self._ops.append((commitlog.DELETE, key))
+        return existed
 
 
 class Store:
@@ -307,6 +434,20 @@ class Store:
         with self.write() as view:
             return work(view)
 
+    def trim_log(self, policy: Retention, *, now: float, needed_from: int | None,
+                 limit: int = 5000) -> Cut:
+        """Remove the oldest commit-log records that ``policy`` lets go (at most ``limit``):
+        decided in a snapshot, removed in a short write transaction (the records before a
+        position never change, so the decision stays true)."""
+        with self.read() as view:
+            records = ((r.position, r.ts, r.size)
+                       for r in itertools.islice(view.log(), limit))
+            decision = cut(records, held_bytes=view.log_bounds()[2], now=now,
+                           needed_from=needed_from, policy=policy)
+        if decision.records:
+            self.transact(lambda view: view.truncate_log(decision.before))
+        return decision
+
     def housekeeping(self) -> dict[str, int]:
         """The engine's periodic upkeep (see ``kv.Engine.housekeeping``)."""
         return self.engine.housekeeping()
@@ -335,7 +476,7 @@ class _Opened(Generic[V]):
     """``Store.read`` and ``Store.write``: a view over an engine transaction for a ``with``
     block (a class rather than a generator, for the cost of every call)."""
 
-    __slots__ = ("_ctx", "_kind", "_schemas")
+    __slots__ = ("_ctx", "_kind", "_schemas", "_view")
 
     def __init__(self, ctx: Any, kind: type[V], schemas: SchemaCache) -> None:
         self._ctx = ctx
@@ -343,7 +484,15 @@ class _Opened(Generic[V]):
         self._schemas = schemas
 
     def __enter__(self) -> V:
-        return self._kind(self._ctx.__enter__(), self._schemas)
+        view = self._kind(self._ctx.__enter__(), self._schemas)
+        self._view = view
+        return view
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None:
+            try:
+                self._view._finish()
+            except BaseException as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
         self._ctx.__exit__(exc_type, exc, tb)

@@ -838,6 +838,11 @@ class ClusterServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.DrainRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.ReadLog = channel.unary_stream(
+                '/shardless.v1.ClusterService/ReadLog',
+                request_serializer=shardless_dot_v1_dot_services__pb2.ReadLogRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.ReadLogResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -860,6 +865,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadLog(self, request, context):
+        """The commit log from a position, in order, in batches (docs/api.md, "The commit log"). A
+        position that is gone fails with OUT_OF_RANGE, naming the oldest position held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -872,6 +885,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.DrainRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.DrainResponse.SerializeToString,
+            ),
+            'ReadLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadLog,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.ReadLogRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.ReadLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -928,6 +946,33 @@ class ClusterService:
             '/shardless.v1.ClusterService/Drain',
             shardless_dot_v1_dot_services__pb2.DrainRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardless.v1.ClusterService/ReadLog',
+            shardless_dot_v1_dot_services__pb2.ReadLogRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.ReadLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,16 +40,23 @@ from storage import (
     open_volume,
 )
 from storage.keycode import encode
+from storage.memory import MemoryEngine
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
+    """A volume holding table ``t`` and an empty log (a copy of one made elsewhere, taken at
+    position 0), so that the first commit of a test is position 1."""
     s = open_volume(str(tmp_path / "vol"), map_size=64 << 20)
+    src = Store(MemoryEngine())
     try:
-        with s.write() as w:
+        with src.write() as w:
             w.create_table(Schema.build(
                 "t", [Column("id", "int64"), Column("v", "string", True), Column("n", "int64")],
                 ["id"]))
+        with src.read() as r, s.write() as w:
+            w.load_copy(r.replicated_items())
+            w.restart_log_at(0)
         yield s
     finally:
         s.close()

@@ -15,6 +15,7 @@ from storage import (
     Corrupt,
     Fenced,
     InvalidInput,
+    LogTruncated,
     MapFull,
     NotFound,
     StorageError,
@@ -33,6 +34,7 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     ConditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     MapFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Corrupt: grpc.StatusCode.DATA_LOSS,
+    LogTruncated: grpc.StatusCode.OUT_OF_RANGE,
     StorageError: grpc.StatusCode.INTERNAL,
     EtcdUnavailable: grpc.StatusCode.UNAVAILABLE,
     SessionExpired: grpc.StatusCode.UNAVAILABLE,
@@ -46,7 +48,12 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
 def test_each_domain_error_maps_to_its_documented_code(cls: type[Exception],
                                                        code: grpc.StatusCode):
     """An instance of each domain error class gets the code docs/api.md gives it."""
-    err = cls("REASON", "message") if cls is TxnAborted else cls("message")
+    if cls is TxnAborted:
+        err = cls("REASON", "message")
+    elif cls is LogTruncated:
+        err = cls("message", oldest=1)
+    else:
+        err = cls("message")
     assert code_for(err) == code
 
 
