@@ -100,7 +100,7 @@ def append(txn: WriteTxn, *, ts: float, node: str, changes: Sequence[Change],
     key = keys.log(pos)
     value = msgpack.packb({"ts": ts, "node": node,
                            "changes": [[c.table, c.op, list(c.key)] for c in changes],
-                           "ops": [list(op) for op in ops]}, use_bin_type=True)
+                           "ops": ops}, use_bin_type=True)  # tuples pack as arrays
     txn.put(key, value)
     return pos, len(key) + len(value)
 
