@@ -102,6 +102,53 @@ def _run_node(args: argparse.Namespace) -> int:
         node.stop()
 
 
+def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("replica", help="keep a copy of the volume on this disk or host, "
+                                       "following the commit log (docs/replication.md)")
+    p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--volume", required=True,
+                   help="the replica's own volume directory (empty: a copy is taken first)")
+    p.add_argument("--listen", required=True, help="gRPC address (health, status), HOST:PORT")
+    p.add_argument("--mode", choices=("sync", "async"), default="async",
+                   help="sync: commits wait until this replica holds them; async: it follows "
+                        "behind, its lag reported")
+    p.add_argument("--replica-id", default="", help="default: replica-<hostname>-<port>")
+    p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
+    p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
+                   help="session lease TTL, whole seconds")
+    p.add_argument("--etcd-timeout", type=float, default=DEFAULT_ETCD_TIMEOUT_S,
+                   help="timeout of each etcd call, seconds")
+    p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
+                   help="LMDB map size of the replica's volume, bytes")
+    p.set_defaults(func=_run_replica)
+
+
+def _run_replica(args: argparse.Namespace) -> int:
+    from nodes.replica import Replica, ReplicaConfig
+
+    try:
+        replica = Replica(ReplicaConfig(
+            etcd=args.etcd, volume=args.volume, listen=args.listen, mode=args.mode,
+            replica_id=args.replica_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
+            etcd_timeout_s=args.etcd_timeout, map_size=args.map_size))
+    except ValueError as e:
+        print(f"shardless replica: {e}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: replica.stop_requested.set())
+    try:
+        replica.start()
+        while not replica.stop_requested.wait(1.0):
+            pass
+        log.info("replica leaving")
+        return 0
+    except RuntimeError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    finally:
+        replica.stop()
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="print the status of a running cluster")
     p.add_argument("addresses", nargs="+", help="node addresses, HOST:PORT")
@@ -116,6 +163,10 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
     print(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
           f"{st.log_bytes / (1 << 20):.1f} MiB")
+    for r in st.replicas:
+        print(f"replica {r.replica_id} at {r.address} ({r.mode}"
+              f"{'' if r.caught_up else ', catching up'}): position {r.position}, "
+              f"lag {r.lag_positions} position(s), {r.lag_seconds:.3f} s")
     print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
     print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
     for m in st.members:
@@ -211,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shardless", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_node(sub)
+    _add_replica(sub)
     from nodes import up
 
     p = sub.add_parser("up", help="run a local cluster: an embedded etcd and N nodes")

@@ -651,6 +651,7 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self.batches = 0
         self.commits = 0
+        self._committed = threading.Condition()
         self.lock_free = 0  # requests without locks that the check let through
         self.needed_locks = 0  # ... and that it sent back to take their locks
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -777,7 +778,9 @@ class GroupCommitter:
                 if not p.future.done():
                     p.future.set_exception(e)
             return
-        self.batches += 1
+        with self._committed:
+            self.batches += 1
+            self._committed.notify_all()
         self.commits += len(done)
         for p, err in refused:
             p.future.set_exception(err)
@@ -785,6 +788,13 @@ class GroupCommitter:
             faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
                                  getattr(p.work, "idempotency_key", ""))
             p.future.set_result(outcome)
+
+    def wait_for_commit(self, seen: int, timeout_s: float) -> int:
+        """Wait until this committer has committed a batch after the ``seen``-th (or for
+        ``timeout_s``); return the number of batches committed so far."""
+        with self._committed:
+            self._committed.wait_for(lambda: self.batches != seen, timeout=timeout_s)
+            return self.batches
 
     def close(self) -> None:
         """Finish what is queued, then stop; later submits raise ``Unavailable``."""

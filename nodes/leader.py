@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from lockmgr import Election, EtcdUnavailable, LockManager, SessionExpired
 from nodes.membership import Membership
+from nodes.replication import ReplicaRecord, needed_from
 from storage import Retention, StorageError, Store
 from storage.retention import DEFAULT_RETENTION
 
@@ -43,12 +45,14 @@ class Leader:
 
     def __init__(self, election: Election, membership: Membership, locks: LockManager,
                  store: Store, *, node_id: str, address: str,
-                 log_retention: Retention = DEFAULT_RETENTION) -> None:
+                 log_retention: Retention = DEFAULT_RETENTION,
+                 replicas: Callable[[], Sequence[ReplicaRecord]] = list) -> None:
         self._election = election
         self._membership = membership
         self._locks = locks
         self._store = store
         self._retention = log_retention
+        self._replicas = replicas
         self.node_id = node_id
         self.address = address
         self.lease_id = 0  # the session under which we lead (0: not leader)
@@ -133,10 +137,16 @@ class Leader:
 
     def _trim_log(self) -> int:
         """Remove the commit-log records that the retention rule lets go; return how many."""
+        # Read before trimming, and never trimmed without: a replica that registered since
+        # is then still needed (it registers before it copies).
+        needed = needed_from(self._replicas())
         n = 0
         for _ in range(TRIM_ROUNDS):
-            cut = self._store.trim_log(self._retention, now=time.time(), needed_from=None,
+            cut = self._store.trim_log(self._retention, now=time.time(), needed_from=needed,
                                        limit=TRIM_BATCH)
+            if cut.forced:
+                log.warning("the commit log passed its bounds: records before %d went although "
+                            "a replica still needed them (it will take a new copy)", cut.before)
             n += cut.records
             if cut.records < TRIM_BATCH:
                 break

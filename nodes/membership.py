@@ -51,6 +51,24 @@ class MemberInfo:
     public_address: str = ""  # ... and that node's shared address
 
 
+def read_members(client: EtcdClient, cluster: str) -> list[MemberInfo]:
+    """Every member of ``cluster`` whose key is in etcd, by node id.
+
+    Raises:
+        EtcdUnavailable: etcd did not answer.
+    """
+    out = []
+    for kv in client.get_prefix(members_prefix(cluster)):
+        try:
+            d = json.loads(kv.value)
+            out.append(MemberInfo(str(d["node_id"]), str(d["address"]), int(d["pid"]),
+                                  float(d["started_at"]), kv.lease_id,
+                                  str(d.get("group", "")), str(d.get("public", ""))))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed member key %r", kv.key)
+    return out
+
+
 class Membership:
     """The node's session and member key, renewed for the node's whole life."""
 
@@ -159,16 +177,7 @@ class Membership:
         Raises:
             EtcdUnavailable: etcd did not answer.
         """
-        out = []
-        for kv in self._client.get_prefix(members_prefix(self.cluster)):
-            try:
-                d = json.loads(kv.value)
-                out.append(MemberInfo(str(d["node_id"]), str(d["address"]), int(d["pid"]),
-                                      float(d["started_at"]), kv.lease_id,
-                                      str(d.get("group", "")), str(d.get("public", ""))))
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring malformed member key %r", kv.key)
-        return out
+        return read_members(self._client, self.cluster)
 
     def withdraw(self) -> None:
         """Delete the member key now (clients stop sending here) but keep the session: the

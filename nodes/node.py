@@ -38,6 +38,7 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.leader import Leader
 from nodes.membership import Membership
+from nodes.replication import lag, read_replicas
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -208,7 +209,8 @@ class Node:
         self.deathwatch.start()
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
                              self.store, node_id=cfg.node_id, address=cfg.listen,
-                             log_retention=cfg.log_retention)
+                             log_retention=cfg.log_retention,
+                             replicas=lambda: read_replicas(self.etcd, cfg.cluster))
         self.leader.start()
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
@@ -270,12 +272,22 @@ class Node:
     def status(self, local_only: bool = False) -> api.StatusResponse:
         """The cluster as this node sees it."""
         assert self.store is not None and self.membership is not None and self.etcd is not None
+        try:
+            replicas = read_replicas(self.etcd, self.cfg.cluster)
+        except EtcdUnavailable:
+            replicas = []
         with self.store.read() as view:
             oldest, position, log_bytes = view.log_bounds()
+            lags = [lag(view, r) for r in replicas]
         out = api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
                                  commit_position=position, cluster=self.cfg.cluster,
                                  version=VERSION, log_oldest_position=oldest,
                                  log_bytes=log_bytes)
+        out.replicas.extend(
+            api.ReplicaInfo(replica_id=r.replica_id, address=r.address, mode=r.mode,
+                            position=r.position, caught_up=r.caught_up,
+                            lag_positions=lg.positions, lag_seconds=lg.seconds,
+                            updated_at=r.updated_at) for r, lg in zip(replicas, lags, strict=True))
         for m in self.membership.members():
             try:
                 ttl = self.etcd.time_to_live(m.lease_id)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import msgpack
 
 from nodes import commit, convert, query
 from nodes.status import stream, unary
@@ -31,6 +33,9 @@ SCAN_CHUNK_ROWS = 512
 SCAN_CHUNK_BYTES = 1 << 20
 LOG_BATCH = 256
 MAX_LOG_BATCH = 10_000
+FOLLOW_POLL_S = 0.005
+FOLLOW_HEARTBEAT_S = 1.0
+COPY_CHUNK_BYTES = 1 << 20
 
 _KINDS = {pb.Mutation.INSERT: commit.INSERT, pb.Mutation.UPSERT: commit.UPSERT,
           pb.Mutation.UPDATE: commit.UPDATE, pb.Mutation.DELETE: commit.DELETE}
@@ -465,23 +470,60 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
         batch = request.batch_records or LOG_BATCH
         if batch > MAX_LOG_BATCH:
             raise InvalidInput(f"batch_records is at most {MAX_LOG_BATCH}")
-        store = self.node.store
+        store, committer = self.node.store, self.node.committer
         with store.read() as view:
             oldest, last, _ = view.log_bounds()
         position = request.start_position or oldest
-        end = last if not request.max_records else min(last, position + request.max_records - 1)
+        end = position + request.max_records - 1 if request.max_records else None
+        if not request.follow:
+            end = last if end is None else min(end, last)
         # One snapshot per batch, not one for the stream: a record never changes once written,
         # and a long snapshot would pin the pages that truncation frees.
-        while position <= end and context.is_active():
+        seen, quiet_since = committer.batches, time.monotonic()
+        while (end is None or position <= end) and context.is_active() \
+                and not self.node.gate.draining:
+            want = batch if end is None else min(batch, end - position + 1)
             with store.read() as view:
-                got = view.log_stored(position, min(batch, end - position + 1))
-            if not got:
+                got = view.log_stored(position, want)
+                if request.follow:
+                    oldest, last, _ = view.log_bounds()
+            if got:
+                yield api.ReadLogResponse(
+                    records=[api.LogRecord(position=rec.position, ts=rec.ts, node_id=rec.node,
+                                           data=raw) for rec, raw in got],
+                    oldest_position=oldest, last_position=last)
+                position = got[-1][0].position + 1
+                quiet_since = time.monotonic()
+                continue
+            if not request.follow:
                 return
-            yield api.ReadLogResponse(
-                records=[api.LogRecord(position=rec.position, ts=rec.ts, node_id=rec.node,
-                                       data=raw) for rec, raw in got],
-                oldest_position=oldest, last_position=last)
-            position = got[-1][0].position + 1
+            if time.monotonic() - quiet_since >= FOLLOW_HEARTBEAT_S:
+                yield api.ReadLogResponse(oldest_position=oldest, last_position=last)
+                quiet_since = time.monotonic()
+            # Woken by this node's commits at once; other nodes' commits are seen within the
+            # poll interval.
+            seen = committer.wait_for_commit(seen, FOLLOW_POLL_S)
+
+    @stream
+    def CopyVolume(self, request: api.CopyVolumeRequest, context: grpc.ServicerContext
+                   ) -> Iterator[api.CopyVolumeResponse]:
+        # One snapshot for the whole copy: it is what makes the copy consistent (NB: it pins
+        # the volume's pages for as long as the copy takes).
+        with self.node.store.read() as view:
+            position = view.commit_position()
+            chunk: list[tuple[bytes, bytes]] = []
+            size = 0
+            for k, v in view.replicated_items():
+                chunk.append((k, v))
+                size += len(k) + len(v)
+                if size >= COPY_CHUNK_BYTES:
+                    if not context.is_active():
+                        return
+                    yield api.CopyVolumeResponse(position=position,
+                                                 items=msgpack.packb(chunk, use_bin_type=True))
+                    chunk, size = [], 0
+            yield api.CopyVolumeResponse(position=position, done=True,
+                                         items=msgpack.packb(chunk, use_bin_type=True))
 
     @unary
     def Drain(self, request: api.DrainRequest, context: grpc.ServicerContext

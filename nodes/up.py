@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -130,6 +131,24 @@ def node_command(
     argv += ["--volume", str(volume), "--listen", listen]
     if node_id is not None:
         argv += ["--node-id", node_id]
+    if ttl_s is not None:
+        argv += ["--ttl", _format_seconds(ttl_s)]
+    if cluster is not None:
+        argv += ["--cluster", cluster]
+    argv += list(extra_args)
+    return argv
+
+
+def replica_command(node_id: str | None, *, etcd: str, volume: str | os.PathLike[str],
+                    listen: str, mode: str, ttl_s: float | None = None,
+                    cluster: str | None = None, extra_args: Sequence[str] = (),
+                    python: str | None = None) -> list[str]:
+    """Build the argv of one replica process (arguments as :func:`node_command`'s, plus its
+    ``--mode``)."""
+    argv = [python or sys.executable, "-m", "nodes", "replica", "--etcd", etcd]
+    argv += ["--volume", str(volume), "--listen", listen, "--mode", mode]
+    if node_id is not None:
+        argv += ["--replica-id", node_id]
     if ttl_s is not None:
         argv += ["--ttl", _format_seconds(ttl_s)]
     if cluster is not None:
@@ -658,3 +677,19 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class ReplicaProcess(NodeProcess):
+    """One ``python -m nodes replica`` process (``--mode``: ``mode``); SERVING once it has
+    caught up with the primary. Arguments as :class:`NodeProcess`'s; ``volume`` is the
+    replica's own."""
+
+    def __init__(self, node_id: str | None, *, mode: str, **kw: Any) -> None:
+        super().__init__(node_id, **kw)
+        self.mode = mode
+
+    def command(self) -> list[str]:
+        """Return the argv this replica is started with."""
+        return replica_command(self.node_id, etcd=self.etcd, volume=self.volume,
+                               listen=self.address, mode=self.mode, ttl_s=self.ttl_s,
+                               cluster=self.cluster, extra_args=self.extra_args)

@@ -318,7 +318,7 @@ class Member(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ..., group: _Optional[str] = ..., public_address: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes")
+    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes", "replicas")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +340,7 @@ class StatusResponse(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     LOG_OLDEST_POSITION_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader: str
@@ -354,7 +355,28 @@ class StatusResponse(_message.Message):
     counters: _containers.ScalarMap[str, int]
     log_oldest_position: int
     log_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
+
+class ReplicaInfo(_message.Message):
+    __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    LAG_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    address: str
+    mode: str
+    position: int
+    caught_up: bool
+    lag_positions: int
+    lag_seconds: float
+    updated_at: float
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., mode: _Optional[str] = ..., position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., lag_positions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
 class LockInfo(_message.Message):
     __slots__ = ("resource", "mode", "transaction_id", "node_id", "granted")
@@ -401,14 +423,16 @@ class TransactionInfo(_message.Message):
     def __init__(self, transaction_id: _Optional[str] = ..., node_id: _Optional[str] = ..., read_only: _Optional[bool] = ..., started_at: _Optional[float] = ..., idle_s: _Optional[float] = ..., locks_held: _Optional[int] = ...) -> None: ...
 
 class ReadLogRequest(_message.Message):
-    __slots__ = ("start_position", "max_records", "batch_records")
+    __slots__ = ("start_position", "max_records", "batch_records", "follow")
     START_POSITION_FIELD_NUMBER: _ClassVar[int]
     MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     start_position: int
     max_records: int
     batch_records: int
-    def __init__(self, start_position: _Optional[int] = ..., max_records: _Optional[int] = ..., batch_records: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, start_position: _Optional[int] = ..., max_records: _Optional[int] = ..., batch_records: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class LogRecord(_message.Message):
     __slots__ = ("position", "ts", "node_id", "data")
@@ -431,3 +455,17 @@ class ReadLogResponse(_message.Message):
     oldest_position: int
     last_position: int
     def __init__(self, records: _Optional[_Iterable[_Union[LogRecord, _Mapping]]] = ..., oldest_position: _Optional[int] = ..., last_position: _Optional[int] = ...) -> None: ...
+
+class CopyVolumeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CopyVolumeResponse(_message.Message):
+    __slots__ = ("position", "items", "done")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    items: bytes
+    done: bool
+    def __init__(self, position: _Optional[int] = ..., items: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -843,6 +843,11 @@ class ClusterServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.ReadLogRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.ReadLogResponse.FromString,
                 _registered_method=True)
+        self.CopyVolume = channel.unary_stream(
+                '/shardless.v1.ClusterService/CopyVolume',
+                request_serializer=shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -873,6 +878,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CopyVolume(self, request, context):
+        """A consistent copy of the volume's replicated key space, from one snapshot (how a replica
+        starts; docs/replication.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -890,6 +903,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.ReadLog,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.ReadLogRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.ReadLogResponse.SerializeToString,
+            ),
+            'CopyVolume': grpc.unary_stream_rpc_method_handler(
+                    servicer.CopyVolume,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -973,6 +991,33 @@ class ClusterService:
             '/shardless.v1.ClusterService/ReadLog',
             shardless_dot_v1_dot_services__pb2.ReadLogRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.ReadLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardless.v1.ClusterService/CopyVolume',
+            shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

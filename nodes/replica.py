@@ -1,0 +1,344 @@
+"""``shardless replica``: a process that keeps its own copy of the volume by following the log.
+
+Owns: the replica's volume (its own LMDB environment, on its own disk or host), taking the first
+copy, following the primary's commit log, its record in etcd, and its small gRPC face (health,
+and ``ClusterService.Status`` of itself). Does not own the registry's layout or lag
+(``nodes/replication.py``) nor what the log holds (``storage/commitlog.py``).
+
+Life:
+
+1. **Copy.** On a volume directory without a copy, it streams a consistent copy of the primary's
+   replicated key space from any node (``CopyVolume``, one snapshot on the node, writes going
+   on meanwhile) into ``DIR/.copy``, and moves it to ``DIR/lmdb`` once whole: a copy cut short
+   (a crash, a lost node) is started again, never used half-made. The copy ends at position P.
+2. **Register.** It opens its own etcd session and writes its record (mode, position P): from
+   then on the leader keeps the log from P + 1.
+3. **Follow.** It reads the log from its position on with ``ReadLog(follow=true)`` from any node
+   of the primary (another one when that one goes), applies each message's records in one write
+   transaction (durable, in position order: ``WriteView.apply_record``) and then publishes its
+   new position (at once in sync mode; at most every ``PUBLISH_S`` in async mode, and when the
+   stream goes quiet). It is ``caught_up`` once it held the primary's last position.
+4. **Lost its place.** If the log no longer holds the next position it needs (it lagged past
+   the retention bounds), it says so in its log, throws its copy away and starts again at 1.
+
+Invariant: the replica's volume is always a consistent copy at its position: every record is
+applied whole in its own write transaction with the positions before it, and the position
+published is one that is durable here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import msgpack
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from lockmgr import (
+    EtcdClient,
+    EtcdUnavailable,
+    Session,
+    SessionExpired,
+    check_timing,
+    parse_endpoints,
+)
+from nodes.membership import read_members
+from nodes.replication import MODES, ReplicaRecord, replica_key
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from storage import DEFAULT_MAP_SIZE, Store, open_volume
+from storage.commitlog import decode
+from storage.keys import log as log_key
+
+log = logging.getLogger(__name__)
+
+PUBLISH_S = 0.1
+RETRY_S = 0.5
+COPY_DIR = ".copy"
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Everything a replica process needs to start."""
+
+    etcd: str
+    volume: str
+    listen: str
+    mode: str = "async"
+    replica_id: str = ""
+    cluster: str = "shardless"
+    ttl_s: int = 5
+    etcd_timeout_s: float = 0.5
+    map_size: int = DEFAULT_MAP_SIZE
+
+    def validated(self) -> ReplicaConfig:
+        """Check the settings; fill in the replica id from the listen address if empty.
+
+        Raises:
+            ValueError: a setting is malformed.
+        """
+        parse_endpoints(self.etcd)
+        _host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"--listen {self.listen!r} is not HOST:PORT")
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}")
+        if not self.volume:
+            raise ValueError("--volume is required")
+        check_timing(self.ttl_s, self.ttl_s / 6, self.etcd_timeout_s, self.ttl_s / 3)
+        rid = self.replica_id or f"replica-{socket.gethostname()}-{port}"
+        if "/" in rid:
+            raise ValueError("--replica-id must not contain '/'")
+        return ReplicaConfig(**{**self.__dict__, "replica_id": rid,
+                                "volume": os.path.abspath(self.volume)})
+
+
+class Replica:
+    """A running replica; see the module docstring for its life."""
+
+    def __init__(self, cfg: ReplicaConfig) -> None:
+        self.cfg = cfg.validated()
+        self.store: Store | None = None
+        self.etcd: EtcdClient | None = None
+        self.session: Session | None = None
+        self.position = 0
+        self.position_ts = 0.0
+        self.primary_last = 0
+        self.caught_up = False
+        self.copies = 0
+        self.started_at = time.time()
+        self.stop_requested = threading.Event()
+        self._published = (-1, False)
+        self._last_publish = 0.0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
+        self.server: grpc.Server | None = None
+        self.health = health.HealthServicer()
+        self.port = 0
+
+    # life
+
+    def start(self) -> None:
+        """Serve health, then copy (if needed), register and follow in the background.
+
+        Raises:
+            RuntimeError: the listen address could not be bound.
+        """
+        cfg = self.cfg
+        self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8,
+                                                        thread_name_prefix="rpc"))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
+        if not self.port:
+            raise RuntimeError(f"cannot listen on {cfg.listen}")
+        server.start()
+        self.server = server
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following, withdraw the record, close everything."""
+        self.stop_requested.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        if self.server is not None:
+            self.server.stop(grace=1).wait(2)
+        if self.session is not None:
+            self.session.close()  # its record goes with the lease
+        if self.store is not None:
+            self.store.close()
+        if self.etcd is not None:
+            self.etcd.close()
+
+    def _run(self) -> None:
+        while not self.stop_requested.is_set():
+            try:
+                if self.store is None:
+                    self.store = self._open_or_copy()
+                self._follow_once()
+            except _LostPlace as e:
+                log.error("replica %s lost its place: %s; taking a new copy",
+                          self.cfg.replica_id, e)
+                self._discard_copy()
+            except (grpc.RpcError, EtcdUnavailable, SessionExpired, _NoPrimary) as e:
+                log.warning("replica %s: %s; retrying", self.cfg.replica_id, _describe(e))
+                self.stop_requested.wait(RETRY_S)
+            except Exception:  # the loop must survive anything
+                log.exception("replica %s: follow loop failed", self.cfg.replica_id)
+                self.stop_requested.wait(RETRY_S)
+
+    # the copy
+
+    def _open_or_copy(self) -> Store:
+        volume = self.cfg.volume
+        if os.path.exists(os.path.join(volume, "lmdb", "data.mdb")):
+            store = open_volume(volume, map_size=self.cfg.map_size)
+            with store.read() as view:
+                self.position = view.commit_position()
+            log.info("replica %s: volume %s holds position %d; following from there",
+                     self.cfg.replica_id, volume, self.position)
+            return store
+        # Registered at position 0 while copying, the leader keeps the whole log meanwhile
+        # (within its bounds), so that the records after the copy are still there after it.
+        self.position, self.caught_up = 0, False
+        self._ensure_session()
+        self._publish(force=True)
+        staging = os.path.join(volume, COPY_DIR)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        store = open_volume(staging, map_size=self.cfg.map_size)
+        try:
+            position, items = self._copy_into(store)
+        finally:
+            store.close()
+        os.replace(os.path.join(staging, "lmdb"), os.path.join(volume, "lmdb"))
+        shutil.rmtree(staging, ignore_errors=True)
+        self.copies += 1
+        log.info("replica %s: copied %d items at position %d into %s", self.cfg.replica_id,
+                 items, position, volume)
+        store = open_volume(volume, map_size=self.cfg.map_size)
+        self.position = position
+        return store
+
+    def _copy_into(self, store: Store) -> tuple[int, int]:
+        address = self._pick_node()
+        with grpc.insecure_channel(address) as channel:
+            stream = rpc.ClusterServiceStub(channel).CopyVolume(api.CopyVolumeRequest())
+            position, items = -1, 0
+            for msg in stream:
+                if self.stop_requested.is_set():
+                    stream.cancel()
+                    raise _NoPrimary("stopping")
+                position = msg.position
+                pairs = msgpack.unpackb(msg.items, raw=False) if msg.items else []
+                with store.write() as view:
+                    items += view.load_copy((bytes(k), bytes(v)) for k, v in pairs)
+                    if msg.done:
+                        view.restart_log_at(position)
+                if msg.done:
+                    return position, items
+        raise _NoPrimary(f"the copy from {address} ended before it was whole")
+
+    def _discard_copy(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        shutil.rmtree(os.path.join(self.cfg.volume, "lmdb"), ignore_errors=True)
+        self.position, self.caught_up = 0, False
+
+    # following
+
+    def _follow_once(self) -> None:
+        assert self.store is not None
+        self._ensure_session()
+        self._publish(force=True)
+        address = self._pick_node()
+        with grpc.insecure_channel(address) as channel:
+            stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
+                start_position=self.position + 1, follow=True, batch_records=1000))
+            try:
+                for msg in stream:
+                    if self.stop_requested.is_set():
+                        stream.cancel()
+                        return
+                    self._apply(msg)
+                    self._ensure_session()
+                    # At once in sync mode, and when it has just caught up; else throttled.
+                    self._publish(force=(self.cfg.mode == "sync" and bool(msg.records))
+                                  or self.caught_up != self._published[1])
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    raise _LostPlace(e.details() or "position gone") from e
+                if e.code() == grpc.StatusCode.CANCELLED and self.stop_requested.is_set():
+                    return
+                raise
+
+    def _apply(self, msg: api.ReadLogResponse) -> None:
+        assert self.store is not None
+        if msg.records:
+            records = [decode(log_key(r.position), r.data) for r in msg.records]
+            with self.store.write() as view:
+                for rec in records:
+                    view.apply_record(rec)
+            with self._lock:
+                self.position = records[-1].position
+                self.position_ts = records[-1].ts
+        self.primary_last = max(self.primary_last, msg.last_position)
+        if not self.caught_up and self.position >= msg.last_position:
+            self.caught_up = True
+            self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            log.info("replica %s caught up at position %d", self.cfg.replica_id,
+                     self.position)
+
+    # etcd
+
+    def _ensure_session(self) -> None:
+        assert self.etcd is not None
+        if self.session is not None and self.session.is_valid():
+            return
+        if self.session is not None:
+            self.session.close()
+        self.session = Session(self.etcd, self.cfg.ttl_s,
+                               etcd_timeout_s=self.cfg.etcd_timeout_s)
+        self._published = (-1, False)
+
+    def _publish(self, force: bool = False) -> None:
+        assert self.etcd is not None and self.session is not None
+        now = time.time()
+        state = (self.position, self.caught_up)
+        if state == self._published or (not force and now - self._last_publish < PUBLISH_S):
+            return
+        rec = ReplicaRecord(self.cfg.replica_id, self.cfg.listen, self.cfg.mode,
+                            self.position, self.position_ts, self.caught_up, os.getpid(),
+                            self.started_at, now)
+        self.etcd.put(replica_key(self.cfg.cluster, self.cfg.replica_id), rec.encode(),
+                      self.session.lease_id)
+        self._published, self._last_publish = state, now
+
+    def _pick_node(self) -> str:
+        assert self.etcd is not None
+        members = read_members(self.etcd, self.cfg.cluster)
+        if not members:
+            raise _NoPrimary("no node of the primary is registered in etcd")
+        return random.choice([m.address for m in members])
+
+    def status(self) -> api.StatusResponse:
+        """This replica's own view: its id, volume and position."""
+        return api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
+                                  commit_position=self.position, cluster=self.cfg.cluster)
+
+
+class _StatusServicer(rpc.ClusterServiceServicer):
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
+               ) -> api.StatusResponse:
+        return self.replica.status()
+
+
+class _LostPlace(Exception):
+    """The primary's log no longer holds the next position this replica needs."""
+
+
+class _NoPrimary(Exception):
+    """No node of the primary could give what was asked."""
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.RpcError):
+        return f"{e.code().name}: {e.details()}"  # type: ignore[attr-defined]
+    return str(e)

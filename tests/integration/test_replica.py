@@ -1,0 +1,189 @@
+"""Replicas of the volume (``shardless replica``), real processes on one host: each owns its own
+volume directory, copies the primary online, follows the log, reports its lag; the leader keeps
+the log for it; one that lost its place copies again. (Hosts as network namespaces, sync mode and
+promotion come in their own tests.)"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nodes.up import ReplicaProcess, stop_nodes
+from shardless import connect
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from storage import open_volume
+from tests.harness.cluster import Cluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[ReplicaProcess]]:
+    """Replica processes a test starts; all stopped (and their logs shown on failure)."""
+    made: list[ReplicaProcess] = []
+    try:
+        yield made
+    finally:
+        stop_nodes(made)
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for r in made:
+                print(f"--- log of {r.name} ---\n{r.log_tail(200)}")
+
+
+def start_replica(cluster: Cluster, made: list[ReplicaProcess], tmp_path: Path, name: str,
+                  mode: str = "async", ttl_s: float = 3) -> ReplicaProcess:
+    from nodes.etcdserver import free_port
+
+    r = ReplicaProcess(name, mode=mode, etcd=cluster.etcd_endpoints,
+                       volume=tmp_path / name / "volume", port=free_port(),
+                       log_path=tmp_path / name / "replica.log", ttl_s=ttl_s)
+    made.append(r)
+    r.start()
+    return r
+
+
+def status(cluster: Cluster) -> api.StatusResponse:
+    with grpc.insecure_channel(cluster.addresses[0]) as ch:
+        return rpc.ClusterServiceStub(ch).Status(api.StatusRequest(), timeout=10)
+
+
+def replica_info(cluster: Cluster, name: str) -> api.ReplicaInfo | None:
+    return next((r for r in status(cluster).replicas if r.replica_id == name), None)
+
+
+def leader_cycle(cluster: Cluster) -> int:
+    m = re.match(r"cycle (\d+)", status(cluster).leader_activity)
+    return int(m.group(1)) if m else 0
+
+
+def same_volume(primary: Path, replica: Path) -> tuple[int, int, bool]:
+    """Positions of both volumes and whether their replicated key spaces are equal (read as any
+    process of the host may, while the processes run)."""
+    a, b = open_volume(str(primary), map_size=1 << 30), open_volume(str(replica), map_size=1 << 30)
+    try:
+        with a.read() as ra, b.read() as rb:
+            return (ra.commit_position(), rb.commit_position(),
+                    list(ra.replicated_items()) == list(rb.replicated_items()))
+    finally:
+        a.close()
+        b.close()
+
+
+class Writer:
+    """A thread of single-row upserts through every node until stopped."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.db = connect(cluster.addresses, refresh_s=None)
+        self.done = threading.Event()
+        self.acked = 0
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self.done.is_set():
+            try:
+                self.db.upsert("t", [{"id": i % 500, "v": f"w{i}"}])
+                self.acked += 1
+            except Exception as e:  # recorded: the test asserts there were none
+                self.errors.append(e)
+            i += 1
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(30)
+        self.db.close()
+
+
+def test_an_async_replica_copies_online_follows_and_reports_its_lag(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    db.upsert("t", [{"id": i, "v": "before"} for i in range(2000)])
+    with Writer(cluster) as w:
+        wait_for(lambda: w.acked > 50, 30, message="writes under way")
+        r = start_replica(cluster, replicas, tmp_path, "r1")
+        r.wait_serving(60)  # SERVING once caught up, with writes going on throughout
+        wait_for(lambda: w.acked > 300, 60, message="more writes while it follows")
+        info = replica_info(cluster, "r1")
+        assert info is not None and info.mode == "async" and info.caught_up
+    assert not w.errors, w.errors[:3]
+    # The load has stopped: the reported lag goes to zero, and the copy equals the volume.
+    wait_for(lambda: (i := replica_info(cluster, "r1")) is not None and i.lag_positions == 0,
+             30, message="lag back to zero")
+    info = replica_info(cluster, "r1")
+    assert info is not None and info.lag_seconds == 0.0
+    primary_pos, replica_pos, equal = same_volume(cluster.volume, r.volume)
+    assert replica_pos == primary_pos == info.position and equal
+    db.close()
+
+
+def test_a_replica_resumes_after_kill_and_the_log_is_kept_for_it(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a one-second log retention, a replica killed -9 for longer than that still finds
+    its next position when it comes back (the leader kept the log for it until its record
+    expired with its lease), and resumes from its own volume."""
+    cluster: Cluster = make_cluster("--log-keep", "1", n=2)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "r2", ttl_s=10)
+    r.wait_serving(60)
+    db.upsert("t", [{"id": i, "v": "a"} for i in range(100)])
+    wait_for(lambda: (i := replica_info(cluster, "r2")) is not None and i.lag_positions == 0,
+             30, message="caught up")
+    held = replica_info(cluster, "r2").position  # type: ignore[union-attr]
+    r.kill()
+    for i in range(30):  # commits it misses, older than the retention by the time it is back
+        db.upsert("t", [{"id": i, "v": f"b{i}"}])
+    # Three leader cycles (one a second) pass: past --log-keep, these records would go but
+    # for the replica's hold.
+    first = leader_cycle(cluster)
+    wait_for(lambda: leader_cycle(cluster) >= first + 3, 15, message="three leader cycles")
+    assert status(cluster).log_oldest_position <= held + 1
+    r.start()
+    r.wait_serving(60)
+    wait_for(lambda: (i := replica_info(cluster, "r2")) is not None and i.lag_positions == 0,
+             30, message="caught up again")
+    assert "holds position" in r.log_tail(400) and "copied" in r.log_tail(400)
+    assert r.log_tail(400).count("copied") == 1  # it did not copy again
+    assert same_volume(cluster.volume, r.volume)[2]
+    db.close()
+
+
+def test_a_replica_that_lost_its_place_copies_again(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Past the log's size bound the oldest records go even though a registered replica needs
+    them (the leader says so); that replica, back, is told (OUT_OF_RANGE), throws its copy away,
+    copies again and catches up."""
+    cluster: Cluster = make_cluster("--log-keep", "0", "--log-max-mb", "0.05", n=1)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "r3", ttl_s=20)
+    r.wait_serving(60)
+    held = replica_info(cluster, "r3").position  # type: ignore[union-attr]
+    r.kill()  # its record stays until its lease (20 s) runs out: it still needs the log
+    for i in range(40):  # ~4 KB per commit: far past the 50 KB bound
+        db.upsert("t", [{"id": j, "v": "x" * 30} for j in range(i * 40, i * 40 + 40)])
+    wait_for(lambda: status(cluster).log_oldest_position > held + 1, 15,
+             message="the log trimmed past the replica")
+    assert replica_info(cluster, "r3") is not None  # still registered: the cut was forced
+    assert "passed its bounds" in cluster[0].log_tail(200)
+    r.start()
+    wait_for(lambda: "lost its place" in r.log_tail(400), 30, message="the replica notices")
+    r.wait_serving(60)
+    wait_for(lambda: (i := replica_info(cluster, "r3")) is not None and i.caught_up
+             and i.lag_positions == 0, 60, message="copied again and caught up")
+    assert r.log_tail(400).count("copied") == 2
+    assert same_volume(cluster.volume, r.volume)[2]
+    db.close()
