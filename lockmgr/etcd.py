@@ -354,6 +354,38 @@ class EtcdClient:
 
         return cancel
 
+    def watch_prefix(self, prefix: bytes, start_revision: int,
+                     callback: Callable[[list[tuple[bytes, bytes | None]] | None], None]
+                     ) -> Callable[[], None]:
+        """Call ``callback`` (on the client's watch thread) with the changes under ``prefix``
+        at or after ``start_revision``, ``(key, value)`` each (value None: deleted), or with
+        None when the watch failed or ended (read everything again then); return a function
+        that cancels the watch.
+
+        Raises:
+            EtcdUnavailable: the watch could not be created.
+        """
+        def on_event(resp: Any) -> None:
+            if resp is None or isinstance(resp, Exception):
+                callback(None)
+                return
+            callback([(ev.key, None if isinstance(ev, etcd_events.DeleteEvent) else ev.value)
+                      for ev in getattr(resp, "events", ())])
+
+        try:
+            watch_id = self._client.add_watch_prefix_callback(prefix, on_event,
+                                                              start_revision=start_revision)
+        except _ERRORS as e:
+            raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
+
+        def cancel() -> None:
+            try:
+                self._client.cancel_watch(watch_id)
+            except _ERRORS:
+                pass
+
+        return cancel
+
     def close(self) -> None:
         """Close the channels."""
         self._client.close()

@@ -50,6 +50,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "a replica or consumer still needs them")
     p.add_argument("--log-max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
                    help="no commit-log record is kept longer than this")
+    p.add_argument("--sync-policy", choices=("demote", "strict"), default="demote",
+                   help="when a synchronous replica does not hold a commit within "
+                        "--sync-timeout: demote it to asynchronous (status says so) and go "
+                        "on, or (strict) fail the commit, and reads, with UNAVAILABLE "
+                        "(docs/replication.md)")
+    p.add_argument("--sync-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long commits and reads wait for the synchronous replicas")
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes of the node, all serving --listen (SO_REUSEPORT), "
                         "so that it uses that many cores (see nodes/workers.py)")
@@ -70,6 +77,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          lock_timeout_s=args.lock_timeout, idle_timeout_s=args.idle_timeout,
                          escalate_after=args.escalate_after, public_listen=args.public_listen,
                          group=args.group,
+                         sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
                                                  max_age_s=args.log_max_age))
@@ -164,7 +172,12 @@ def _run_status(args: argparse.Namespace) -> int:
     print(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
           f"{st.log_bytes / (1 << 20):.1f} MiB")
     for r in st.replicas:
-        print(f"replica {r.replica_id} at {r.address} ({r.mode}"
+        if not r.registered:
+            print(f"replica {r.replica_id}: in the synchronous set ({r.sync_state}) but not "
+                  f"running")
+            continue
+        state = f", {r.sync_state}" if r.sync_state and r.sync_state != r.mode else ""
+        print(f"replica {r.replica_id} at {r.address} ({r.mode}{state}"
               f"{'' if r.caught_up else ', catching up'}): position {r.position}, "
               f"lag {r.lag_positions} position(s), {r.lag_seconds:.3f} s")
     print(f"leader {st.leader or '(none)'}: {st.leader_activity}")

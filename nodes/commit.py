@@ -635,13 +635,20 @@ only if asked) must take its locks, given the state in the write transaction (th
 grants; see ``txn.lock_free_check``)."""
 
 
+AckGate = Callable[[int, Callable[[], None], Callable[[Exception], None]], None]
+"""``after(position, on_ok, on_fail)``: call ``on_ok`` once ``position`` may be acknowledged
+(``SyncGate.after``)."""
+
+
 class GroupCommitter:
     """Runs the requests that arrive together in one write transaction and one sync."""
 
     def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
                  lock_free_check: LockFreeCheck | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 ack_after: AckGate | None = None) -> None:
         self._store = store
+        self._ack_after = ack_after
         self._node_id = node_id
         self._max_batch = max_batch
         self._lock_free_check = lock_free_check
@@ -731,10 +738,10 @@ class GroupCommitter:
         return False
 
     def _apply(self, view: WriteView, batch: list[_Pending]
-               ) -> tuple[list[tuple[_Pending, Outcome]], list[tuple[_Pending, Exception]]]:
+               ) -> tuple[list[tuple[_Pending, Outcome]], list[tuple[_Pending, Exception]], int]:
         """Plan and apply each request of ``batch`` in one write transaction; return those
-        applied with their outcomes, and those refused by their plans (run again from the start
-        if the store retries the transaction)."""
+        applied with their outcomes, those refused by their plans, and the last position the
+        transaction saw (run again from the start if the store retries the transaction)."""
         done: list[tuple[_Pending, Outcome]] = []
         # Refused by its plan: told only once the transaction committed, since the plan may
         # have seen the writes of earlier requests of the batch, which a failed commit undoes.
@@ -766,11 +773,11 @@ class GroupCommitter:
                                       changes=plan.changes)
                 assert got == position, (got, position)
             done.append((p, plan.outcome))
-        return done, refused
+        return done, refused, view.commit_position()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            done, refused = self._store.transact(lambda view: self._apply(view, batch))
+            done, refused, seen = self._store.transact(lambda view: self._apply(view, batch))
         except Exception as e:  # the whole transaction failed: none of the group was applied
             if not isinstance(e, StorageError):
                 log.exception("group commit failed")
@@ -782,12 +789,28 @@ class GroupCommitter:
             self.batches += 1
             self._committed.notify_all()
         self.commits += len(done)
-        for p, err in refused:
-            p.future.set_exception(err)
-        for p, outcome in done:
-            faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
-                                 getattr(p.work, "idempotency_key", ""))
-            p.future.set_result(outcome)
+
+        def answer() -> None:
+            for p, err in refused:
+                p.future.set_exception(err)
+            for p, outcome in done:
+                faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
+                                     getattr(p.work, "idempotency_key", ""))
+                p.future.set_result(outcome)
+
+        def give_up(e: Exception) -> None:
+            for p, err in refused:
+                p.future.set_exception(err)
+            for p, _ in done:
+                p.future.set_exception(e)
+
+        if self._ack_after is None:
+            answer()
+        else:
+            # Every answer of the batch, refusals too, waits until the synchronous replicas
+            # hold everything the batch saw (nodes/replication.py), without holding up the
+            # next batch.
+            self._ack_after(seen, answer, give_up)
 
     def wait_for_commit(self, seen: int, timeout_s: float) -> int:
         """Wait until this committer has committed a batch after the ``seen``-th (or for

@@ -40,6 +40,8 @@ class NodeConfig:
     public_listen: str = ""  # a worker process: the node's address, shared (SO_REUSEPORT)
     group: str = ""  # a worker process: the id of the node it is a process of
     log_retention: Retention = DEFAULT_RETENTION  # applied by the leader (storage/retention.py)
+    sync_policy: str = "demote"  # a synchronous replica that stops answering: demote | strict
+    sync_timeout_s: float = 5.0  # ... after this long (nodes/replication.py, SyncGate)
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -59,6 +61,8 @@ class NodeConfig:
             raise ValueError("--lock-timeout and --idle-timeout must be positive, "
                              "--escalate-after at least 1")
         self.log_retention.validated()
+        if self.sync_policy not in ("strict", "demote") or self.sync_timeout_s <= 0:
+            raise ValueError("--sync-policy must be strict or demote, --sync-timeout positive")
         ttl = self.ttl_s
         check_timing(ttl, ttl / 6, self.etcd_timeout_s, ttl / 3)
         node_id = self.node_id or f"{socket.gethostname()}-{port}"

@@ -38,7 +38,7 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.leader import Leader
 from nodes.membership import Membership
-from nodes.replication import lag, read_replicas
+from nodes.replication import BarrierStore, SyncGate, lag, read_replicas
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -164,6 +164,8 @@ class Node:
         self.etcd: EtcdClient | None = None
         self.membership: Membership | None = None
         self.committer: GroupCommitter | None = None
+        self.sync_gate: SyncGate | None = None
+        self.reads: BarrierStore | None = None
         self.locks: LockManager | None = None
         self.deathwatch: DeathWatch | None = None
         self.leader: Leader | None = None
@@ -191,8 +193,12 @@ class Node:
                                  StorageFencer(self.store, cfg.node_id),
                                  wait_timeout_s=cfg.lock_timeout_s,
                                  escalate_after=cfg.escalate_after)
+        self.sync_gate = SyncGate(self.etcd, cfg.cluster, node_id=cfg.node_id,
+                                  policy=cfg.sync_policy, timeout_s=cfg.sync_timeout_s)
+        self.reads = BarrierStore(self.store, self.sync_gate)
         self.committer = GroupCommitter(self.store, cfg.node_id,
-                                        lock_free_check=lock_free_check(cfg.escalate_after))
+                                        lock_free_check=lock_free_check(cfg.escalate_after),
+                                        ack_after=self.sync_gate.after)
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s, group=cfg.group,
@@ -200,12 +206,13 @@ class Node:
                                      on_started=self._session_started,
                                      on_lost=self._session_lost,
                                      before_close=self.locks.detach)
-        self.txns = TransactionManager(cfg.node_id, cfg.listen, self.store, self.committer,
+        self.txns = TransactionManager(cfg.node_id, cfg.listen, self.reads, self.committer,  # type: ignore[arg-type]
                                        self.locks, idle_timeout_s=cfg.idle_timeout_s,
                                        session_valid=self.membership.is_valid,
                                        on_fenced=self._fenced)
         self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke)
         self.membership.start(cfg.etcd_wait_s)
+        self.sync_gate.start()  # before serving: no commit is acknowledged before it knows the set
         self.deathwatch.start()
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
                              self.store, node_id=cfg.node_id, address=cfg.listen,
@@ -283,11 +290,18 @@ class Node:
                                  commit_position=position, cluster=self.cfg.cluster,
                                  version=VERSION, log_oldest_position=oldest,
                                  log_bytes=log_bytes)
+        sync_set = self.sync_gate.members() if self.sync_gate is not None else {}
         out.replicas.extend(
             api.ReplicaInfo(replica_id=r.replica_id, address=r.address, mode=r.mode,
                             position=r.position, caught_up=r.caught_up,
                             lag_positions=lg.positions, lag_seconds=lg.seconds,
-                            updated_at=r.updated_at) for r, lg in zip(replicas, lags, strict=True))
+                            updated_at=r.updated_at, sync_state=sync_set.get(r.replica_id, ""),
+                            registered=True) for r, lg in zip(replicas, lags, strict=True))
+        registered = {r.replica_id for r in replicas}
+        out.replicas.extend(
+            api.ReplicaInfo(replica_id=rid, mode="sync", sync_state=state, registered=False,
+                            lag_positions=position)
+            for rid, state in sorted(sync_set.items()) if rid not in registered)
         for m in self.membership.members():
             try:
                 ttl = self.etcd.time_to_live(m.lease_id)
@@ -399,6 +413,8 @@ class Node:
                 srv.stop(self.cfg.grace_s).wait()
         if self.committer is not None:
             self.committer.close()
+        if self.sync_gate is not None:
+            self.sync_gate.close()
         if self.membership is not None:
             self.membership.close()
         if self.locks is not None:

@@ -51,7 +51,15 @@ from lockmgr import (
     parse_endpoints,
 )
 from nodes.membership import read_members
-from nodes.replication import MODES, ReplicaRecord, replica_key
+from nodes.replication import (
+    MODES,
+    SYNC,
+    ReplicaRecord,
+    replica_key,
+    sync_key,
+    sync_state,
+    sync_value,
+)
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import DEFAULT_MAP_SIZE, Store, open_volume
@@ -61,6 +69,7 @@ from storage.keys import log as log_key
 log = logging.getLogger(__name__)
 
 PUBLISH_S = 0.1
+SYNC_CHECK_S = 1.0
 RETRY_S = 0.5
 COPY_DIR = ".copy"
 
@@ -118,6 +127,8 @@ class Replica:
         self.stop_requested = threading.Event()
         self._published = (-1, False)
         self._last_publish = 0.0
+        self._sync_state = ""
+        self._sync_checked = 0.0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
         self.server: grpc.Server | None = None
@@ -156,6 +167,12 @@ class Replica:
             self._thread.join(timeout=10)
         if self.server is not None:
             self.server.stop(grace=1).wait(2)
+        if self.cfg.mode == "sync" and self.etcd is not None:
+            try:  # leaving: the nodes stop waiting for it
+                self.etcd.delete(sync_key(self.cfg.cluster, self.cfg.replica_id))
+            except EtcdUnavailable as e:
+                log.warning("replica %s could not leave the synchronous set: %s",
+                            self.cfg.replica_id, e)
         if self.session is not None:
             self.session.close()  # its record goes with the lease
         if self.store is not None:
@@ -256,6 +273,7 @@ class Replica:
                         return
                     self._apply(msg)
                     self._ensure_session()
+                    self._maybe_join_sync_set(msg.last_position)
                     # At once in sync mode, and when it has just caught up; else throttled.
                     self._publish(force=(self.cfg.mode == "sync" and bool(msg.records))
                                   or self.caught_up != self._published[1])
@@ -307,6 +325,26 @@ class Replica:
         self.etcd.put(replica_key(self.cfg.cluster, self.cfg.replica_id), rec.encode(),
                       self.session.lease_id)
         self._published, self._last_publish = state, now
+
+    def _maybe_join_sync_set(self, last: int) -> None:
+        """In sync mode, once this replica holds the primary's last position: make sure it is
+        in the synchronous set (joining it, or again after a demotion)."""
+        if self.cfg.mode != "sync" or self.position < last:
+            return
+        assert self.etcd is not None
+        now = time.monotonic()
+        if self._sync_state == SYNC and now - self._sync_checked < SYNC_CHECK_S:
+            return
+        kv = self.etcd.get(sync_key(self.cfg.cluster, self.cfg.replica_id))
+        self._sync_checked = now
+        if kv is None or sync_state(kv.value) != SYNC:
+            self._publish(force=True)  # the position first: nodes then wait for no stale one
+            self.etcd.put(sync_key(self.cfg.cluster, self.cfg.replica_id),
+                          sync_value(SYNC, self.cfg.replica_id))
+            log.info("replica %s is in the synchronous set from position %d%s",
+                     self.cfg.replica_id, self.position,
+                     " again (it was demoted)" if kv is not None else "")
+        self._sync_state = SYNC
 
     def _pick_node(self) -> str:
         assert self.etcd is not None

@@ -1,9 +1,11 @@
-"""Replicas of the volume as the cluster sees them: the registry in etcd, and their lag.
+"""Replicas of the volume as the cluster sees them: the registry in etcd, their lag, and the
+gate that holds back acknowledgements and reads for the synchronous ones.
 
 Owns: the replica records (``<cluster>/replicas/<replica id>``, JSON, on the replica's own
-session lease, so that a dead replica's record goes with its lease), reading them, and the lag
-figures that status reports. Does not own: the replica process (``nodes/replica.py``) nor the
-log it reads (``ReadLog``, ``storage/commitlog.py``).
+session lease, so that a dead replica's record goes with its lease), the synchronous set
+(``<cluster>/sync/<replica id>``, no lease), reading them, the lag figures that status reports,
+and :class:`SyncGate`. Does not own: the replica process (``nodes/replica.py``) nor the log it
+reads (``ReadLog``, ``storage/commitlog.py``).
 
 A record says where the replica is: the last position it holds durably (``position``), the
 commit time of that record (``position_ts``), its mode (``sync`` or ``async``) and whether it
@@ -14,13 +16,18 @@ the log from the oldest position a registered replica still needs (``needed_from
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from lockmgr import EtcdClient
+from lockmgr import EtcdClient, EtcdUnavailable
 from nodes.membership import cluster_prefix
-from storage import ReadView
+from storage import ReadView, Store
+
+log = logging.getLogger(__name__)
 
 MODES = ("sync", "async")
 
@@ -109,3 +116,314 @@ def lag(view: ReadView, replica: ReplicaRecord, now: float | None = None) -> Lag
     got = view.log_stored(first_missing, 1)
     ts = got[0][0].ts if got else replica.position_ts
     return Lag(behind, max(0.0, now - ts))
+
+
+# -- synchronous replicas ----------------------------------------------------------------------
+
+SYNC = "sync"
+DEMOTED = "demoted"
+POLICIES = ("strict", "demote")
+DEFAULT_SYNC_TIMEOUT_S = 5.0
+TICK_S = 0.05
+REFRESH_S = 2.0
+
+
+def sync_prefix(cluster: str) -> bytes:
+    """The etcd prefix of the synchronous set: one key per synchronous replica, without a
+    lease (a dead synchronous replica stays in the set until it leaves or is demoted)."""
+    return cluster_prefix(cluster) + b"sync/"
+
+
+def sync_key(cluster: str, replica_id: str) -> bytes:
+    """The etcd key of one replica's place in the synchronous set."""
+    return sync_prefix(cluster) + replica_id.encode()
+
+
+def sync_value(state: str, by: str) -> bytes:
+    """The value of a synchronous-set key: ``state`` (``sync`` or ``demoted``), who set it."""
+    return json.dumps({"state": state, "by": by, "at": time.time()}).encode()
+
+
+def sync_state(raw: bytes) -> str:
+    """The state in a synchronous-set value (``sync`` when unreadable: the safe side)."""
+    try:
+        return str(json.loads(raw)["state"])
+    except (ValueError, KeyError, TypeError):
+        return SYNC  # unreadable: keep waiting for it, the safe side
+
+
+class NotReplicated(Exception):
+    """The synchronous replicas did not hold a position within the timeout."""
+
+    applied_unknown = False
+
+
+class CommitNotReplicated(NotReplicated):
+    """A commit is durable on the primary but the synchronous replicas did not hold it within
+    the timeout: its outcome is unknown to the client (it becomes visible once they hold it);
+    retry with the same idempotency key."""
+
+    applied_unknown = True
+
+
+class ReadNotReplicated(NotReplicated):
+    """A read would have seen commits the synchronous replicas do not hold yet, and they did
+    not within the timeout; nothing was done: retry."""
+
+
+@dataclass
+class _Waiter:
+    position: int
+    since: float
+    on_ok: Callable[[], None]
+    on_fail: Callable[[Exception], None]
+    what: str  # "commit" | "read"
+
+
+class SyncGate:
+    """Which positions every synchronous replica holds, and waiting on it.
+
+    The synchronous set lives in etcd (``sync_key``); each member's position is its replica
+    record. ``held()`` is the lowest position among the members in state ``sync`` (infinite
+    when there is none). Commits are acknowledged, and reads served, only at positions held
+    (``after``, ``wait_held``). A wait longer than ``timeout_s`` follows the policy: ``strict``
+    fails it (``NotReplicated``); ``demote`` marks the replicas in the way ``demoted`` in etcd
+    (every node stops waiting for them, status says so) and lets the waits go on. A demoted
+    replica puts itself back in state ``sync`` once it has caught up again.
+    """
+
+    def __init__(self, etcd: EtcdClient, cluster: str, *, node_id: str, policy: str = "demote",
+                 timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"--sync-policy must be one of {', '.join(POLICIES)}")
+        self._etcd = etcd
+        self._cluster = cluster
+        self.node_id = node_id
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._states: dict[str, str] = {}
+        self._positions: dict[str, int] = {}
+        self._waiters: list[_Waiter] = []
+        self._stale = True
+        self._cancels: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._loaded_at = 0.0
+        self.demotions = 0
+        self._thread = threading.Thread(target=self._loop, name="sync-gate", daemon=True)
+
+    def start(self) -> None:
+        """Read the synchronous set and follow it (watches, and a refresh every few seconds).
+
+        Raises:
+            EtcdUnavailable: etcd did not answer.
+        """
+        self._reload()
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop following; waiters left fail."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for cancel in self._cancels:
+            cancel()
+        with self._lock:
+            left, self._waiters = self._waiters, []
+        for w in left:
+            cls = CommitNotReplicated if w.what == "commit" else ReadNotReplicated
+            w.on_fail(cls("the node is stopping before the synchronous replicas held it"))
+
+    # reading the set
+
+    def _reload(self) -> None:
+        for cancel in self._cancels:
+            cancel()
+        self._cancels = []
+        rev, results = self._etcd.txn([EtcdClient.range_op(sync_prefix(self._cluster)),
+                                       EtcdClient.range_op(replicas_prefix(self._cluster))])
+        states = {kv.key[len(sync_prefix(self._cluster)):].decode(): sync_state(kv.value)
+                  for kv in results[0] or ()}
+        positions = {}
+        for kv in results[1] or ():
+            rec = ReplicaRecord.decode(kv.value, kv.lease_id)
+            if rec is not None:
+                positions[rec.replica_id] = rec.position
+        with self._lock:
+            self._states, self._positions, self._stale = states, positions, False
+        self._loaded_at = self._clock()
+        for prefix in (sync_prefix(self._cluster), replicas_prefix(self._cluster)):
+            self._cancels.append(self._etcd.watch_prefix(prefix, rev + 1, self._on_events))
+        self._release()
+
+    def _on_events(self, events: list[tuple[bytes, bytes | None]] | None) -> None:
+        if events is None:
+            with self._lock:
+                self._stale = True
+            return
+        sp, rp = sync_prefix(self._cluster), replicas_prefix(self._cluster)
+        with self._lock:
+            for key, value in events:
+                if key.startswith(sp):
+                    rid = key[len(sp):].decode()
+                    if value is None:
+                        self._states.pop(rid, None)
+                    else:
+                        self._states[rid] = sync_state(value)
+                elif key.startswith(rp):
+                    rid = key[len(rp):].decode()
+                    rec = None if value is None else ReplicaRecord.decode(value, 0)
+                    if rec is None:  # gone with its lease: it holds nothing we can count on
+                        self._positions.pop(rid, None)
+                    else:
+                        self._positions[rid] = rec.position
+        self._release()
+
+    def members(self) -> dict[str, str]:
+        """The synchronous set: replica id -> ``sync`` or ``demoted``."""
+        with self._lock:
+            return dict(self._states)
+
+    def held(self) -> float:
+        """The highest position every synchronous replica holds (inf: none is synchronous)."""
+        with self._lock:
+            return self._held()
+
+    def _held(self) -> float:
+        ids = [rid for rid, state in self._states.items() if state == SYNC]
+        if not ids:
+            return float("inf")
+        return min(self._positions.get(rid, 0) for rid in ids)
+
+    # waiting
+
+    def after(self, position: int, on_ok: Callable[[], None],
+              on_fail: Callable[[Exception], None]) -> None:
+        """Call ``on_ok`` once ``position`` is held (at once if it is), or ``on_fail`` when
+        the policy gives up on it."""
+        with self._lock:
+            if position <= self._held():
+                ready = True
+            else:
+                ready = False
+                self._waiters.append(_Waiter(position, self._clock(), on_ok, on_fail,
+                                             "commit"))
+        if ready:
+            on_ok()
+
+    def wait_held(self, position: int) -> None:
+        """Block until ``position`` is held.
+
+        Raises:
+            ReadNotReplicated: the policy gave up on it.
+        """
+        with self._lock:
+            if position <= self._held():
+                return
+            done = threading.Event()
+            failed: list[Exception] = []
+            self._waiters.append(_Waiter(position, self._clock(), done.set,
+                                         lambda e: (failed.append(e), done.set()), "read"))
+        done.wait(self.timeout_s * 3 + 1)
+        if failed or not done.is_set():
+            raise ReadNotReplicated(str(failed[0]) if failed else "the synchronous replicas "
+                                    "did not answer")
+
+    def _release(self) -> None:
+        with self._lock:
+            held = self._held()
+            ready = [w for w in self._waiters if w.position <= held]
+            if ready:
+                self._waiters = [w for w in self._waiters if w.position > held]
+        for w in ready:
+            w.on_ok()
+
+    # the policy
+
+    def _loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                if self._stale or self._clock() - self._loaded_at > REFRESH_S:
+                    self._reload()
+                self._expire()
+            except EtcdUnavailable as e:
+                log.warning("synchronous replicas: %s", e)
+                with self._lock:
+                    self._stale = True
+            except Exception:  # the loop must survive anything
+                log.exception("synchronous replica gate failed")
+
+    def _expire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            late = [w for w in self._waiters if now - w.since > self.timeout_s]
+            if not late:
+                return
+            oldest = min(w.position for w in late)
+            laggards = sorted(rid for rid, state in self._states.items()
+                              if state == SYNC and self._positions.get(rid, 0) < oldest)
+            if self.policy == "strict":
+                self._waiters = [w for w in self._waiters if w not in late]
+        if self.policy == "strict":
+            for w in late:
+                cls = CommitNotReplicated if w.what == "commit" else ReadNotReplicated
+                w.on_fail(cls(
+                    f"synchronous replica(s) {', '.join(laggards) or '?'} did not hold "
+                    f"position {w.position} within {self.timeout_s:g} s (--sync-policy "
+                    f"strict)" + ("; the commit is durable here and becomes visible once they "
+                                  "hold it: retry with the same idempotency key"
+                                  if w.what == "commit" else "; nothing was done")))
+            return
+        for rid in laggards:
+            log.warning("demoting synchronous replica %s to asynchronous: it did not hold "
+                        "position %d within %g s (--sync-policy demote)", rid, oldest,
+                        self.timeout_s)
+            self._etcd.put(sync_key(self._cluster, rid), sync_value(DEMOTED, self.node_id))
+            self.demotions += 1
+            with self._lock:
+                self._states[rid] = DEMOTED
+        self._release()
+
+
+class BarrierStore:
+    """The node's store as its clients' reads see it: a snapshot is handed out only once the
+    synchronous replicas hold every commit in it, so that no read anywhere shows a commit that
+    a promotion could take away. Everything but ``read`` is the store's own."""
+
+    def __init__(self, store: Store, gate: SyncGate) -> None:
+        self._store = store
+        self._gate = gate
+
+    def read(self) -> _BarrierRead:
+        """A snapshot (see ``Store.read``), once held by the synchronous replicas.
+
+        Raises:
+            ReadNotReplicated: they did not hold it within the gate's timeout.
+        """
+        return _BarrierRead(self._store.read(), self._gate)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class _BarrierRead:
+    __slots__ = ("_ctx", "_gate")
+
+    def __init__(self, ctx: Any, gate: SyncGate) -> None:
+        self._ctx = ctx
+        self._gate = gate
+
+    def __enter__(self) -> ReadView:
+        view: ReadView = self._ctx.__enter__()
+        try:
+            position = view.commit_position()
+            if position > self._gate.held():
+                self._gate.wait_held(position)
+        except BaseException as e:
+            self._ctx.__exit__(type(e), e, e.__traceback__)
+            raise
+        return view
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._ctx.__exit__(exc_type, exc, tb)

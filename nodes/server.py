@@ -109,7 +109,7 @@ class _Base:
                 return self.node.txns.read(txn, reads, for_update, _timeout(context))
         if for_update:
             raise InvalidInput("for_update needs a transaction_id")
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             return commit.evaluate(view, [], reads)
 
 
@@ -135,13 +135,13 @@ class TableService(_Base, rpc.TableServiceServicer):
     @unary
     def ListTables(self, request: api.ListTablesRequest, context: grpc.ServicerContext
                    ) -> api.ListTablesResponse:
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             return api.ListTablesResponse(tables=[convert.to_schema(s) for s in view.tables()])
 
     @unary
     def DescribeTable(self, request: api.DescribeTableRequest, context: grpc.ServicerContext
                       ) -> api.DescribeTableResponse:
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             schema = view.require_table(request.name)
             return api.DescribeTableResponse(schema=convert.to_schema(schema),
                                              row_count=view.count(schema))
@@ -214,14 +214,14 @@ class RowService(_Base, rpc.RowServiceServicer):
 
     def _column_names(self, table: str, columns: list[str]) -> list[str]:
         """The names a projection of ``table`` returns (checked; all when empty)."""
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             return view.require_table(table).projection(columns)[0]
 
     def _snapshot_packed(self, table: str, keys: Any, columns: list[str],
                          out: pb.PackedRows) -> None:
         """Like :meth:`_snapshot_reads`, into packed rows: without a projection the stored
         rows go out as they are (their layout is the packed one)."""
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             schema = view.require_table(table)
             names, indexes = schema.projection(columns)
             encs = convert.encoded_keys(schema, keys)
@@ -238,7 +238,7 @@ class RowService(_Base, rpc.RowServiceServicer):
                         results: list[api.GetResponse]) -> None:
         """Point reads outside a transaction, on one snapshot, into ``results`` (the hot path
         of Get and BatchGet: schema and projection resolved once, rows filled in place)."""
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             schema = view.require_table(table)
             names, indexes = schema.projection(columns)
             encs = convert.encoded_keys(schema, keys)
@@ -308,7 +308,7 @@ class RowService(_Base, rpc.RowServiceServicer):
             return
         if request.for_update:
             raise InvalidInput("for_update needs a transaction_id")
-        with self.node.store.read() as view:
+        with self.node.reads.read() as view:
             schema = view.require_table(request.table)
             lo, hi = query.byte_range(schema, *bounds)
             if request.packed and not filters and not cols:
@@ -393,7 +393,7 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         writes = [_mutation(m) for m in request.writes]
         _check_idempotency_key(request.idempotency_key)
         if not writes:
-            with self.node.store.read() as view:
+            with self.node.reads.read() as view:
                 found = commit.evaluate(view, checks, reads)
             resp = api.ExecuteResponse()
             _results(found, resp.reads)

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from lockmgr import Aborted, EtcdUnavailable, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
+from nodes.replication import NotReplicated
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
     AlreadyExists,
@@ -59,6 +60,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
     (SessionExpired, grpc.StatusCode.UNAVAILABLE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotReplicated, grpc.StatusCode.UNAVAILABLE),
     (CommitTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
@@ -93,7 +95,7 @@ def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
     if code is None:
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {e!r}")
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not getattr(e, "applied_unknown", False):
         # Every UNAVAILABLE a node raises comes before any effect (refused at the gate, or etcd
         # unreachable while locking); say so, unlike a transport failure, which is ambiguous.
         info = any_pb2.Any()

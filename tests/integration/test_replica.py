@@ -6,7 +6,9 @@ promotion come in their own tests.)"""
 from __future__ import annotations
 
 import re
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,3 +189,119 @@ def test_a_replica_that_lost_its_place_copies_again(
     assert r.log_tail(400).count("copied") == 2
     assert same_volume(cluster.volume, r.volume)[2]
     db.close()
+
+
+# -- synchronous replicas ------------------------------------------------------------------------
+
+
+def replica_position(r: ReplicaProcess) -> int:
+    """The position the replica process itself says it holds durably."""
+    with grpc.insecure_channel(r.address) as ch:
+        return rpc.ClusterServiceStub(ch).Status(api.StatusRequest(), timeout=10).commit_position
+
+
+def in_sync_set(cluster: Cluster, name: str, state: str = "sync") -> bool:
+    info = replica_info(cluster, name)
+    return info is not None and info.sync_state == state
+
+
+def test_every_commit_acknowledged_is_on_the_sync_replica(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    """With a synchronous replica, a commit is acknowledged only once the replica holds it:
+    asked right after each acknowledgement, the replica's own durable position is never
+    behind it."""
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "s1", mode="sync")
+    r.wait_serving(60)
+    wait_for(lambda: in_sync_set(cluster, "s1"), 15, message="in the synchronous set")
+    for i in range(60):
+        position = db.upsert("t", [{"id": i % 7, "v": f"v{i}"}])
+        assert replica_position(r) >= position, (i, position)
+    db.close()
+
+
+def test_strict_a_frozen_sync_replica_blocks_commits_and_hides_them_from_reads(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--sync-policy strict: while the synchronous replica is frozen, a commit fails with
+    UNAVAILABLE (outcome unknown: no NOT_APPLIED) after --sync-timeout, and no read on any node
+    returns it; once the replica is back, it holds the commit and reads see it."""
+    cluster: Cluster = make_cluster("--sync-policy", "strict", "--sync-timeout", "1", n=2)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    db.upsert("t", [{"id": 1, "v": "old"}])
+    r = start_replica(cluster, replicas, tmp_path, "s2", mode="sync", ttl_s=10)
+    r.wait_serving(60)
+    wait_for(lambda: in_sync_set(cluster, "s2"), 15, message="in the synchronous set")
+    rows = [rpc.RowServiceStub(grpc.insecure_channel(a)) for a in cluster.addresses]
+    get = api.GetRequest(table="t", key=pb_key(1))
+    r.send_signal(signal.SIGSTOP)
+    try:
+        writes = rpc.RowServiceStub(grpc.insecure_channel(cluster.addresses[0]))
+        with pytest.raises(grpc.RpcError) as failed:
+            writes.Upsert(api.WriteRowsRequest(table="t", rows=[pb_row(1, "new")],
+                                               idempotency_key="k-new"), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "synchronous replica(s) s2" in (failed.value.details() or "")
+        assert not has_not_applied(failed.value)
+        for stub in rows:  # the commit is durable on the volume, yet no read shows it
+            try:
+                got = stub.Get(get, timeout=10)
+                assert got.row.columns["v"].string_value == "old"
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE and has_not_applied(e)
+    finally:
+        r.send_signal(signal.SIGCONT)
+    wait_for(lambda: rows[1].Get(get, timeout=10).row.columns["v"].string_value == "new", 30,
+             message="the commit visible once the replica holds it",
+             retry_on=(grpc.RpcError,))
+    again = writes.Upsert(api.WriteRowsRequest(table="t", rows=[pb_row(1, "new")],
+                                               idempotency_key="k-new"), timeout=10)
+    assert replica_position(r) >= again.commit_position  # the retry: the first result, held
+    db.close()
+
+
+def test_demote_a_frozen_sync_replica_is_demoted_and_rejoins_when_caught_up(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--sync-policy demote (the default): a commit waits --sync-timeout for the frozen replica,
+    then the replica is demoted (status says so) and commits go on at full speed; thawed, it
+    catches up and is synchronous again."""
+    cluster: Cluster = make_cluster("--sync-timeout", "1", n=2)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "s3", mode="sync", ttl_s=10)
+    r.wait_serving(60)
+    wait_for(lambda: in_sync_set(cluster, "s3"), 15, message="in the synchronous set")
+    r.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        db.upsert("t", [{"id": 1, "v": "a"}])
+        assert time.monotonic() - t0 >= 0.9  # it waited for the replica first
+        assert in_sync_set(cluster, "s3", "demoted")
+        t0 = time.monotonic()
+        for i in range(20):
+            db.upsert("t", [{"id": i, "v": "b"}])
+        assert time.monotonic() - t0 < 5  # no more waiting for it
+    finally:
+        r.send_signal(signal.SIGCONT)
+    wait_for(lambda: in_sync_set(cluster, "s3"), 30, message="synchronous again")
+    assert "again (it was demoted)" in r.log_tail(200)
+    position = db.upsert("t", [{"id": 99, "v": "c"}])
+    assert replica_position(r) >= position
+    db.close()
+
+
+def pb_key(i: int):  # type: ignore[no-untyped-def]
+    from shardless.client import to_key
+    return to_key(i)
+
+
+def pb_row(i: int, v: str):  # type: ignore[no-untyped-def]
+    from shardless.client import to_row
+    return to_row({"id": i, "v": v})
+
+
+def has_not_applied(e: grpc.RpcError) -> bool:
+    from grpc_status import rpc_status
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    return status is not None and any(b"NOT_APPLIED" in d.value for d in status.details)

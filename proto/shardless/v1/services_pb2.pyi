@@ -359,7 +359,7 @@ class StatusResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at")
+    __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at", "sync_state", "registered")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +368,8 @@ class ReplicaInfo(_message.Message):
     LAG_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SYNC_STATE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
     mode: str
@@ -376,7 +378,9 @@ class ReplicaInfo(_message.Message):
     lag_positions: int
     lag_seconds: float
     updated_at: float
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., mode: _Optional[str] = ..., position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., lag_positions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    sync_state: str
+    registered: bool
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., mode: _Optional[str] = ..., position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., lag_positions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., updated_at: _Optional[float] = ..., sync_state: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
 
 class LockInfo(_message.Message):
     __slots__ = ("resource", "mode", "transaction_id", "node_id", "granted")

@@ -7,6 +7,7 @@ import pytest
 
 from lockmgr import Aborted, EtcdUnavailable, LockError, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
+from nodes.replication import NotReplicated
 from nodes.status import CODES, code_for
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
@@ -35,6 +36,7 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     MapFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Corrupt: grpc.StatusCode.DATA_LOSS,
     LogTruncated: grpc.StatusCode.OUT_OF_RANGE,
+    NotReplicated: grpc.StatusCode.UNAVAILABLE,
     StorageError: grpc.StatusCode.INTERNAL,
     EtcdUnavailable: grpc.StatusCode.UNAVAILABLE,
     SessionExpired: grpc.StatusCode.UNAVAILABLE,
