@@ -63,13 +63,13 @@ from nodes.replication import (
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import DEFAULT_MAP_SIZE, Store, open_volume
-from storage.commitlog import decode
-from storage.keys import log as log_key
 
 log = logging.getLogger(__name__)
 
 PUBLISH_S = 0.1
 SYNC_CHECK_S = 1.0
+MEMBERS_S = 1.0
+REPORT_TIMEOUT_S = 1.0
 RETRY_S = 0.5
 COPY_DIR = ".copy"
 
@@ -129,6 +129,9 @@ class Replica:
         self._last_publish = 0.0
         self._sync_state = ""
         self._sync_checked = 0.0
+        self._addresses: list[str] = []
+        self._members_at = 0.0
+        self._stubs: dict[str, rpc.ClusterServiceStub] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
         self.server: grpc.Server | None = None
@@ -272,11 +275,12 @@ class Replica:
                         stream.cancel()
                         return
                     self._apply(msg)
+                    if self.cfg.mode == "sync" and msg.records:
+                        self._report()  # the nodes waiting for it hear at once
                     self._ensure_session()
                     self._maybe_join_sync_set(msg.last_position)
-                    # At once in sync mode, and when it has just caught up; else throttled.
-                    self._publish(force=(self.cfg.mode == "sync" and bool(msg.records))
-                                  or self.caught_up != self._published[1])
+                    # The record in etcd: at once when it has just caught up, else throttled.
+                    self._publish(force=self.caught_up != self._published[1])
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.OUT_OF_RANGE:
                     raise _LostPlace(e.details() or "position gone") from e
@@ -287,13 +291,12 @@ class Replica:
     def _apply(self, msg: api.ReadLogResponse) -> None:
         assert self.store is not None
         if msg.records:
-            records = [decode(log_key(r.position), r.data) for r in msg.records]
             with self.store.write() as view:
-                for rec in records:
-                    view.apply_record(rec)
+                for r in msg.records:
+                    view.apply_stored(r.position, r.data)
             with self._lock:
-                self.position = records[-1].position
-                self.position_ts = records[-1].ts
+                self.position = msg.records[-1].position
+                self.position_ts = msg.records[-1].ts
         self.primary_last = max(self.primary_last, msg.last_position)
         if not self.caught_up and self.position >= msg.last_position:
             self.caught_up = True
@@ -345,6 +348,32 @@ class Replica:
                      self.cfg.replica_id, self.position,
                      " again (it was demoted)" if kv is not None else "")
         self._sync_state = SYNC
+
+    def _report(self) -> None:
+        """Tell every node of the primary the position now held (in parallel; a node that
+        does not answer learns it from the record in etcd)."""
+        now = time.monotonic()
+        if now - self._members_at > MEMBERS_S:
+            assert self.etcd is not None
+            try:
+                self._addresses = sorted({m.address for m in
+                                          read_members(self.etcd, self.cfg.cluster)})
+                self._members_at = now
+            except EtcdUnavailable:
+                pass
+        req = api.ReportPositionRequest(replica_id=self.cfg.replica_id, position=self.position)
+        calls = []
+        for address in self._addresses:
+            stub = self._stubs.get(address)
+            if stub is None:
+                stub = self._stubs[address] = rpc.ClusterServiceStub(
+                    grpc.insecure_channel(address))
+            calls.append(stub.ReportPosition.future(req, timeout=REPORT_TIMEOUT_S))
+        for call in calls:
+            try:
+                call.result()
+            except grpc.RpcError:
+                pass
 
     def _pick_node(self) -> str:
         assert self.etcd is not None

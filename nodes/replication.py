@@ -25,7 +25,7 @@ from typing import Any
 
 from lockmgr import EtcdClient, EtcdUnavailable
 from nodes.membership import cluster_prefix
-from storage import ReadView, Store
+from storage import ReadView, Store, commitlog
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def lag(view: ReadView, replica: ReplicaRecord, now: float | None = None) -> Lag
     oldest, _, _ = view.log_bounds()
     first_missing = max(replica.position + 1, oldest)
     got = view.log_stored(first_missing, 1)
-    ts = got[0][0].ts if got else replica.position_ts
+    ts = commitlog.header(got[0][1])[0] if got else replica.position_ts
     return Lag(behind, max(0.0, now - ts))
 
 
@@ -251,6 +251,8 @@ class SyncGate:
             if rec is not None:
                 positions[rec.replica_id] = rec.position
         with self._lock:
+            for rid, pos in positions.items():  # the highest heard (see ``report``)
+                positions[rid] = max(pos, self._positions.get(rid, 0))
             self._states, self._positions, self._stale = states, positions, False
         self._loaded_at = self._clock()
         for prefix in (sync_prefix(self._cluster), replicas_prefix(self._cluster)):
@@ -276,8 +278,18 @@ class SyncGate:
                     rec = None if value is None else ReplicaRecord.decode(value, 0)
                     if rec is None:  # gone with its lease: it holds nothing we can count on
                         self._positions.pop(rid, None)
-                    else:
-                        self._positions[rid] = rec.position
+                    else:  # the highest heard (see ``report``)
+                        self._positions[rid] = max(rec.position, self._positions.get(rid, 0))
+        self._release()
+
+    def report(self, replica_id: str, position: int) -> None:
+        """A replica says it holds ``position`` durably (``ReportPosition``). Positions are
+        kept as the highest heard, from here or etcd: a lower one (a replica that copies
+        again) can only concern positions already acknowledged."""
+        with self._lock:
+            if position <= self._positions.get(replica_id, 0):
+                return
+            self._positions[replica_id] = position
         self._release()
 
     def members(self) -> dict[str, str]:

@@ -21,7 +21,7 @@ from nodes.txn import WrongNode
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
-from storage import InvalidInput, Schema, Value, idempotency
+from storage import InvalidInput, Schema, Value, commitlog, idempotency
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ SCAN_CHUNK_ROWS = 512
 SCAN_CHUNK_BYTES = 1 << 20
 LOG_BATCH = 256
 MAX_LOG_BATCH = 10_000
-FOLLOW_POLL_S = 0.005
+FOLLOW_POLL_S = 0.002
 FOLLOW_HEARTBEAT_S = 1.0
 COPY_CHUNK_BYTES = 1 << 20
 
@@ -319,6 +319,11 @@ class RowService(_Base, rpc.RowServiceServicer):
                               cols, limit)
 
 
+def _log_record(position: int, raw: bytes) -> api.LogRecord:
+    ts, node = commitlog.header(raw)
+    return api.LogRecord(position=position, ts=ts, node_id=node, data=raw)
+
+
 def _chunks(schema: Schema, rows: Iterator[tuple[int, list[Value]]],
             filters: list[query.Filter], cols: list[str], limit: int | None
             ) -> Iterator[api.ScanResponse]:
@@ -489,10 +494,9 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
                     oldest, last, _ = view.log_bounds()
             if got:
                 yield api.ReadLogResponse(
-                    records=[api.LogRecord(position=rec.position, ts=rec.ts, node_id=rec.node,
-                                           data=raw) for rec, raw in got],
+                    records=[_log_record(pos, raw) for pos, raw in got],
                     oldest_position=oldest, last_position=last)
-                position = got[-1][0].position + 1
+                position = got[-1][0] + 1
                 quiet_since = time.monotonic()
                 continue
             if not request.follow:
@@ -503,6 +507,14 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
             # Woken by this node's commits at once; other nodes' commits are seen within the
             # poll interval.
             seen = committer.wait_for_commit(seen, FOLLOW_POLL_S)
+
+    @unary
+    def ReportPosition(self, request: api.ReportPositionRequest,
+                       context: grpc.ServicerContext) -> api.ReportPositionResponse:
+        if not request.replica_id:
+            raise InvalidInput("replica_id is required")
+        self.node.sync_gate.report(request.replica_id, request.position)
+        return api.ReportPositionResponse()
 
     @stream
     def CopyVolume(self, request: api.CopyVolumeRequest, context: grpc.ServicerContext

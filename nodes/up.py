@@ -429,6 +429,22 @@ def stop_nodes(
 # -- the command ---------------------------------------------------------------------------
 
 
+class ReplicaProcess(NodeProcess):
+    """One ``python -m nodes replica`` process (``--mode``: ``mode``); SERVING once it has
+    caught up with the primary. Arguments as :class:`NodeProcess`'s; ``volume`` is the
+    replica's own."""
+
+    def __init__(self, node_id: str | None, *, mode: str, **kw: Any) -> None:
+        super().__init__(node_id, **kw)
+        self.mode = mode
+
+    def command(self) -> list[str]:
+        """Return the argv this replica is started with."""
+        return replica_command(self.node_id, etcd=self.etcd, volume=self.volume,
+                               listen=self.address, mode=self.mode, ttl_s=self.ttl_s,
+                               cluster=self.cluster, extra_args=self.extra_args)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``up`` options to ``parser``.
 
@@ -474,6 +490,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--processes", type=int, default=1, metavar="K",
         help="processes of each node, serving its address together (default 1; see "
         "nodes/workers.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--replica", choices=("async", "sync"), default=None, metavar="MODE",
+        help="also start a replica of the volume (async or sync) in DIR/replica, on the port "
+        "after the nodes' (docs/replication.md)",
     )  # fmt: skip
     parser.add_argument(
         "--ready-timeout", type=float, default=60.0, metavar="SECONDS",
@@ -550,7 +571,7 @@ def run(args: argparse.Namespace) -> int:
     nodes: list[NodeProcess] = []
     previous = _install_signal_handlers(on_signal)
     try:
-        ports = [args.base_port + i for i in range(args.nodes)]
+        ports = [args.base_port + i for i in range(args.nodes + (1 if args.replica else 0))]
         busy = [p for p in ports if not port_is_free(p, host)]
         if busy:
             _say(
@@ -595,7 +616,7 @@ def run(args: argparse.Namespace) -> int:
             endpoints = etcd.endpoint
             _say(f"etcd: ready at {endpoints} (pid {etcd.pid})")
 
-        for i, port in enumerate(ports, start=1):
+        for i, port in enumerate(ports[:args.nodes], start=1):
             node = NodeProcess(
                 f"node-{i}",
                 etcd=endpoints,
@@ -614,8 +635,22 @@ def run(args: argparse.Namespace) -> int:
             )
         for node in nodes:
             node.wait_serving(timeout_s=args.ready_timeout, cancel=stop)
+        if args.replica:
+            replica = ReplicaProcess(
+                "replica-1", mode=args.replica, etcd=endpoints,
+                volume=data_dir / "replica" / "volume", port=ports[-1],
+                log_path=logs_dir / "replica-1.log", host=host, ttl_s=args.ttl,
+                cluster=args.cluster,
+            )
+            nodes.append(replica)
+            replica.start()
+            _say(
+                f"replica: started {replica.name} ({args.replica}) on {replica.address} "
+                f"(pid {replica.pid}, volume {replica.volume}, log {replica.log_path})"
+            )
+            replica.wait_serving(timeout_s=args.ready_timeout, cancel=stop)
 
-        addresses = [n.address for n in nodes]
+        addresses = [n.address for n in nodes if not isinstance(n, ReplicaProcess)]
         _say(f"nodes: {','.join(addresses)}")
         _say(f"etcd endpoint: {endpoints}")
         _say(f"volume: {volume}")
@@ -678,18 +713,3 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-class ReplicaProcess(NodeProcess):
-    """One ``python -m nodes replica`` process (``--mode``: ``mode``); SERVING once it has
-    caught up with the primary. Arguments as :class:`NodeProcess`'s; ``volume`` is the
-    replica's own."""
-
-    def __init__(self, node_id: str | None, *, mode: str, **kw: Any) -> None:
-        super().__init__(node_id, **kw)
-        self.mode = mode
-
-    def command(self) -> list[str]:
-        """Return the argv this replica is started with."""
-        return replica_command(self.node_id, etcd=self.etcd, volume=self.volume,
-                               listen=self.address, mode=self.mode, ttl_s=self.ttl_s,
-                               cluster=self.cluster, extra_args=self.extra_args)

@@ -105,6 +105,15 @@ def append(txn: WriteTxn, *, ts: float, node: str, changes: Sequence[Change],
     return pos, len(key) + len(value)
 
 
+def put_stored(txn: WriteTxn, position: int, raw: bytes) -> int:
+    """Keep another log's record at ``position`` as it was stored there (the next position
+    here); return its size."""
+    txn.put(LOG_POS, _U64.pack(position))
+    key = keys.log(position)
+    txn.put(key, raw)
+    return len(key) + len(raw)
+
+
 def add_bytes(txn: WriteTxn, delta: int) -> None:
     """Add ``delta`` (may be negative) to ``log_bytes``, never going below zero."""
     txn.put(LOG_BYTES, _U64.pack(max(0, held_bytes(txn) + delta)))
@@ -121,15 +130,14 @@ def read(txn: Snapshot, start: int | None = None) -> Iterator[Record]:
         yield decode(k, v)
 
 
-def read_stored(txn: Snapshot, start: int | None, limit: int) -> list[tuple[Record, bytes]]:
-    """Up to ``limit`` records from ``start`` on, each with its stored bytes (to pass on as
-    they are).
+def read_stored(txn: Snapshot, start: int | None, limit: int) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` records from ``start`` on, as (position, stored bytes), to pass on as
+    they are.
 
     Raises:
         LogTruncated: ``start`` is before the oldest position held.
-        Corrupt: a record is unreadable.
     """
-    return [(decode(k, v), v) for k, v in _stored(txn, start, limit)]
+    return [(keys.log_position(k), v) for k, v in _stored(txn, start, limit)]
 
 
 def _stored(txn: Snapshot, start: int | None, limit: int | None
@@ -158,6 +166,29 @@ def decode(k: bytes, v: bytes) -> Record:
                       len(k) + len(v))
     except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
         raise Corrupt(f"unreadable commit-log record at {keys.log_position(k)}") from e
+
+
+def header(v: bytes) -> tuple[float, str]:
+    """The commit time and node of a stored record, without decoding the rest.
+
+    Raises:
+        Corrupt: it is unreadable.
+    """
+    try:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(v)
+        fields: dict[str, Any] = {}
+        for _ in range(unpacker.read_map_header()):
+            name = unpacker.unpack()
+            if name in ("ts", "node"):
+                fields[name] = unpacker.unpack()
+                if len(fields) == 2:
+                    break
+            else:
+                unpacker.skip()
+        return float(fields["ts"]), str(fields["node"])
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+        raise Corrupt("unreadable commit-log record") from e
 
 
 def apply_ops(txn: WriteTxn, ops: Sequence[Op]) -> None:

@@ -181,9 +181,9 @@ class ReadView:
         """
         return commitlog.read(self._txn, start)
 
-    def log_stored(self, start: int | None, limit: int
-                   ) -> list[tuple[commitlog.Record, bytes]]:
-        """Up to ``limit`` commit-log records from ``start`` on, each with its stored bytes.
+    def log_stored(self, start: int | None, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` commit-log records from ``start`` on, as (position, stored bytes)
+        (``commitlog.header`` reads their time and node cheaply).
 
         Raises:
             LogTruncated: ``start`` is before the oldest position held.
@@ -356,6 +356,25 @@ class WriteView(ReadView):
         _, size = commitlog.append(self._txn, ts=record.ts, node=record.node,
                                    changes=record.changes, ops=record.ops)
         self._log_bytes += size
+
+    def apply_stored(self, position: int, raw: bytes) -> commitlog.Record:
+        """Like :meth:`apply_record`, from the record's stored bytes (kept as they are);
+        return the record.
+
+        Raises:
+            Corrupt: it is unreadable or carries no replay ops.
+            StorageError: it is not the next position of this log.
+        """
+        record = commitlog.decode(keys.log(position), raw)
+        if record.ops is None:
+            raise Corrupt(f"commit-log record {position} has no replay ops")
+        expected = self.next_position()
+        if position != expected:
+            raise StorageError(f"record {position} does not follow this log (next is "
+                               f"{expected})")
+        commitlog.apply_ops(self._txn, record.ops)
+        self._log_bytes += commitlog.put_stored(self._txn, position, raw)
+        return record
 
     def _finish(self) -> None:
         """Log the changes that no record took up, and the log's new size."""

@@ -80,3 +80,45 @@ def _etcd_pid(lines: list[str]) -> int:
         if ln.startswith("etcd: ready at") and "(pid " in ln:
             return int(ln.rsplit("(pid ", 1)[1].rstrip(")\n"))
     raise AssertionError("up did not print the etcd pid:\n" + "".join(lines))
+
+
+def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
+    """up --replica sync starts a replica beside the nodes: it is in status, holds every
+    commit a client makes, and stops with the rest."""
+    base = free_port()
+    while not all(port_is_free(base + i) for i in range(2)):
+        base = free_port()
+    cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "1", "--base-port", str(base),
+           "--etcd-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--ttl", "3",
+           "--replica", "sync"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=node_env(), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    pids: list[int] = []
+    try:
+        wait_for(lambda: "ready" in [ln.strip() for ln in lines], 90,
+                 message=lambda: "up to print ready; output:\n" + "".join(lines))
+        assert any(ln.startswith("replica: started replica-1 (sync)") for ln in lines)
+        with connect([f"127.0.0.1:{base}"]) as db:
+            db.create_table("t", {"id": "int64"}, primary_key="id")
+            wait_for(lambda: any(r.sync_state == "sync" for r in db.status().replicas), 30,
+                     message="the replica in the synchronous set")
+            position = db.upsert("t", {"id": 1})
+            (replica,) = db.status().replicas
+            assert replica.replica_id == "replica-1" and replica.address == f"127.0.0.1:{base + 1}"
+            assert replica.position >= position and replica.lag_positions == 0
+            pids = [m.pid for m in db.status().members]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, "".join(lines)
+        wait_for(lambda: not any(_pid_alive(p) for p in pids), 10, message="nodes to exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for pid in pids:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert (tmp_path / "data" / "replica" / "volume" / "lmdb" / "data.mdb").exists()

@@ -473,3 +473,15 @@ class CopyVolumeResponse(_message.Message):
     items: bytes
     done: bool
     def __init__(self, position: _Optional[int] = ..., items: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class ReportPositionRequest(_message.Message):
+    __slots__ = ("replica_id", "position")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    position: int
+    def __init__(self, replica_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class ReportPositionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

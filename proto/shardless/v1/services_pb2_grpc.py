@@ -848,6 +848,11 @@ class ClusterServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.FromString,
                 _registered_method=True)
+        self.ReportPosition = channel.unary_unary(
+                '/shardless.v1.ClusterService/ReportPosition',
+                request_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -886,6 +891,14 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPosition(self, request, context):
+        """A synchronous replica tells a node the position it now holds durably (faster than its
+        record in etcd, which it also keeps; docs/replication.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -908,6 +921,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.CopyVolume,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.SerializeToString,
+            ),
+            'ReportPosition': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPosition,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1018,6 +1036,33 @@ class ClusterService:
             '/shardless.v1.ClusterService/CopyVolume',
             shardless_dot_v1_dot_services__pb2.CopyVolumeRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.CopyVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPosition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.ClusterService/ReportPosition',
+            shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
             options,
             channel_credentials,
             insecure,
