@@ -20,6 +20,7 @@ Leaving (SIGTERM, SIGINT or the Drain call; ``shardless drain``) loses no client
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -283,6 +284,9 @@ class Node:
             replicas = read_replicas(self.etcd, self.cfg.cluster)
         except EtcdUnavailable:
             replicas = []
+        if self.sync_gate is not None:  # its reports reach the nodes before its record
+            replicas = [dataclasses.replace(r, position=max(
+                r.position, self.sync_gate.position_of(r.replica_id))) for r in replicas]
         with self.store.read() as view:
             oldest, position, log_bytes = view.log_bounds()
             lags = [lag(view, r) for r in replicas]

@@ -15,9 +15,10 @@ Life:
    then on the leader keeps the log from P + 1.
 3. **Follow.** It reads the log from its position on with ``ReadLog(follow=true)`` from any node
    of the primary (another one when that one goes), applies each message's records in one write
-   transaction (durable, in position order: ``WriteView.apply_record``) and then publishes its
-   new position (at once in sync mode; at most every ``PUBLISH_S`` in async mode, and when the
-   stream goes quiet). It is ``caught_up`` once it held the primary's last position.
+   transaction (durable, in position order: ``WriteView.apply_stored``) and then tells every node
+   its new position (``ReportPosition``, one call in flight per node, coalescing under load) and
+   writes it to its record in etcd (at most every ``PUBLISH_S``, and when the stream goes quiet).
+   It is ``caught_up`` once it held the primary's last position.
 4. **Lost its place.** If the log no longer holds the next position it needs (it lagged past
    the retention bounds), it says so in its log, throws its copy away and starts again at 1.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import random
 import shutil
 import socket
@@ -37,6 +39,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import msgpack
@@ -70,6 +73,7 @@ PUBLISH_S = 0.1
 SYNC_CHECK_S = 1.0
 MEMBERS_S = 1.0
 REPORT_TIMEOUT_S = 1.0
+APPLY_MESSAGES = 64  # messages applied in one write transaction at most
 RETRY_S = 0.5
 COPY_DIR = ".copy"
 
@@ -132,6 +136,8 @@ class Replica:
         self._addresses: list[str] = []
         self._members_at = 0.0
         self._stubs: dict[str, rpc.ClusterServiceStub] = {}
+        self._in_flight: set[str] = set()
+        self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
         self.server: grpc.Server | None = None
@@ -269,36 +275,60 @@ class Replica:
         with grpc.insecure_channel(address) as channel:
             stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
                 start_position=self.position + 1, follow=True, batch_records=1000))
+            # A receiving thread queues the messages; this one applies everything queued in
+            # one write transaction (one sync for many messages when it falls behind).
+            inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            receiver = threading.Thread(target=_receive, args=(stream, inbox), daemon=True,
+                                        name="receive")
+            receiver.start()
             try:
-                for msg in stream:
-                    if self.stop_requested.is_set():
-                        stream.cancel()
-                        return
-                    self._apply(msg)
-                    if self.cfg.mode == "sync" and msg.records:
-                        self._report()  # the nodes waiting for it hear at once
-                    self._ensure_session()
-                    self._maybe_join_sync_set(msg.last_position)
-                    # The record in etcd: at once when it has just caught up, else throttled.
-                    self._publish(force=self.caught_up != self._published[1])
+                while not self.stop_requested.is_set():
+                    try:
+                        first = inbox.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    msgs = [first]
+                    while len(msgs) < APPLY_MESSAGES:
+                        try:
+                            msgs.append(inbox.get_nowait())
+                        except queue.Empty:
+                            break
+                    failure = next((m for m in msgs if isinstance(m, BaseException)), None)
+                    msgs = msgs[:msgs.index(failure)] if failure is not None else msgs
+                    if msgs:
+                        self._apply(msgs)
+                        if any(m.records for m in msgs):
+                            self._report()  # sync: the nodes waiting for it hear at once
+                        self._ensure_session()
+                        self._maybe_join_sync_set(msgs[-1].last_position)
+                        # Its record in etcd: at once when it has just caught up, else
+                        # throttled.
+                        self._publish(force=self.caught_up != self._published[1])
+                    if failure is not None:
+                        raise failure
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.OUT_OF_RANGE:
                     raise _LostPlace(e.details() or "position gone") from e
                 if e.code() == grpc.StatusCode.CANCELLED and self.stop_requested.is_set():
                     return
                 raise
+            finally:
+                stream.cancel()
+                receiver.join(timeout=5)
 
-    def _apply(self, msg: api.ReadLogResponse) -> None:
+    def _apply(self, msgs: list[api.ReadLogResponse]) -> None:
         assert self.store is not None
-        if msg.records:
+        last = msgs[-1].last_position
+        records = [r for m in msgs for r in m.records]
+        if records:
             with self.store.write() as view:
-                for r in msg.records:
+                for r in records:
                     view.apply_stored(r.position, r.data)
             with self._lock:
-                self.position = msg.records[-1].position
-                self.position_ts = msg.records[-1].ts
-        self.primary_last = max(self.primary_last, msg.last_position)
-        if not self.caught_up and self.position >= msg.last_position:
+                self.position = records[-1].position
+                self.position_ts = records[-1].ts
+        self.primary_last = max(self.primary_last, last)
+        if not self.caught_up and self.position >= last:
             self.caught_up = True
             self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             log.info("replica %s caught up at position %d", self.cfg.replica_id,
@@ -350,8 +380,9 @@ class Replica:
         self._sync_state = SYNC
 
     def _report(self) -> None:
-        """Tell every node of the primary the position now held (in parallel; a node that
-        does not answer learns it from the record in etcd)."""
+        """Tell every node of the primary the position now held, without waiting: one call in
+        flight per node, the latest position sent when it returns (so reports coalesce under
+        load). A node that does not answer learns it from the record in etcd."""
         now = time.monotonic()
         if now - self._members_at > MEMBERS_S:
             assert self.etcd is not None
@@ -361,19 +392,29 @@ class Replica:
                 self._members_at = now
             except EtcdUnavailable:
                 pass
-        req = api.ReportPositionRequest(replica_id=self.cfg.replica_id, position=self.position)
-        calls = []
         for address in self._addresses:
+            self._report_to(address, self.position)
+
+    def _report_to(self, address: str, position: int) -> None:
+        with self._lock:
+            if address in self._in_flight:
+                self._pending[address] = max(position, self._pending.get(address, 0))
+                return
+            self._in_flight.add(address)
             stub = self._stubs.get(address)
             if stub is None:
                 stub = self._stubs[address] = rpc.ClusterServiceStub(
                     grpc.insecure_channel(address))
-            calls.append(stub.ReportPosition.future(req, timeout=REPORT_TIMEOUT_S))
-        for call in calls:
-            try:
-                call.result()
-            except grpc.RpcError:
-                pass
+        call = stub.ReportPosition.future(api.ReportPositionRequest(
+            replica_id=self.cfg.replica_id, position=position), timeout=REPORT_TIMEOUT_S)
+        call.add_done_callback(lambda _f: self._reported(address, position))
+
+    def _reported(self, address: str, sent: int) -> None:
+        with self._lock:
+            self._in_flight.discard(address)
+            nxt = self._pending.pop(address, 0)
+        if nxt > sent and not self.stop_requested.is_set():
+            self._report_to(address, nxt)
 
     def _pick_node(self) -> str:
         assert self.etcd is not None
@@ -395,6 +436,17 @@ class _StatusServicer(rpc.ClusterServiceServicer):
     def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
                ) -> api.StatusResponse:
         return self.replica.status()
+
+
+def _receive(stream: Any, inbox: queue.SimpleQueue[Any]) -> None:
+    """Queue every message of ``stream``, then what ended it (a ``_NoPrimary`` when the node
+    ended it, or the error)."""
+    try:
+        for msg in stream:
+            inbox.put(msg)
+        inbox.put(_NoPrimary("the node ended the log stream (it is leaving)"))
+    except grpc.RpcError as e:
+        inbox.put(e)
 
 
 class _LostPlace(Exception):

@@ -292,6 +292,11 @@ class SyncGate:
             self._positions[replica_id] = position
         self._release()
 
+    def position_of(self, replica_id: str) -> int:
+        """The highest position heard from one replica (0: none)."""
+        with self._lock:
+            return self._positions.get(replica_id, 0)
+
     def members(self) -> dict[str, str]:
         """The synchronous set: replica id -> ``sync`` or ``demoted``."""
         with self._lock:
