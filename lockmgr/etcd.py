@@ -268,9 +268,18 @@ class EtcdClient:
                 fired.set()
                 callback()
 
+        return self._watch(self._client.add_watch_callback, key, on_event, start_revision)
+
+    def _watch(self, add: Callable[..., Any], key: bytes, on_event: Callable[[Any], None],
+               start_revision: int) -> Callable[[], None]:
+        """Create a watch with ``add`` (the client's key or prefix variant); return its
+        cancel function.
+
+        Raises:
+            EtcdUnavailable: the watch could not be created.
+        """
         try:
-            watch_id = self._client.add_watch_callback(key, on_event,
-                                                       start_revision=start_revision)
+            watch_id = add(key, on_event, start_revision=start_revision)
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
 
@@ -340,19 +349,8 @@ class EtcdClient:
                     isinstance(ev, etcd_events.PutEvent) for ev in getattr(resp, "events", ())):
                 callback()
 
-        try:
-            watch_id = self._client.add_watch_prefix_callback(prefix, on_event,
-                                                              start_revision=start_revision)
-        except _ERRORS as e:
-            raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
-
-        def cancel() -> None:
-            try:
-                self._client.cancel_watch(watch_id)
-            except _ERRORS:
-                pass
-
-        return cancel
+        return self._watch(self._client.add_watch_prefix_callback, prefix, on_event,
+                           start_revision)
 
     def watch_prefix(self, prefix: bytes, start_revision: int,
                      callback: Callable[[list[tuple[bytes, bytes | None]] | None], None]
@@ -372,19 +370,8 @@ class EtcdClient:
             callback([(ev.key, None if isinstance(ev, etcd_events.DeleteEvent) else ev.value)
                       for ev in getattr(resp, "events", ())])
 
-        try:
-            watch_id = self._client.add_watch_prefix_callback(prefix, on_event,
-                                                              start_revision=start_revision)
-        except _ERRORS as e:
-            raise EtcdUnavailable(f"etcd watch failed: {e!r}") from e
-
-        def cancel() -> None:
-            try:
-                self._client.cancel_watch(watch_id)
-            except _ERRORS:
-                pass
-
-        return cancel
+        return self._watch(self._client.add_watch_prefix_callback, prefix, on_event,
+                           start_revision)
 
     def close(self) -> None:
         """Close the channels."""

@@ -19,12 +19,11 @@ from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYT
 log = logging.getLogger("shardless")
 
 
-def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("node", help="run one node")
+def _add_process_args(p: argparse.ArgumentParser, *, volume: str, listen: str) -> None:
+    """The options a node and a replica share."""
     p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
-    p.add_argument("--volume", required=True, help="the shared volume directory")
-    p.add_argument("--listen", required=True, help="gRPC address to serve, HOST:PORT")
-    p.add_argument("--node-id", default="", help="default: <hostname>-<port>")
+    p.add_argument("--volume", required=True, help=volume)
+    p.add_argument("--listen", required=True, help=listen)
     p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
                    help="session lease TTL, whole seconds (rounded up; at least 2)")
@@ -32,6 +31,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="timeout of each etcd call, seconds")
     p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
                    help="LMDB map size in bytes (the volume's size limit)")
+
+
+def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("node", help="run one node")
+    _add_process_args(p, volume="the shared volume directory",
+                      listen="gRPC address to serve, HOST:PORT")
+    p.add_argument("--node-id", default="", help="default: <hostname>-<port>")
     p.add_argument("--grace", type=float, default=10.0,
                    help="seconds the open transactions get to finish when the node leaves "
                         "(SIGTERM or drain); the rest are aborted with NODE_DRAINING")
@@ -113,21 +119,12 @@ def _run_node(args: argparse.Namespace) -> int:
 def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("replica", help="keep a copy of the volume on this disk or host, "
                                        "following the commit log (docs/replication.md)")
-    p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
-    p.add_argument("--volume", required=True,
-                   help="the replica's own volume directory (empty: a copy is taken first)")
-    p.add_argument("--listen", required=True, help="gRPC address (health, status), HOST:PORT")
+    _add_process_args(p, volume="the replica's own volume directory (empty: a copy is taken "
+                                "first)", listen="gRPC address (health, status), HOST:PORT")
     p.add_argument("--mode", choices=("sync", "async"), default="async",
                    help="sync: commits wait until this replica holds them; async: it follows "
                         "behind, its lag reported")
     p.add_argument("--replica-id", default="", help="default: replica-<hostname>-<port>")
-    p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
-    p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
-                   help="session lease TTL, whole seconds")
-    p.add_argument("--etcd-timeout", type=float, default=DEFAULT_ETCD_TIMEOUT_S,
-                   help="timeout of each etcd call, seconds")
-    p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
-                   help="LMDB map size of the replica's volume, bytes")
     p.set_defaults(func=_run_replica)
 
 

@@ -127,10 +127,16 @@ def node_command(
     Returns:
         The argv list.
     """
-    argv = [python or sys.executable, "-m", "nodes", "node", "--etcd", etcd]
-    argv += ["--volume", str(volume), "--listen", listen]
-    if node_id is not None:
-        argv += ["--node-id", node_id]
+    return _command("node", ["--node-id", node_id] if node_id is not None else [], etcd=etcd,
+                    volume=volume, listen=listen, ttl_s=ttl_s, cluster=cluster,
+                    extra_args=extra_args, python=python)
+
+
+def _command(kind: str, identity: list[str], *, etcd: str, volume: str | os.PathLike[str],
+             listen: str, ttl_s: float | None, cluster: str | None, extra_args: Sequence[str],
+             python: str | None) -> list[str]:
+    argv = [python or sys.executable, "-m", "nodes", kind, "--etcd", etcd]
+    argv += ["--volume", str(volume), "--listen", listen, *identity]
     if ttl_s is not None:
         argv += ["--ttl", _format_seconds(ttl_s)]
     if cluster is not None:
@@ -145,16 +151,9 @@ def replica_command(node_id: str | None, *, etcd: str, volume: str | os.PathLike
                     python: str | None = None) -> list[str]:
     """Build the argv of one replica process (arguments as :func:`node_command`'s, plus its
     ``--mode``)."""
-    argv = [python or sys.executable, "-m", "nodes", "replica", "--etcd", etcd]
-    argv += ["--volume", str(volume), "--listen", listen, "--mode", mode]
-    if node_id is not None:
-        argv += ["--replica-id", node_id]
-    if ttl_s is not None:
-        argv += ["--ttl", _format_seconds(ttl_s)]
-    if cluster is not None:
-        argv += ["--cluster", cluster]
-    argv += list(extra_args)
-    return argv
+    identity = ["--mode", mode] + (["--replica-id", node_id] if node_id is not None else [])
+    return _command("replica", identity, etcd=etcd, volume=volume, listen=listen, ttl_s=ttl_s,
+                    cluster=cluster, extra_args=extra_args, python=python)
 
 
 def health_status(address: str, timeout_s: float = 1.0) -> str:
