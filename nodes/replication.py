@@ -220,7 +220,7 @@ class SyncGate:
         Raises:
             EtcdUnavailable: etcd did not answer.
         """
-        self._reload()
+        self.reload()
         self._thread.start()
 
     def close(self) -> None:
@@ -237,7 +237,12 @@ class SyncGate:
 
     # reading the set
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Read the synchronous set and the replica records again, and watch them from there.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer.
+        """
         for cancel in self._cancels:
             cancel()
         self._cancels = []
@@ -362,8 +367,8 @@ class SyncGate:
         while not self._stop.wait(TICK_S):
             try:
                 if self._stale or self._clock() - self._loaded_at > REFRESH_S:
-                    self._reload()
-                self._expire()
+                    self.reload()
+                self.tick()
             except EtcdUnavailable as e:
                 log.warning("synchronous replicas: %s", e)
                 with self._lock:
@@ -371,7 +376,9 @@ class SyncGate:
             except Exception:  # the loop must survive anything
                 log.exception("synchronous replica gate failed")
 
-    def _expire(self) -> None:
+    def tick(self) -> None:
+        """One step of the policy (the gate's thread runs it every ``TICK_S``): fail or demote
+        for the waits older than ``timeout_s``."""
         now = self._clock()
         with self._lock:
             late = [w for w in self._waiters if now - w.since > self.timeout_s]
