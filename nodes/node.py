@@ -39,7 +39,7 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.leader import Leader
 from nodes.membership import Membership
-from nodes.replication import BarrierStore, SyncGate, lag, read_replicas
+from nodes.replication import BarrierStore, SyncGate, lag, read_replicas, wait_for_position
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -276,6 +276,21 @@ class Node:
                     lease_id)
         self.txns.abort_session(lease_id, FENCED, f"session {lease_id:x} is fenced")
         self.membership.expire(lease_id)
+
+    def wait_for_position(self, position: int, timeout_s: float | None) -> None:
+        """Return once the volume holds commit ``position`` (``min_position`` reads).
+
+        Raises:
+            PositionNotReached: not within ``timeout_s``.
+        """
+        assert self.store is not None and self.committer is not None
+        committer = self.committer
+        seen = [committer.batches]
+
+        def wake(s: float) -> None:
+            seen[0] = committer.wait_for_commit(seen[0], s)
+
+        wait_for_position(self.store, position, timeout_s, wake, f"node {self.cfg.node_id}")
 
     def status(self, local_only: bool = False) -> api.StatusResponse:
         """The cluster as this node sees it."""

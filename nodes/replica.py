@@ -53,15 +53,20 @@ from lockmgr import (
     check_timing,
     parse_endpoints,
 )
+from nodes import server as server_mod
+from nodes.commit import Unavailable
 from nodes.membership import read_members
+from nodes.node import Gate
 from nodes.replication import (
     MODES,
     SYNC,
+    ReadOnlyReplica,
     ReplicaRecord,
     replica_key,
     sync_key,
     sync_state,
     sync_value,
+    wait_for_position,
 )
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -137,6 +142,7 @@ class Replica:
         self._members_at = 0.0
         self._stubs: dict[str, rpc.ClusterServiceStub] = {}
         self._in_flight: set[str] = set()
+        self._applied = threading.Condition()
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
@@ -158,6 +164,11 @@ class Replica:
                                                         thread_name_prefix="rpc"))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
+        face = _ReadFace(self)
+        rpc.add_RowServiceServicer_to_server(server_mod.RowService(face), server)  # type: ignore[arg-type]
+        rpc.add_TableServiceServicer_to_server(server_mod.TableService(face), server)  # type: ignore[arg-type]
+        rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]
+                                                     server)
         try:
             self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError as e:
@@ -327,6 +338,8 @@ class Replica:
             with self._lock:
                 self.position = records[-1].position
                 self.position_ts = records[-1].ts
+            with self._applied:
+                self._applied.notify_all()
         self.primary_last = max(self.primary_last, last)
         if not self.caught_up and self.position >= last:
             self.caught_up = True
@@ -427,6 +440,50 @@ class Replica:
         """This replica's own view: its id, volume and position."""
         return api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
                                   commit_position=self.position, cluster=self.cfg.cluster)
+
+
+class _ReadFace:
+    """What the node's servicers (``nodes/server.py``) need of a node, for a replica: reads
+    from its own volume at its position (``min_position`` waits for the position to be
+    applied); writes, DDL and interactive transactions refused with ``ReadOnlyReplica``."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        self.gate = Gate()
+        self.txns = self.committer = _Refuse(replica)
+
+    @property
+    def reads(self) -> Store:
+        store = self._replica.store
+        if store is None or not self._replica.caught_up:
+            raise Unavailable(f"replica {self._replica.cfg.replica_id} is still taking its copy "
+                              f"of the volume; read elsewhere (nothing was done)")
+        return store
+
+    def wait_for_position(self, position: int, timeout_s: float | None) -> None:
+        def wake(s: float) -> None:
+            with self._replica._applied:
+                self._replica._applied.wait(s)
+
+        wait_for_position(self.reads, position, timeout_s, wake,
+                          f"replica {self._replica.cfg.replica_id}")
+
+
+class _Refuse:
+    """Every call raises ``ReadOnlyReplica``, naming a primary node."""
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            r = self._replica
+            primary = ", ".join(r._addresses[:1]) or "see shardless status"
+            raise ReadOnlyReplica(
+                f"replica {r.cfg.replica_id} serves reads only (its copy of the volume is at "
+                f"position {r.position}); send writes, DDL and interactive transactions to a "
+                f"primary node ({primary})")
+        return refuse
 
 
 class _StatusServicer(rpc.ClusterServiceServicer):

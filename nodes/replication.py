@@ -126,6 +126,8 @@ POLICIES = ("strict", "demote")
 DEFAULT_SYNC_TIMEOUT_S = 5.0
 TICK_S = 0.05
 REFRESH_S = 2.0
+POSITION_POLL_S = 0.002
+MAX_POSITION_WAIT_S = 30.0
 
 
 def sync_prefix(cluster: str) -> bytes:
@@ -169,6 +171,38 @@ class CommitNotReplicated(NotReplicated):
 class ReadNotReplicated(NotReplicated):
     """A read would have seen commits the synchronous replicas do not hold yet, and they did
     not within the timeout; nothing was done: retry."""
+
+
+class PositionNotReached(Exception):
+    """A read asked for at least a commit position (``min_position``) that this volume did not
+    reach within the deadline; nothing was done: retry later, or on a primary node."""
+
+
+class ReadOnlyReplica(Exception):
+    """A write (or an interactive transaction) was sent to a replica, which serves reads only:
+    send it to a primary node (the message names one)."""
+
+
+def wait_for_position(store: Store, position: int, timeout_s: float | None,
+                      wake: Callable[[float], object], what: str) -> None:
+    """Return once ``store`` holds commit ``position``; ``wake(s)`` waits up to ``s`` seconds
+    for a new commit (or just sleeps).
+
+    Raises:
+        PositionNotReached: not within ``timeout_s`` (at most ``MAX_POSITION_WAIT_S``).
+    """
+    deadline = time.monotonic() + (MAX_POSITION_WAIT_S if timeout_s is None
+                                   else min(timeout_s, MAX_POSITION_WAIT_S))
+    while True:
+        with store.read() as view:
+            held = view.commit_position()
+        if held >= position:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PositionNotReached(f"{what} holds commit position {held}, not yet {position} "
+                                     f"(min_position); retry later or on a primary node")
+        wake(min(left, POSITION_POLL_S))
 
 
 @dataclass

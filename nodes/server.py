@@ -78,6 +78,18 @@ class _Base:
     def __init__(self, node: Node) -> None:
         self.node = node
 
+    def _at_least(self, position: int, context: grpc.ServicerContext) -> None:
+        """Wait (within the call's deadline) until the volume holds ``position``.
+
+        Raises:
+            PositionNotReached: it did not.
+        """
+        if position:
+            left = _timeout(context)
+            # Give up a little before the caller does, so that it hears why.
+            self.node.wait_for_position(position, None if left is None
+                                        else max(0.0, left * 0.9 - 0.02))
+
     def _commit(self, work: commit.Work, context: grpc.ServicerContext) -> commit.Outcome:
         return self.node.committer.submit(work, timeout_s=_timeout(context),
                                           is_active=context.is_active)
@@ -152,6 +164,7 @@ class RowService(_Base, rpc.RowServiceServicer):
 
     @unary
     def Get(self, request: api.GetRequest, context: grpc.ServicerContext) -> api.GetResponse:
+        self._at_least(request.min_position, context)
         if request.HasField("begin"):
             return self._begun_here(request, context, self.Get)
         if not request.transaction_id and not request.for_update:
@@ -189,6 +202,7 @@ class RowService(_Base, rpc.RowServiceServicer):
         if len(request.keys) > MAX_KEYS_PER_CALL:
             raise InvalidInput(f"{len(request.keys)} keys in one call; the limit is "
                                f"{MAX_KEYS_PER_CALL}")
+        self._at_least(request.min_position, context)
         if request.HasField("begin"):
             return self._begun_here(request, context, self.BatchGet)
         cols = list(request.columns)
@@ -284,6 +298,7 @@ class RowService(_Base, rpc.RowServiceServicer):
     @stream
     def Scan(self, request: api.ScanRequest, context: grpc.ServicerContext
              ) -> Iterator[api.ScanResponse]:
+        self._at_least(request.min_position, context)
         filters = []
         for f in request.filters:
             op = _OPS.get(f.op)
@@ -397,6 +412,7 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         reads = [commit.Read(r.table, convert.key(r.key), list(r.columns)) for r in request.reads]
         writes = [_mutation(m) for m in request.writes]
         _check_idempotency_key(request.idempotency_key)
+        self._at_least(request.min_position, context)
         if not writes:
             with self.node.reads.read() as view:
                 found = commit.evaluate(view, checks, reads)

@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from lockmgr import Aborted, EtcdUnavailable, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
-from nodes.replication import NotReplicated
+from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
     AlreadyExists,
@@ -61,6 +61,8 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (SessionExpired, grpc.StatusCode.UNAVAILABLE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (NotReplicated, grpc.StatusCode.UNAVAILABLE),
+    (PositionNotReached, grpc.StatusCode.UNAVAILABLE),
+    (ReadOnlyReplica, grpc.StatusCode.FAILED_PRECONDITION),
     (CommitTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 

@@ -353,3 +353,61 @@ def test_a_sync_replica_holds_every_acknowledged_commit_through_node_kills(
              30, message="caught up")
     assert same_volume(cluster.volume, r.volume)[2]
     db.close()
+
+
+def test_a_replica_serves_reads_at_its_position_and_refuses_writes(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    """Reads on the replica's own address: snapshot reads of its copy, read-your-writes with
+    min_position (waits for the position, or UNAVAILABLE NOT_APPLIED past the deadline), and
+    writes, DDL and interactive transactions refused with FAILED_PRECONDITION naming a primary
+    node."""
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "reader")
+    r.wait_serving(60)
+    with grpc.insecure_channel(r.address) as ch:
+        rows = rpc.RowServiceStub(ch)
+        for i in range(20):
+            position = db.upsert("t", [{"id": i, "v": f"v{i}"}])
+            got = rows.Get(api.GetRequest(table="t", key=pb_key(i), min_position=position),
+                           timeout=10)
+            assert got.found and got.row.columns["v"].string_value == f"v{i}"
+            assert got.row.version == position
+        batch = rows.BatchGet(api.BatchGetRequest(table="t", keys=[pb_key(i) for i in range(20)],
+                                                  min_position=position), timeout=10)
+        assert [x.row.columns["id"].int_value for x in batch.results] == list(range(20))
+        scanned = [row for m in rows.Scan(api.ScanRequest(table="t", min_position=position),
+                                          timeout=10) for row in m.rows]
+        assert len(scanned) == 20
+        txns = rpc.TransactionServiceStub(ch)
+        ex = txns.Execute(api.ExecuteRequest(reads=[api.ReadOp(table="t", key=pb_key(3))],
+                                             min_position=position), timeout=10)
+        assert ex.reads[0].found
+        with pytest.raises(grpc.RpcError) as ahead:
+            rows.Get(api.GetRequest(table="t", key=pb_key(1), min_position=position + 10**6),
+                     timeout=1)
+        assert ahead.value.code() == grpc.StatusCode.UNAVAILABLE and has_not_applied(ahead.value)
+        assert "not yet" in (ahead.value.details() or "")
+        refused = [
+            lambda: rows.Upsert(api.WriteRowsRequest(table="t", rows=[pb_row(1, "x")]),
+                                timeout=10),
+            lambda: txns.Begin(api.BeginRequest(), timeout=10),
+            lambda: rpc.TableServiceStub(ch).DropTable(api.DropTableRequest(name="t"),
+                                                      timeout=10),
+        ]
+        for call in refused:
+            with pytest.raises(grpc.RpcError) as no:
+                call()
+            assert no.value.code() == grpc.StatusCode.FAILED_PRECONDITION, no.value.details()
+            assert "serves reads only" in (no.value.details() or "")
+            assert any(a in (no.value.details() or "") for a in cluster.addresses)
+    assert db.get("t", 1)["v"] == "v1"  # nothing of the refused writes happened
+    with grpc.insecure_channel(cluster.addresses[2]) as ch:  # min_position on a primary node
+        rows = rpc.RowServiceStub(ch)
+        assert rows.Get(api.GetRequest(table="t", key=pb_key(1), min_position=position),
+                        timeout=10).found
+        with pytest.raises(grpc.RpcError) as ahead:
+            rows.Get(api.GetRequest(table="t", key=pb_key(1), min_position=position + 10**6),
+                     timeout=1)
+        assert ahead.value.code() == grpc.StatusCode.UNAVAILABLE and has_not_applied(ahead.value)
+    db.close()

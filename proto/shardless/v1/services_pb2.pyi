@@ -64,20 +64,22 @@ class DescribeTableResponse(_message.Message):
     def __init__(self, schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., row_count: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("table", "key", "columns", "transaction_id", "for_update", "begin")
+    __slots__ = ("table", "key", "columns", "transaction_id", "for_update", "begin", "min_position")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     table: str
     key: _types_pb2.Key
     columns: _containers.RepeatedScalarFieldContainer[str]
     transaction_id: str
     for_update: bool
     begin: BeginRequest
-    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ...) -> None: ...
+    min_position: int
+    def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
     __slots__ = ("found", "row", "begun")
@@ -90,7 +92,7 @@ class GetResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ..., begun: _Optional[_Union[BeginResponse, _Mapping]] = ...) -> None: ...
 
 class BatchGetRequest(_message.Message):
-    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update", "packed", "begin")
+    __slots__ = ("table", "keys", "columns", "transaction_id", "for_update", "packed", "begin", "min_position")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class BatchGetRequest(_message.Message):
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: _containers.RepeatedCompositeFieldContainer[_types_pb2.Key]
     columns: _containers.RepeatedScalarFieldContainer[str]
@@ -105,7 +108,8 @@ class BatchGetRequest(_message.Message):
     for_update: bool
     packed: bool
     begin: BeginRequest
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ...) -> None: ...
+    min_position: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[_types_pb2.Key, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ..., begin: _Optional[_Union[BeginRequest, _Mapping]] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
     __slots__ = ("results", "packed", "begun")
@@ -162,7 +166,7 @@ class WriteResponse(_message.Message):
     def __init__(self, commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class ScanRequest(_message.Message):
-    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update", "packed")
+    __slots__ = ("table", "start", "end", "limit", "reverse", "filters", "columns", "transaction_id", "for_update", "packed", "min_position")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +177,7 @@ class ScanRequest(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     FOR_UPDATE_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     table: str
     start: _types_pb2.Bound
     end: _types_pb2.Bound
@@ -183,7 +188,8 @@ class ScanRequest(_message.Message):
     transaction_id: str
     for_update: bool
     packed: bool
-    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
+    min_position: int
+    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[_types_pb2.Filter, _Mapping]]] = ..., columns: _Optional[_Iterable[str]] = ..., transaction_id: _Optional[str] = ..., for_update: _Optional[bool] = ..., packed: _Optional[bool] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class ScanResponse(_message.Message):
     __slots__ = ("rows", "packed")
@@ -252,16 +258,18 @@ class ReadOp(_message.Message):
     def __init__(self, table: _Optional[str] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("conditions", "reads", "writes", "idempotency_key")
+    __slots__ = ("conditions", "reads", "writes", "idempotency_key", "min_position")
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     WRITES_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     conditions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Condition]
     reads: _containers.RepeatedCompositeFieldContainer[ReadOp]
     writes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mutation]
     idempotency_key: str
-    def __init__(self, conditions: _Optional[_Iterable[_Union[_types_pb2.Condition, _Mapping]]] = ..., reads: _Optional[_Iterable[_Union[ReadOp, _Mapping]]] = ..., writes: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    min_position: int
+    def __init__(self, conditions: _Optional[_Iterable[_Union[_types_pb2.Condition, _Mapping]]] = ..., reads: _Optional[_Iterable[_Union[ReadOp, _Mapping]]] = ..., writes: _Optional[_Iterable[_Union[_types_pb2.Mutation, _Mapping]]] = ..., idempotency_key: _Optional[str] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("reads", "commit_position", "rows_affected", "replayed")

@@ -180,3 +180,25 @@ def test_the_log_is_needed_from_the_oldest_replica_position_plus_one(positions, 
     recs = [ReplicaRecord(f"r{i}", "a", "async", p, 0.0, True, 1, 0.0, 0.0)
             for i, p in enumerate(positions)]
     assert needed_from(recs) == expected
+
+
+def test_wait_for_position_returns_when_held_and_fails_clearly_past_its_timeout() -> None:
+    from nodes.replication import PositionNotReached, wait_for_position
+    from storage import Change, Store
+    from storage.memory import MemoryEngine
+
+    store = Store(MemoryEngine())
+    with store.write() as w:
+        w.append_log(ts=0.0, node="n", changes=[Change("t", "put", (1,))])
+    wakes: list[float] = []
+    wait_for_position(store, 1, 0.0, wakes.append, "node n")  # held: no wait at all
+    assert wakes == []
+    import time
+
+    t0 = time.monotonic()
+    with pytest.raises(PositionNotReached, match="node n holds commit position 1, not yet 2"):
+        wait_for_position(store, 2, 0.0, wakes.append, "node n")  # 0 s means 0 s
+    assert time.monotonic() - t0 < 1.0
+    with pytest.raises(PositionNotReached):
+        wait_for_position(store, 2, 0.05, lambda s: wakes.append(s), "node n")
+    assert wakes and all(0 < s <= 0.002 for s in wakes)

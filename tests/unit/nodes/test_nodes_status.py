@@ -7,7 +7,7 @@ import pytest
 
 from lockmgr import Aborted, EtcdUnavailable, LockError, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
-from nodes.replication import NotReplicated
+from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
 from nodes.status import CODES, code_for
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
@@ -37,6 +37,8 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     Corrupt: grpc.StatusCode.DATA_LOSS,
     LogTruncated: grpc.StatusCode.OUT_OF_RANGE,
     NotReplicated: grpc.StatusCode.UNAVAILABLE,
+    PositionNotReached: grpc.StatusCode.UNAVAILABLE,
+    ReadOnlyReplica: grpc.StatusCode.FAILED_PRECONDITION,
     StorageError: grpc.StatusCode.INTERNAL,
     EtcdUnavailable: grpc.StatusCode.UNAVAILABLE,
     SessionExpired: grpc.StatusCode.UNAVAILABLE,
