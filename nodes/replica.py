@@ -79,6 +79,7 @@ SYNC_CHECK_S = 1.0
 MEMBERS_S = 1.0
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
+STREAM_STALL_S = 3.0  # a log stream silent this long is given up (the node heartbeats at 1 s)
 RETRY_S = 0.5
 COPY_DIR = ".copy"
 
@@ -143,6 +144,7 @@ class Replica:
         self._stubs: dict[str, rpc.ClusterServiceStub] = {}
         self._in_flight: set[str] = set()
         self._applied = threading.Condition()
+        self._avoid = ""  # a node whose stream stalled: not the next one picked
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
@@ -283,6 +285,8 @@ class Replica:
         self._ensure_session()
         self._publish(force=True)
         address = self._pick_node()
+        log.info("replica %s: following the log from %s at position %d", self.cfg.replica_id,
+                 address, self.position + 1)
         with grpc.insecure_channel(address) as channel:
             stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
                 start_position=self.position + 1, follow=True, batch_records=1000))
@@ -292,12 +296,20 @@ class Replica:
             receiver = threading.Thread(target=_receive, args=(stream, inbox), daemon=True,
                                         name="receive")
             receiver.start()
+            heard = time.monotonic()
             try:
                 while not self.stop_requested.is_set():
                     try:
                         first = inbox.get(timeout=0.5)
                     except queue.Empty:
+                        # The node sends a message at least once a second: one that says
+                        # nothing for longer is frozen or cut off; read from another.
+                        if time.monotonic() - heard > STREAM_STALL_S:
+                            self._avoid = address
+                            raise _NoPrimary(f"no message from {address} for "
+                                             f"{STREAM_STALL_S:g} s; reading elsewhere") from None
                         continue
+                    heard = time.monotonic()
                     msgs = [first]
                     while len(msgs) < APPLY_MESSAGES:
                         try:
@@ -434,7 +446,10 @@ class Replica:
         members = read_members(self.etcd, self.cfg.cluster)
         if not members:
             raise _NoPrimary("no node of the primary is registered in etcd")
-        return random.choice([m.address for m in members])
+        addresses = [m.address for m in members]
+        others = [a for a in addresses if a != self._avoid]
+        self._avoid = ""
+        return random.choice(others or addresses)
 
     def status(self) -> api.StatusResponse:
         """This replica's own view: its id, volume and position."""

@@ -411,3 +411,32 @@ def test_a_replica_serves_reads_at_its_position_and_refuses_writes(
                      timeout=1)
         assert ahead.value.code() == grpc.StatusCode.UNAVAILABLE and has_not_applied(ahead.value)
     db.close()
+
+
+def test_a_frozen_node_does_not_stall_a_sync_replica(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The node the replica reads the log from is frozen (SIGSTOP): its stream says nothing, the
+    replica gives it up after a few seconds and reads from another node, so commits through the
+    other nodes go on being acknowledged (strict policy, a timeout longer than the stall), each
+    held by the replica."""
+    cluster: Cluster = make_cluster("--sync-policy", "strict", "--sync-timeout", "15", n=3)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, replicas, tmp_path, "s5", mode="sync", ttl_s=10)
+    r.wait_serving(60)
+    wait_for(lambda: in_sync_set(cluster, "s5"), 15, message="in the synchronous set")
+    source = re.findall(r"following the log from (\S+)", r.log_tail(100))[-1]
+    frozen = next(n for n in cluster.live_nodes if n.address == source)
+    others = connect([a for a in cluster.addresses if a != source], refresh_s=None)
+    frozen.pause()
+    try:
+        t0 = time.monotonic()
+        for i in range(10):
+            position = others.upsert("t", [{"id": i, "v": "x"}])
+            assert replica_position(r) >= position
+        assert time.monotonic() - t0 < 12  # never the whole --sync-timeout
+    finally:
+        frozen.resume()
+    assert "reading elsewhere" in r.log_tail(200)
+    others.close()
+    db.close()
