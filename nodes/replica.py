@@ -79,6 +79,7 @@ SYNC_CHECK_S = 1.0
 MEMBERS_S = 1.0
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
+COPY_STALL_S = 30.0  # a copy stream silent this long is given up
 STREAM_STALL_S = 3.0  # a log stream silent this long is given up (the node heartbeats at 1 s)
 RETRY_S = 0.5
 COPY_DIR = ".copy"
@@ -256,19 +257,38 @@ class Replica:
         address = self._pick_node()
         with grpc.insecure_channel(address) as channel:
             stream = rpc.ClusterServiceStub(channel).CopyVolume(api.CopyVolumeRequest())
+            heard, finished = [time.monotonic()], threading.Event()
+
+            def watchdog() -> None:  # a node frozen mid-copy must not hold the copy forever
+                while not finished.wait(1.0):
+                    if time.monotonic() - heard[0] > COPY_STALL_S:
+                        self._avoid = address
+                        stream.cancel()
+                        return
+
+            threading.Thread(target=watchdog, name="copy-watchdog", daemon=True).start()
             position, items = -1, 0
-            for msg in stream:
-                if self.stop_requested.is_set():
-                    stream.cancel()
-                    raise _NoPrimary("stopping")
-                position = msg.position
-                pairs = msgpack.unpackb(msg.items, raw=False) if msg.items else []
-                with store.write() as view:
-                    items += view.load_copy((bytes(k), bytes(v)) for k, v in pairs)
+            try:
+                for msg in stream:
+                    heard[0] = time.monotonic()
+                    if self.stop_requested.is_set():
+                        stream.cancel()
+                        raise _NoPrimary("stopping")
+                    position = msg.position
+                    pairs = msgpack.unpackb(msg.items, raw=False) if msg.items else []
+                    with store.write() as view:
+                        items += view.load_copy((bytes(k), bytes(v)) for k, v in pairs)
+                        if msg.done:
+                            view.restart_log_at(position)
                     if msg.done:
-                        view.restart_log_at(position)
-                if msg.done:
-                    return position, items
+                        return position, items
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    raise _NoPrimary(f"the copy from {address} said nothing for "
+                                     f"{COPY_STALL_S:g} s; copying from another node") from e
+                raise
+            finally:
+                finished.set()
         raise _NoPrimary(f"the copy from {address} ended before it was whole")
 
     def _discard_copy(self) -> None:
