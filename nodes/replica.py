@@ -68,6 +68,7 @@ from nodes.replication import (
     sync_value,
     wait_for_position,
 )
+from nodes.txn import TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import DEFAULT_MAP_SIZE, Store, open_volume
@@ -79,6 +80,7 @@ SYNC_CHECK_S = 1.0
 MEMBERS_S = 1.0
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
+CLOSE_WAIT_S = 30.0  # for the snapshots in use before the volume is closed
 COPY_STALL_S = 30.0  # a copy stream silent this long is given up
 STREAM_STALL_S = 3.0  # a log stream silent this long is given up (the node heartbeats at 1 s)
 RETRY_S = 0.5
@@ -146,6 +148,8 @@ class Replica:
         self._in_flight: set[str] = set()
         self._applied = threading.Condition()
         self._avoid = ""  # a node whose stream stalled: not the next one picked
+        self.readers = _Readers()
+        self._face: _ReadFace | None = None
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
@@ -167,7 +171,7 @@ class Replica:
                                                         thread_name_prefix="rpc"))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
-        face = _ReadFace(self)
+        face = self._face = _ReadFace(self)
         rpc.add_RowServiceServicer_to_server(server_mod.RowService(face), server)  # type: ignore[arg-type]
         rpc.add_TableServiceServicer_to_server(server_mod.TableService(face), server)  # type: ignore[arg-type]
         rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]
@@ -199,7 +203,7 @@ class Replica:
         if self.session is not None:
             self.session.close()  # its record goes with the lease
         if self.store is not None:
-            self.store.close()
+            self._close_store(self.store)
         if self.etcd is not None:
             self.etcd.close()
 
@@ -221,6 +225,12 @@ class Replica:
                 self.stop_requested.wait(RETRY_S)
 
     # the copy
+
+    def _close_store(self, store: Store) -> None:
+        if self._face is not None and not self._face.end_reads(CLOSE_WAIT_S):
+            log.error("replica %s: %d snapshot(s) still in use after %g s; closing the volume "
+                      "anyway", self.cfg.replica_id, self.readers.open, CLOSE_WAIT_S)
+        store.close()
 
     def _open_or_copy(self) -> Store:
         volume = self.cfg.volume
@@ -292,9 +302,9 @@ class Replica:
         raise _NoPrimary(f"the copy from {address} ended before it was whole")
 
     def _discard_copy(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        store, self.store = self.store, None  # new reads are refused from here
+        if store is not None:
+            self._close_store(store)
         shutil.rmtree(os.path.join(self.cfg.volume, "lmdb"), ignore_errors=True)
         self.position, self.caught_up = 0, False
 
@@ -477,23 +487,49 @@ class Replica:
                                   commit_position=self.position, cluster=self.cfg.cluster)
 
 
+@dataclass(frozen=True)
+class _Identity:
+    node_id: str
+    listen: str
+
+
 class _ReadFace:
     """What the node's servicers (``nodes/server.py``) need of a node, for a replica: reads
     from its own volume at its position (``min_position`` waits for the position to be
-    applied); writes, DDL and interactive transactions refused with ``ReadOnlyReplica``."""
+    applied), read-only transactions on a snapshot of it; writes, DDL and read-write
+    transactions refused with ``ReadOnlyReplica``."""
 
     def __init__(self, replica: Replica) -> None:
         self._replica = replica
         self.gate = Gate()
-        self.txns = self.committer = _Refuse(replica)
+        self.cfg = _Identity(replica.cfg.replica_id, replica.cfg.listen)
+        self.committer = _Refuse(replica)
+        # Read-only transactions need only snapshots; a read-write one asks the lock manager
+        # first, which refuses.
+        self.txns = TransactionManager(replica.cfg.replica_id, replica.cfg.listen,
+                                       self,  # type: ignore[arg-type]
+                                       self.committer,  # type: ignore[arg-type]
+                                       _Refuse(replica))  # type: ignore[arg-type]
+
+    def read(self) -> Any:
+        """A snapshot of the replica's volume (``Store.read``), for read-only transactions."""
+        return self.reads.read()
 
     @property
-    def reads(self) -> Store:
+    def reads(self) -> _Snapshots:
         store = self._replica.store
         if store is None or not self._replica.caught_up:
             raise Unavailable(f"replica {self._replica.cfg.replica_id} is still taking its copy "
                               f"of the volume; read elsewhere (nothing was done)")
-        return store
+        return _Snapshots(store, self._replica.readers)
+
+    def end_reads(self, timeout_s: float) -> bool:
+        """Abort the open transactions and wait for the snapshots in use to end (before the
+        volume is closed); return whether they all did."""
+        for txn in self.txns.open_transactions():
+            self.txns.abort(txn.txn_id, "REPLICA_VOLUME_CLOSING",
+                            "the replica's copy of the volume is closing")
+        return self._replica.readers.wait_idle(timeout_s)
 
     def wait_for_position(self, position: int, timeout_s: float | None) -> None:
         def wake(s: float) -> None:
@@ -502,6 +538,59 @@ class _ReadFace:
 
         wait_for_position(self.reads, position, timeout_s, wake,
                           f"replica {self._replica.cfg.replica_id}")
+
+
+class _Readers:
+    """Counts the snapshots of the replica's volume in use, so that it is closed only when
+    none is (closing an LMDB environment under an open transaction is not allowed)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.open = 0
+
+    def enter(self) -> None:
+        with self._cond:
+            self.open += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self.open -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.open == 0, timeout=timeout_s)
+
+
+class _Snapshots:
+    """``read()`` of a store, counted in ``_Readers``."""
+
+    def __init__(self, store: Store, readers: _Readers) -> None:
+        self._store = store
+        self._readers = readers
+
+    def read(self) -> _CountedRead:
+        return _CountedRead(self._store.read(), self._readers)
+
+
+class _CountedRead:
+    def __init__(self, ctx: Any, readers: _Readers) -> None:
+        self._ctx = ctx
+        self._readers = readers
+
+    def __enter__(self) -> Any:
+        self._readers.enter()
+        try:
+            return self._ctx.__enter__()
+        except BaseException:
+            self._readers.leave()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._ctx.__exit__(*exc)
+        finally:
+            self._readers.leave()
 
 
 class _Refuse:

@@ -430,6 +430,7 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
     @unary
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
               ) -> api.BeginResponse:
+        self._at_least(request.min_position, context)
         return _begun(self.node, self.node.txns.begin(request.read_only).txn_id)
 
     @unary

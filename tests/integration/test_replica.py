@@ -357,10 +357,10 @@ def test_a_sync_replica_holds_every_acknowledged_commit_through_node_kills(
 
 def test_a_replica_serves_reads_at_its_position_and_refuses_writes(
         cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
-    """Reads on the replica's own address: snapshot reads of its copy, read-your-writes with
-    min_position (waits for the position, or UNAVAILABLE NOT_APPLIED past the deadline), and
-    writes, DDL and interactive transactions refused with FAILED_PRECONDITION naming a primary
-    node."""
+    """Reads on the replica's own address: snapshot reads of its copy, read-only transactions,
+    read-your-writes with min_position (waits for the position, or UNAVAILABLE NOT_APPLIED past
+    the deadline), and writes, DDL and read-write transactions refused with FAILED_PRECONDITION
+    naming a primary node."""
     db = connect(cluster.addresses, refresh_s=None)
     db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
     r = start_replica(cluster, replicas, tmp_path, "reader")
@@ -383,6 +383,17 @@ def test_a_replica_serves_reads_at_its_position_and_refuses_writes(
         ex = txns.Execute(api.ExecuteRequest(reads=[api.ReadOp(table="t", key=pb_key(3))],
                                              min_position=position), timeout=10)
         assert ex.reads[0].found
+        begun = txns.Begin(api.BeginRequest(read_only=True, min_position=position), timeout=10)
+        assert begun.node_id == "reader" and begun.address == r.address
+        in_txn = rows.Get(api.GetRequest(table="t", key=pb_key(5),
+                                         transaction_id=begun.transaction_id), timeout=10)
+        assert in_txn.found and in_txn.row.columns["v"].string_value == "v5"
+        with pytest.raises(grpc.RpcError) as ro:  # a read-only transaction stays read-only
+            rows.Upsert(api.WriteRowsRequest(table="t", rows=[pb_row(5, "y")],
+                                             transaction_id=begun.transaction_id), timeout=10)
+        assert ro.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                   grpc.StatusCode.FAILED_PRECONDITION)
+        txns.Commit(api.CommitRequest(transaction_id=begun.transaction_id), timeout=10)
         with pytest.raises(grpc.RpcError) as ahead:
             rows.Get(api.GetRequest(table="t", key=pb_key(1), min_position=position + 10**6),
                      timeout=1)

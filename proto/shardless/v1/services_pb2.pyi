@@ -200,10 +200,12 @@ class ScanResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("read_only",)
+    __slots__ = ("read_only", "min_position")
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
     read_only: bool
-    def __init__(self, read_only: _Optional[bool] = ...) -> None: ...
+    min_position: int
+    def __init__(self, read_only: _Optional[bool] = ..., min_position: _Optional[int] = ...) -> None: ...
 
 class BeginResponse(_message.Message):
     __slots__ = ("transaction_id", "node_id", "address")
