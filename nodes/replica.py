@@ -254,6 +254,9 @@ class Replica:
             position, items = self._copy_into(store)
         finally:
             store.close()
+        # What is left at the copy's place (a discarded copy half removed when the process
+        # died) holds no data.mdb, so nothing of use: the whole copy takes its place.
+        shutil.rmtree(os.path.join(volume, "lmdb"), ignore_errors=True)
         os.replace(os.path.join(staging, "lmdb"), os.path.join(volume, "lmdb"))
         shutil.rmtree(staging, ignore_errors=True)
         self.copies += 1

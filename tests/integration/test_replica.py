@@ -363,6 +363,10 @@ def test_a_replica_serves_reads_at_its_position_and_refuses_writes(
     naming a primary node."""
     db = connect(cluster.addresses, refresh_s=None)
     db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    # A half-removed copy left where the copy goes (a process died discarding one): no
+    # data.mdb, so a fresh copy takes its place.
+    (tmp_path / "reader" / "volume" / "lmdb").mkdir(parents=True)
+    (tmp_path / "reader" / "volume" / "lmdb" / "lock.mdb").write_bytes(b"left over")
     r = start_replica(cluster, replicas, tmp_path, "reader")
     r.wait_serving(60)
     with grpc.insecure_channel(r.address) as ch:
