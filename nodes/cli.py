@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from storage import DEFAULT_MAP_SIZE, Retention
@@ -101,19 +102,25 @@ def _run_node(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
         return 2
+    return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError))
+
+
+def _serve(process: Any, leaving: str, start_errors: tuple[type[Exception], ...]) -> int:
+    """Start ``process`` (a node or a replica), run it until SIGTERM or SIGINT (or until it
+    asks to stop), then stop it; return the exit code."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: node.stop_requested.set())
+        signal.signal(sig, lambda *_: process.stop_requested.set())
     try:
-        node.start()
-        while not node.stop_requested.wait(1.0):
+        process.start()
+        while not process.stop_requested.wait(1.0):
             pass
-        log.info("leaving the cluster")
+        log.info(leaving)
         return 0
-    except (EtcdUnavailable, RuntimeError) as e:
+    except start_errors as e:
         log.error("cannot start: %s", e)
         return 1
     finally:
-        node.stop()
+        process.stop()
 
 
 def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -139,19 +146,7 @@ def _run_replica(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shardless replica: {e}", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: replica.stop_requested.set())
-    try:
-        replica.start()
-        while not replica.stop_requested.wait(1.0):
-            pass
-        log.info("replica leaving")
-        return 0
-    except RuntimeError as e:
-        log.error("cannot start: %s", e)
-        return 1
-    finally:
-        replica.stop()
+    return _serve(replica, "replica leaving", (RuntimeError,))
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -790,19 +790,17 @@ class GroupCommitter:
             self._committed.notify_all()
         self.commits += len(done)
 
-        def answer() -> None:
+        def answer(failure: Exception | None = None) -> None:
+            """Tell each request its outcome (or, for the applied ones, ``failure``)."""
             for p, err in refused:
                 p.future.set_exception(err)
             for p, outcome in done:
+                if failure is not None:
+                    p.future.set_exception(failure)
+                    continue
                 faultpoints.crash_if(faultpoints.CRASH_AFTER_COMMIT,
                                      getattr(p.work, "idempotency_key", ""))
                 p.future.set_result(outcome)
-
-        def give_up(e: Exception) -> None:
-            for p, err in refused:
-                p.future.set_exception(err)
-            for p, _ in done:
-                p.future.set_exception(e)
 
         if self._ack_after is None:
             answer()
@@ -810,7 +808,7 @@ class GroupCommitter:
             # Every answer of the batch, refusals too, waits until the synchronous replicas
             # hold everything the batch saw (nodes/replication.py), without holding up the
             # next batch.
-            self._ack_after(seen, answer, give_up)
+            self._ack_after(seen, answer, answer)
 
     def wait_for_commit(self, seen: int, timeout_s: float) -> int:
         """Wait until this committer has committed a batch after the ``seen``-th (or for

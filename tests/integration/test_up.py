@@ -19,6 +19,17 @@ from tests.harness.cluster import wait_for
 pytestmark = pytest.mark.integration
 
 
+def _start_up(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start ``shardless up``; its output lines are collected, as they come, in the list."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=node_env(), start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    return proc, lines
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -40,12 +51,7 @@ def test_shardless_up_starts_answers_a_client_and_stops_leaving_nothing_behind(
     etcd_port = free_port()
     cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "2", "--base-port", str(base),
            "--etcd-port", str(etcd_port), "--data-dir", str(tmp_path / "data"), "--ttl", "3"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=node_env(), start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)
-    reader.start()
+    proc, lines = _start_up(cmd)
     child_pids: list[int] = []
     try:
         wait_for(lambda: "ready" in [ln.strip() for ln in lines], 60,
@@ -91,12 +97,7 @@ def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "1", "--base-port", str(base),
            "--etcd-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--ttl", "3",
            "--replica", "sync"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=node_env(), start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)
-    reader.start()
+    proc, lines = _start_up(cmd)
     pids: list[int] = []
     try:
         wait_for(lambda: "ready" in [ln.strip() for ln in lines], 90,
