@@ -74,6 +74,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def _run_node(args: argparse.Namespace) -> int:
     from lockmgr import EtcdUnavailable
+    from nodes.epoch import Superseded
     from nodes.node import Node
 
     try:
@@ -102,7 +103,7 @@ def _run_node(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
         return 2
-    return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError))
+    return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError, Superseded))
 
 
 def _serve(process: Any, leaving: str, start_errors: tuple[type[Exception], ...]) -> int:
@@ -115,7 +116,7 @@ def _serve(process: Any, leaving: str, start_errors: tuple[type[Exception], ...]
         while not process.stop_requested.wait(1.0):
             pass
         log.info(leaving)
-        return 0
+        return int(getattr(process, "exit_code", 0))
     except start_errors as e:
         log.error("cannot start: %s", e)
         return 1

@@ -641,13 +641,19 @@ AckGate = Callable[[int, Callable[[], None], Callable[[Exception], None]], None]
 
 
 class GroupCommitter:
-    """Runs the requests that arrive together in one write transaction and one sync."""
+    """Runs the requests that arrive together in one write transaction and one sync.
+
+    ``admit`` (if given) runs before each batch and raises ``Unavailable`` when this node may
+    not commit at all (``nodes/epoch.py``: its session is past its deadline, or its volume was
+    superseded); the batch then fails whole, nothing applied."""
 
     def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
                  lock_free_check: LockFreeCheck | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 ack_after: AckGate | None = None) -> None:
+                 ack_after: AckGate | None = None,
+                 admit: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._admit = admit
         self._ack_after = ack_after
         self._node_id = node_id
         self._max_batch = max_batch
@@ -776,6 +782,14 @@ class GroupCommitter:
         return done, refused, view.commit_position()
 
     def _commit(self, batch: list[_Pending]) -> None:
+        if self._admit is not None:
+            try:  # this node may commit at all (a valid session, its volume the primary)
+                self._admit()
+            except Unavailable as e:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                return
         try:
             done, refused, seen = self._store.transact(lambda view: self._apply(view, batch))
         except Exception as e:  # the whole transaction failed: none of the group was applied

@@ -49,6 +49,7 @@ class MemberInfo:
     lease_id: int
     group: str = ""  # the node this process belongs to, if it is one of a node's processes
     public_address: str = ""  # ... and that node's shared address
+    volume_id: str = ""  # the volume it serves (``storage/volume.py``; empty: before epochs)
 
 
 def read_members(client: EtcdClient, cluster: str) -> list[MemberInfo]:
@@ -63,7 +64,8 @@ def read_members(client: EtcdClient, cluster: str) -> list[MemberInfo]:
             d = json.loads(kv.value)
             out.append(MemberInfo(str(d["node_id"]), str(d["address"]), int(d["pid"]),
                                   float(d["started_at"]), kv.lease_id,
-                                  str(d.get("group", "")), str(d.get("public", ""))))
+                                  str(d.get("group", "")), str(d.get("public", "")),
+                                  str(d.get("volume", ""))))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring malformed member key %r", kv.key)
     return out
@@ -76,8 +78,14 @@ class Membership:
                  ttl_s: int, etcd_timeout_s: float, group: str = "", public_address: str = "",
                  on_started: Callable[[Session], None] = lambda s: None,
                  on_lost: Callable[[Session], None] = lambda s: None,
-                 before_close: Callable[[Session], None] = lambda s: None) -> None:
+                 before_close: Callable[[Session], None] = lambda s: None,
+                 volume_id: str = "",
+                 epoch_compare: Callable[[], dict[bytes, int]] | None = None,
+                 epoch_changed: Callable[[], None] = lambda: None) -> None:
         self._client = client
+        self.volume_id = volume_id
+        self._epoch_compare = epoch_compare
+        self._epoch_changed = epoch_changed
         self.cluster = cluster
         self.node_id = node_id
         self.address = address
@@ -99,21 +107,41 @@ class Membership:
         return json.dumps({"node_id": self.node_id, "address": self.address,
                            "pid": os.getpid(), "started_at": self.started_at,
                            "lease": lease_id, "group": self.group,
-                           "public": self.public_address}).encode()
+                           "public": self.public_address, "volume": self.volume_id}).encode()
 
     def _open_session(self) -> Session:
         session = Session(self._client, self.ttl_s, etcd_timeout_s=self.etcd_timeout_s)
         try:
             self._on_started(session)
             if not self._withdrawn:
-                self._client.put(member_key(self.cluster, self.node_id),
-                                 self._record(session.lease_id), session.lease_id)
+                self._write_member_key(session)
         except (EtcdUnavailable, SessionExpired):
             session.close()
             raise EtcdUnavailable("could not register the new session") from None
+        except BaseException:
+            session.close()
+            raise
         self.sessions_started += 1
         log.info("session %x started; member key written", session.lease_id)
         return session
+
+    def _write_member_key(self, session: Session) -> None:
+        """Write the member key on the session, under the epoch this node runs in: the write
+        fails if the epoch record changed since the node read it (``nodes/epoch.py``), so a
+        promotion that revokes the old primary's members misses none.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer, or the epoch changed (read again).
+            Superseded: this node's volume is no longer the primary.
+        """
+        key, value = member_key(self.cluster, self.node_id), self._record(session.lease_id)
+        if self._epoch_compare is None:
+            self._client.put(key, value, session.lease_id)
+            return
+        if not self._client.txn_if_unchanged(
+                self._epoch_compare(), [self._client.put_op(key, value, session.lease_id)]):
+            self._epoch_changed()  # raises Superseded if it names another volume now
+            raise EtcdUnavailable("the epoch record changed while the session started")
 
     def start(self, wait_s: float) -> None:
         """Open the first session, retrying while etcd is unreachable for up to ``wait_s``.
@@ -159,6 +187,9 @@ class Membership:
                 log.warning("cannot start a new session yet: %s", e)
                 self._closing.wait(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception as e:  # e.g. the volume was superseded: the node is leaving
+                log.warning("no new session: %s", e)
+                self._closing.wait(2.0)
 
     def is_valid(self, lease_id: int) -> bool:
         """Whether ``lease_id`` is the current session and may still be acted on."""

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,13 +38,14 @@ from nodes import server
 from nodes.commit import GroupCommitter, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
+from nodes.epoch import EpochGuard, EpochRecord, Superseded
 from nodes.leader import Leader
 from nodes.membership import Membership
 from nodes.replication import BarrierStore, SyncGate, lag, read_replicas, wait_for_position
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import Store, open_volume
+from storage import PRIMARY, Identity, Store, open_volume
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,9 @@ class Node:
         self.health = health.HealthServicer()
         self.port = 0
         self.gate = Gate()
+        self.epoch: EpochGuard | None = None
+        self.volume_id = ""
+        self.exit_code = 0
         self.stop_requested = threading.Event()
         """Set when the node has been asked to leave; whoever runs the node then calls stop."""
         self._stopped = threading.Event()
@@ -186,27 +191,38 @@ class Node:
         Raises:
             EtcdUnavailable: etcd stayed unreachable for ``etcd_wait_s``.
             RuntimeError: the listen address could not be bound.
+            Superseded: the volume is not the cluster's primary (``nodes/epoch.py``).
         """
         cfg = self.cfg
         self.store = open_volume(cfg.volume, map_size=cfg.map_size)
+        identity = self._identity(self.store)
+        self.volume_id = identity.volume_id
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.epoch = EpochGuard(self.etcd, cfg.cluster, identity.volume_id, node_id=cfg.node_id,
+                                on_superseded=self._superseded)
+        self._start_epoch(identity)
         self.locks = LockManager(self.etcd, cfg.cluster, cfg.node_id,
                                  StorageFencer(self.store, cfg.node_id),
                                  wait_timeout_s=cfg.lock_timeout_s,
                                  escalate_after=cfg.escalate_after)
         self.sync_gate = SyncGate(self.etcd, cfg.cluster, node_id=cfg.node_id,
-                                  policy=cfg.sync_policy, timeout_s=cfg.sync_timeout_s)
+                                  policy=cfg.sync_policy, timeout_s=cfg.sync_timeout_s,
+                                  lease=self._lease_id, epoch_compare=self.epoch.compare,
+                                  epoch_changed=self._epoch_changed)
         self.reads = BarrierStore(self.store, self.sync_gate)
         self.committer = GroupCommitter(self.store, cfg.node_id,
                                         lock_free_check=lock_free_check(cfg.escalate_after),
-                                        ack_after=self.sync_gate.after)
+                                        ack_after=self.sync_gate.after, admit=self._admit)
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s, group=cfg.group,
                                      public_address=cfg.public_listen,
                                      on_started=self._session_started,
                                      on_lost=self._session_lost,
-                                     before_close=self.locks.detach)
+                                     before_close=self.locks.detach,
+                                     volume_id=identity.volume_id,
+                                     epoch_compare=self.epoch.compare,
+                                     epoch_changed=self._epoch_changed)
         self.txns = TransactionManager(cfg.node_id, cfg.listen, self.reads, self.committer,  # type: ignore[arg-type]
                                        self.locks, idle_timeout_s=cfg.idle_timeout_s,
                                        session_valid=self.membership.is_valid,
@@ -258,6 +274,89 @@ class Node:
             [*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], srv)
         return srv
+
+    @staticmethod
+    def _identity(store: Store) -> Identity:
+        """The volume's identity; a volume without one (new, or made before identities) is a
+        primary's."""
+        with store.read() as view:
+            got = view.volume_identity()
+        if got is not None:
+            return got
+
+        def make(view: Any) -> Identity:
+            cur = view.volume_identity()  # another node on the volume may have just made it
+            if cur is None:
+                cur = Identity.new(PRIMARY)
+                view.set_volume_identity(cur)
+            return cur
+
+        return store.transact(make)
+
+    def _start_epoch(self, identity: Identity) -> None:
+        """Read the epoch record (creating epoch 1 on a primary's volume if there is none)
+        and follow it; refuse to start on a volume that is not the primary."""
+        assert self.epoch is not None
+        deadline = time.monotonic() + self.cfg.etcd_wait_s
+        while True:
+            try:
+                self.epoch.start(max(self.cfg.etcd_wait_s, 60.0),
+                                 may_claim=identity.role == PRIMARY)
+                return
+            except TimeoutError as e:
+                raise Superseded(str(e)) from e
+            except EtcdUnavailable as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("etcd not reachable yet (%s); retrying", e)
+                time.sleep(0.2)
+
+    def _lease_id(self) -> int:
+        m = self.membership
+        s = m.session if m is not None else None
+        return s.lease_id if s is not None and s.is_valid() else 0
+
+    def _epoch_changed(self) -> None:
+        """A compare on the epoch failed: read it again; raise if this volume is superseded.
+
+        Raises:
+            Superseded: it is.
+            EtcdUnavailable: etcd did not answer.
+        """
+        assert self.epoch is not None
+        self.epoch.refresh()
+        self.epoch.check()
+
+    def _admit(self) -> None:
+        """Whether this node may commit at all (before every batch; ``nodes/epoch.py``).
+
+        Raises:
+            Unavailable: its session is not valid (past its deadline, or being replaced), or
+                its volume was superseded; nothing of the batch is applied.
+        """
+        assert self.epoch is not None
+        try:
+            self.epoch.check()
+        except Superseded as e:
+            raise Unavailable(f"node {self.cfg.node_id} does not commit: {e}") from None
+        if not self._lease_id():
+            raise Unavailable(f"node {self.cfg.node_id} has no valid session right now (etcd "
+                              f"unreachable or the session being replaced); retry (nothing "
+                              f"was done)")
+
+    def _superseded(self, record: EpochRecord) -> None:
+        """The epoch record names another volume: stop committing at once, fail what waits
+        for the synchronous replicas, abort the transactions, and leave."""
+        message = (f"volume {self.volume_id} was superseded by {record.describe()}; node "
+                   f"{self.cfg.node_id} stops. A commit waiting for its answer may or may not "
+                   f"be on the new primary: retry it there with the same idempotency key")
+        if self.sync_gate is not None:
+            self.sync_gate.supersede(message)
+        if self.txns is not None:
+            for t in self.txns.open_transactions():
+                self.txns.abort(t.txn_id, FENCED, message)
+        self.exit_code = 3
+        self.request_stop()
 
     def _session_started(self, session: Session) -> None:
         assert self.deathwatch is not None and self.locks is not None
@@ -434,6 +533,8 @@ class Node:
             self.committer.close()
         if self.sync_gate is not None:
             self.sync_gate.close()
+        if self.epoch is not None:
+            self.epoch.close()
         if self.membership is not None:
             self.membership.close()
         if self.locks is not None:

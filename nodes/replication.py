@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lockmgr import EtcdClient, EtcdUnavailable
+from lockmgr import EtcdClient, EtcdUnavailable, SessionExpired
 from nodes.membership import cluster_prefix
 from storage import ReadView, Store, commitlog
 
@@ -121,7 +121,9 @@ def lag(view: ReadView, replica: ReplicaRecord, now: float | None = None) -> Lag
 # -- synchronous replicas ----------------------------------------------------------------------
 
 SYNC = "sync"
+JOINING = "joining"
 DEMOTED = "demoted"
+WAITED_FOR = (SYNC, JOINING)  # the states whose replicas every acknowledgement waits for
 POLICIES = ("strict", "demote")
 DEFAULT_SYNC_TIMEOUT_S = 5.0
 TICK_S = 0.05
@@ -141,17 +143,35 @@ def sync_key(cluster: str, replica_id: str) -> bytes:
     return sync_prefix(cluster) + replica_id.encode()
 
 
-def sync_value(state: str, by: str) -> bytes:
-    """The value of a synchronous-set key: ``state`` (``sync`` or ``demoted``), who set it."""
-    return json.dumps({"state": state, "by": by, "at": time.time()}).encode()
+def seen_prefix(cluster: str, replica_id: str) -> bytes:
+    """The etcd prefix of the nodes' acknowledgements that they wait for a joining replica."""
+    return cluster_prefix(cluster) + b"sync-seen/" + replica_id.encode() + b"/"
+
+
+def seen_key(cluster: str, replica_id: str, node_id: str) -> bytes:
+    """One node's acknowledgement (on its session lease) that it waits for ``replica_id``."""
+    return seen_prefix(cluster, replica_id) + node_id.encode()
+
+
+def sync_value(state: str, by: str, join: str = "") -> bytes:
+    """The value of a synchronous-set key: ``state`` (``joining``, ``sync`` or ``demoted``),
+    who set it, and the join it belongs to (a random id per joining)."""
+    return json.dumps({"state": state, "by": by, "at": time.time(), "join": join}).encode()
 
 
 def sync_state(raw: bytes) -> str:
     """The state in a synchronous-set value (``sync`` when unreadable: the safe side)."""
+    return sync_entry(raw)[0]
+
+
+def sync_entry(raw: bytes) -> tuple[str, str]:
+    """(state, join id) of a synchronous-set value (``sync`` when unreadable: the safe
+    side)."""
     try:
-        return str(json.loads(raw)["state"])
-    except (ValueError, KeyError, TypeError):
-        return SYNC  # unreadable: keep waiting for it, the safe side
+        d = json.loads(raw)
+        return str(d["state"]), str(d.get("join", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return SYNC, ""  # unreadable: keep waiting for it, the safe side
 
 
 class NotReplicated(Exception):
@@ -228,7 +248,10 @@ class SyncGate:
 
     def __init__(self, etcd: EtcdClient, cluster: str, *, node_id: str, policy: str = "demote",
                  timeout_s: float = DEFAULT_SYNC_TIMEOUT_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 lease: Callable[[], int] = lambda: 0,
+                 epoch_compare: Callable[[], dict[bytes, int]] | None = None,
+                 epoch_changed: Callable[[], None] = lambda: None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"--sync-policy must be one of {', '.join(POLICIES)}")
         self._etcd = etcd
@@ -239,6 +262,12 @@ class SyncGate:
         self._clock = clock
         self._lock = threading.Condition()
         self._states: dict[str, str] = {}
+        self._joins: dict[str, str] = {}
+        self._acked: set[tuple[str, str, int]] = set()
+        self._lease = lease
+        self._epoch_compare = epoch_compare
+        self._epoch_changed = epoch_changed
+        self._superseded = ""
         self._positions: dict[str, int] = {}
         self._waiters: list[_Waiter] = []
         self._stale = True
@@ -282,8 +311,10 @@ class SyncGate:
         self._cancels = []
         rev, results = self._etcd.txn([EtcdClient.range_op(sync_prefix(self._cluster)),
                                        EtcdClient.range_op(replicas_prefix(self._cluster))])
-        states = {kv.key[len(sync_prefix(self._cluster)):].decode(): sync_state(kv.value)
-                  for kv in results[0] or ()}
+        entries = {kv.key[len(sync_prefix(self._cluster)):].decode(): sync_entry(kv.value)
+                   for kv in results[0] or ()}
+        states = {rid: e[0] for rid, e in entries.items()}
+        joins = {rid: e[1] for rid, e in entries.items()}
         positions = {}
         for kv in results[1] or ():
             rec = ReplicaRecord.decode(kv.value, kv.lease_id)
@@ -293,6 +324,7 @@ class SyncGate:
             for rid, pos in positions.items():  # the highest heard (see ``report``)
                 positions[rid] = max(pos, self._positions.get(rid, 0))
             self._states, self._positions, self._stale = states, positions, False
+            self._joins = joins
         self._loaded_at = self._clock()
         for prefix in (sync_prefix(self._cluster), replicas_prefix(self._cluster)):
             self._cancels.append(self._etcd.watch_prefix(prefix, rev + 1, self._on_events))
@@ -310,8 +342,9 @@ class SyncGate:
                     rid = key[len(sp):].decode()
                     if value is None:
                         self._states.pop(rid, None)
+                        self._joins.pop(rid, None)
                     else:
-                        self._states[rid] = sync_state(value)
+                        self._states[rid], self._joins[rid] = sync_entry(value)
                 elif key.startswith(rp):
                     rid = key[len(rp):].decode()
                     rec = None if value is None else ReplicaRecord.decode(value, 0)
@@ -347,7 +380,9 @@ class SyncGate:
             return self._held()
 
     def _held(self) -> float:
-        ids = [rid for rid, state in self._states.items() if state == SYNC]
+        if self._superseded:
+            return -1.0
+        ids = [rid for rid, state in self._states.items() if state in WAITED_FOR]
         if not ids:
             return float("inf")
         return min(self._positions.get(rid, 0) for rid in ids)
@@ -359,13 +394,18 @@ class SyncGate:
         """Call ``on_ok`` once ``position`` is held (at once if it is), or ``on_fail`` when
         the policy gives up on it."""
         with self._lock:
-            if position <= self._held():
+            superseded = self._superseded
+            if superseded:
+                ready = False
+            elif position <= self._held():
                 ready = True
             else:
                 ready = False
                 self._waiters.append(_Waiter(position, self._clock(), on_ok, on_fail,
                                              "commit"))
-        if ready:
+        if superseded:
+            on_fail(CommitNotReplicated(superseded))
+        elif ready:
             on_ok()
 
     def wait_held(self, position: int) -> None:
@@ -375,6 +415,8 @@ class SyncGate:
             ReadNotReplicated: the policy gave up on it.
         """
         with self._lock:
+            if self._superseded:
+                raise ReadNotReplicated(self._superseded)
             if position <= self._held():
                 return
             done = threading.Event()
@@ -403,12 +445,49 @@ class SyncGate:
                 if self._stale or self._clock() - self._loaded_at > REFRESH_S:
                     self.reload()
                 self.tick()
+                self.acknowledge_joins()
             except EtcdUnavailable as e:
                 log.warning("synchronous replicas: %s", e)
                 with self._lock:
                     self._stale = True
             except Exception:  # the loop must survive anything
                 log.exception("synchronous replica gate failed")
+
+    def acknowledge_joins(self) -> None:
+        """Tell each joining (or synchronous) replica, once per join and session, that this
+        node waits for it: the put comes after the gate counts the replica in, so every
+        acknowledgement decided after it waits for the replica (``nodes/replica.py`` makes
+        itself promotable only once every member node has said so).
+
+        Raises:
+            EtcdUnavailable: etcd did not answer (tried again next tick).
+        """
+        lease = self._lease()
+        if not lease or self._superseded:
+            return
+        with self._lock:
+            todo = [(rid, self._joins.get(rid, "")) for rid, state in self._states.items()
+                    if state in WAITED_FOR and
+                    (rid, self._joins.get(rid, ""), lease) not in self._acked]
+        for rid, join in todo:
+            try:
+                self._etcd.put(seen_key(self._cluster, rid, self.node_id),
+                               json.dumps({"join": join}).encode(), lease)
+            except SessionExpired:
+                return  # the session is going: the next one acknowledges again
+            with self._lock:
+                self._acked.add((rid, join, lease))
+
+    def supersede(self, message: str) -> None:
+        """This node's volume is no longer the primary: fail every wait now and every later
+        one at once (the commits waiting may be lost with the old volume, or held by the
+        promoted replica: their outcome is unknown; reads retry elsewhere)."""
+        with self._lock:
+            self._superseded = message
+            left, self._waiters = self._waiters, []
+        for w in left:
+            cls = CommitNotReplicated if w.what == "commit" else ReadNotReplicated
+            w.on_fail(cls(message))
 
     def tick(self) -> None:
         """One step of the policy (the gate's thread runs it every ``TICK_S``): fail or demote
@@ -420,7 +499,7 @@ class SyncGate:
                 return
             oldest = min(w.position for w in late)
             laggards = sorted(rid for rid, state in self._states.items()
-                              if state == SYNC and self._positions.get(rid, 0) < oldest)
+                              if state in WAITED_FOR and self._positions.get(rid, 0) < oldest)
             if self.policy == "strict":
                 self._waiters = [w for w in self._waiters if w not in late]
         if self.policy == "strict":
@@ -437,7 +516,15 @@ class SyncGate:
             log.warning("demoting synchronous replica %s to asynchronous: it did not hold "
                         "position %d within %g s (--sync-policy demote)", rid, oldest,
                         self.timeout_s)
-            self._etcd.put(sync_key(self._cluster, rid), sync_value(DEMOTED, self.node_id))
+            key, value = sync_key(self._cluster, rid), sync_value(DEMOTED, self.node_id)
+            if self._epoch_compare is None:
+                self._etcd.put(key, value)
+            elif not self._etcd.txn_if_unchanged(self._epoch_compare(),
+                                                 [EtcdClient.put_op(key, value)]):
+                # The epoch changed: a promotion (maybe of this very replica) won the race.
+                log.warning("not demoting %s: the epoch changed", rid)
+                self._epoch_changed()
+                return
             self.demotions += 1
             with self._lock:
                 self._states[rid] = DEMOTED

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from lockmgr import Aborted, EtcdUnavailable, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
+from nodes.epoch import Superseded
 from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
 from storage import (
@@ -60,6 +61,7 @@ CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
     (SessionExpired, grpc.StatusCode.UNAVAILABLE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Superseded, grpc.StatusCode.UNAVAILABLE),
     (NotReplicated, grpc.StatusCode.UNAVAILABLE),
     (PositionNotReached, grpc.StatusCode.UNAVAILABLE),
     (ReadOnlyReplica, grpc.StatusCode.FAILED_PRECONDITION),

@@ -23,11 +23,14 @@ from storage.kv import Engine, Snapshot, WriteTxn
 from storage.lmdb_env import DEFAULT_MAP_SIZE
 from storage.retention import Cut, Retention
 from storage.store import ReadView, Store, WriteView, open_volume
+from storage.volume import PRIMARY, REPLICA, Identity
 
 __all__ = [
     "COLUMN_TYPES",
     "DEFAULT_MAP_SIZE",
     "MAX_ROW_BYTES",
+    "PRIMARY",
+    "REPLICA",
     "AlreadyExists",
     "Change",
     "Column",
@@ -36,6 +39,7 @@ __all__ = [
     "Cut",
     "Engine",
     "Fenced",
+    "Identity",
     "InvalidInput",
     "LogTruncated",
     "MapFull",

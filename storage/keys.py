@@ -13,12 +13,15 @@ prefix    key                                     value
 0x04      FENCE + session lease id (u64 BE)       msgpack ``{"ts", "by"}`` (``fence.py``)
 0x05      IDEMPOTENCY + client key (utf-8)        msgpack ``{"ts", "result"}``
 0x06      GRANT + resource + 0x00 + entry tag     msgpack ``[lease, entry value]`` (``grants.py``)
+0x07      LOCAL + name (ascii)                    msgpack map: this copy's own identity
+                                                  (``volume.py``)
 ========  ======================================  =============================================
 
 Replicated: what replicas and backups copy and the commit log's ops replay (``is_replicated``):
 catalog, rows, idempotency records and the meta values but the log's own (``LOG_META``). Not
 replicated: the log itself (each copy keeps its own, at the same positions), fence records and
-published grants (they belong to the sessions of the nodes on one volume).
+published grants (they belong to the sessions of the nodes on one volume), and the copy's own
+identity (``LOCAL``: which volume this is, primary or replica).
 
 Table ids are never reused, so rows of a dropped table can never resurface under a new table of
 the same name. Every engine takes keys of ``kv.MIN_KEY_BYTES`` (511, LMDB's limit);
@@ -38,6 +41,7 @@ LOG = b"\x03"
 FENCE = b"\x04"
 IDEMPOTENCY = b"\x05"
 GRANT = b"\x06"
+LOCAL = b"\x07"
 
 ROW_PREFIX_LEN = 5
 MAX_ENCODED_PK = MIN_KEY_BYTES - ROW_PREFIX_LEN
@@ -100,6 +104,9 @@ def grant(resource: str, tag: str) -> bytes:
     """Key of one published grant: a lock entry ``tag`` on ``resource``."""
     return grant_prefix(resource) + tag.encode("utf-8")
 
+
+VOLUME_IDENTITY = LOCAL + b"identity"
+"""This copy's identity (``volume.py``); never copied to another volume."""
 
 META_LOG_POS = meta("log_pos")
 META_LOG_START = meta("log_start")

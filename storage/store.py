@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from storage import commitlog, fence, grants, idempotency, keys, rows
+from storage import commitlog, fence, grants, idempotency, keys, rows, volume
 from storage.catalog import Schema, Value, check_name
 from storage.errors import AlreadyExists, Corrupt, MapFull, NotFound, StorageError
 from storage.kv import MIN_KEY_BYTES, Engine, Snapshot, WriteTxn, delete_range
@@ -168,6 +168,14 @@ class ReadView:
         """Number of rows in a table (walks the keys)."""
         prefix = keys.row_prefix(schema.table_id)
         return sum(1 for _ in self._txn.scan(prefix, prefix + b"\xff"))
+
+    def volume_identity(self) -> volume.Identity | None:
+        """This copy's identity (``volume.py``), or None if it has none yet.
+
+        Raises:
+            Corrupt: the record does not decode.
+        """
+        return volume.read(self._txn)
 
     def commit_position(self) -> int:
         """Position of the last commit in this snapshot (0 before the first)."""
@@ -333,6 +341,10 @@ class WriteView(ReadView):
             self._txn.put(k, v)
             n += 1
         return n
+
+    def set_volume_identity(self, identity: volume.Identity) -> None:
+        """Store this copy's identity (outside the replicated key space: nothing is logged)."""
+        volume.write(self._txn, identity)
 
     def restart_log_at(self, position: int) -> None:
         """Make the log of a volume copied at ``position`` empty, its next record

@@ -7,6 +7,7 @@ import pytest
 
 from lockmgr import Aborted, EtcdUnavailable, LockError, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
+from nodes.epoch import Superseded
 from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
 from nodes.status import CODES, code_for
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
@@ -23,6 +24,7 @@ from storage import (
 )
 
 # The error table of docs/api.md ("Errors"), class by class.
+
 DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     TxnAborted: grpc.StatusCode.ABORTED,
     Aborted: grpc.StatusCode.ABORTED,
@@ -43,6 +45,7 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     EtcdUnavailable: grpc.StatusCode.UNAVAILABLE,
     SessionExpired: grpc.StatusCode.UNAVAILABLE,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Superseded: grpc.StatusCode.UNAVAILABLE,
     CommitTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
