@@ -1,6 +1,7 @@
-"""The ``shardless`` command: ``node`` runs one node, ``up`` runs a local cluster, ``status``
-prints a cluster's status, ``drain`` makes one node leave without failing a client call,
-``bench`` measures a cluster against baselines."""
+"""The ``shardless`` command: ``node`` runs one node, ``replica`` keeps a copy of the volume,
+``up`` runs a local cluster, ``status`` prints a cluster's status, ``drain`` makes one node
+leave without failing a client call, ``promote`` makes a replica the primary, ``bench``
+measures a cluster against baselines."""
 
 from __future__ import annotations
 
@@ -133,21 +134,113 @@ def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="sync: commits wait until this replica holds them; async: it follows "
                         "behind, its lag reported")
     p.add_argument("--replica-id", default="", help="default: replica-<hostname>-<port>")
+    p.add_argument("--no-auto-promote", action="store_true",
+                   help="sync mode: never promote itself (by default a synchronous replica "
+                        "that holds every acknowledged commit promotes itself when no node "
+                        "of the primary has answered for --promote-after seconds)")
+    p.add_argument("--promote-after", type=float, default=1.0, metavar="SECONDS",
+                   help="how long no node of the primary answers before a synchronous "
+                        "replica promotes itself")
     p.set_defaults(func=_run_replica)
 
 
 def _run_replica(args: argparse.Namespace) -> int:
+    from lockmgr import EtcdUnavailable
+    from nodes.epoch import Superseded
+    from nodes.node import Node
     from nodes.replica import Replica, ReplicaConfig
 
     try:
         replica = Replica(ReplicaConfig(
             etcd=args.etcd, volume=args.volume, listen=args.listen, mode=args.mode,
             replica_id=args.replica_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
-            etcd_timeout_s=args.etcd_timeout, map_size=args.map_size))
+            etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
+            auto_promote=not args.no_auto_promote, promote_after_s=args.promote_after))
     except ValueError as e:
         print(f"shardless replica: {e}", file=sys.stderr)
         return 2
-    return _serve(replica, "replica leaving", (RuntimeError,))
+    code = _serve(replica, "replica leaving", (RuntimeError,))
+    if replica.promoted is None:
+        return code
+    # Promoted: its volume is the primary now; this process serves it as a node, on the
+    # replica's address, under the replica's id.
+    rc = replica.cfg
+    log.info("replica %s was promoted; serving its volume as a node on %s", rc.replica_id,
+             rc.listen)
+    node = Node(NodeConfig(etcd=rc.etcd, volume=rc.volume, listen=rc.listen,
+                           node_id=rc.replica_id, cluster=rc.cluster, ttl_s=rc.ttl_s,
+                           etcd_timeout_s=rc.etcd_timeout_s, map_size=rc.map_size))
+    return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError, Superseded))
+
+
+def _add_promote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("promote", help="make a replica's volume the primary, fencing the old "
+                                       "one (docs/replication.md, 'Promotion')")
+    p.add_argument("replica", help="the replica's id (shardless status lists them)")
+    p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
+    p.add_argument("--accept-loss", action="store_true",
+                   help="promote a replica that may lack acknowledged commits (asynchronous, "
+                        "demoted or joining); the positions it lacks are printed")
+    p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
+                   help="the nodes' session TTL: an asynchronous promotion waits this long "
+                        "(plus a margin) for the old primary's nodes to stop")
+    p.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to wait for the promotion to finish")
+    p.set_defaults(func=_run_promote)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    import dataclasses
+    import socket
+
+    from lockmgr import EtcdClient, EtcdUnavailable
+    from nodes import promotion
+
+    etcd = EtcdClient(args.etcd, timeout_s=2.0)
+    try:
+        try:
+            started = promotion.begin(etcd, args.cluster, args.replica,
+                                      accept_loss=args.accept_loss,
+                                      by=f"shardless promote on {socket.gethostname()}",
+                                      ttl_s=math.ceil(args.ttl))
+        except promotion.PromotionRefused as e:
+            print(f"shardless promote: refused: {e}", file=sys.stderr)
+            return 1
+        rec = started.record
+        print(f"promoting {args.replica} (holds position {started.held}): {rec.describe()}",
+              flush=True)
+        done = promotion.wait_finished(etcd, args.cluster, rec.epoch, args.wait)
+        if done is None:
+            print(f"shardless promote: the replica did not finish the promotion within "
+                  f"{args.wait:g} s (is its process running? it finishes when it sees the "
+                  f"record)", file=sys.stderr)
+            return 1
+        print(f"promoted: {done.describe()}; the new primary's log continues after position "
+              f"{done.start_position}")
+        if not started.synchronous:  # what the old primary's nodes committed meanwhile
+            again = promotion.known_last_position(etcd, args.cluster, done.previous_volume)
+            if again[0] > started.known_last:
+                started = dataclasses.replace(started, known_last=again[0],
+                                              known_from=again[1])
+        if started.synchronous:
+            print(f"no acknowledged commit is lost: {args.replica} was synchronous and holds "
+                  f"every one (up to position {done.start_position})")
+        elif started.known_last > done.start_position:
+            print(f"LOST: positions {done.start_position + 1}..{started.known_last} "
+                  f"({started.known_last - done.start_position} commit(s); the last known "
+                  f"position: {started.known_from}); the old primary may have committed "
+                  f"more after that report")
+        else:
+            print(f"no position known to be lost (the highest reported was "
+                  f"{started.known_last}: {started.known_from}); the old primary may have "
+                  f"committed more after its last report")
+        return 0
+    except EtcdUnavailable as e:
+        print(f"shardless promote: etcd: {e}", file=sys.stderr)
+        return 1
+    finally:
+        etcd.close()
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -276,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=up.run)
     _add_status(sub)
     _add_drain(sub)
+    _add_promote(sub)
     _add_bench(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)

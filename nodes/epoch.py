@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from lockmgr import EtcdClient, EtcdUnavailable
 from nodes.membership import cluster_prefix
@@ -273,6 +273,7 @@ class EpochGuard:
     def compare(self) -> dict[bytes, int]:
         """``{epoch key: mod revision}`` of the record this node runs under, for etcd
         transactions that must fail once the epoch changes."""
+        self.check()
         with self._lock:
             rec = self.record
         if rec is None or not rec.mod_revision:

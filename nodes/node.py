@@ -407,14 +407,19 @@ class Node:
         out = api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
                                  commit_position=position, cluster=self.cfg.cluster,
                                  version=VERSION, log_oldest_position=oldest,
-                                 log_bytes=log_bytes)
+                                 log_bytes=log_bytes, volume_id=self.volume_id)
+        rec = self.epoch.record if self.epoch is not None else None
+        if rec is not None:
+            out.epoch, out.primary_volume_id = rec.epoch, rec.volume_id
         sync_set = self.sync_gate.members() if self.sync_gate is not None else {}
         out.replicas.extend(
             api.ReplicaInfo(replica_id=r.replica_id, address=r.address, mode=r.mode,
                             position=r.position, caught_up=r.caught_up,
                             lag_positions=lg.positions, lag_seconds=lg.seconds,
                             updated_at=r.updated_at, sync_state=sync_set.get(r.replica_id, ""),
-                            registered=True) for r, lg in zip(replicas, lags, strict=True))
+                            registered=True, volume_id=r.volume_id,
+                            primary_last=r.primary_last)
+            for r, lg in zip(replicas, lags, strict=True))
         registered = {r.replica_id for r in replicas}
         out.replicas.extend(
             api.ReplicaInfo(replica_id=rid, mode="sync", sync_state=state, registered=False,
@@ -429,7 +434,7 @@ class Node:
                 out.members.append(api.Member(
                     node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
                     pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl,
-                    group=m.group, public_address=m.public_address))
+                    group=m.group, public_address=m.public_address, volume_id=m.volume_id))
         out.transactions.extend(self._local_transactions())
         out.counters.update(self.counters())
         if local_only:

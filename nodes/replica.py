@@ -29,6 +29,7 @@ published is one that is durable here.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -37,6 +38,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -53,30 +55,38 @@ from lockmgr import (
     check_timing,
     parse_endpoints,
 )
+from nodes import promotion
 from nodes import server as server_mod
 from nodes.commit import Unavailable
-from nodes.membership import read_members
+from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
+from nodes.membership import MemberInfo, members_prefix, read_members
 from nodes.node import Gate
 from nodes.replication import (
+    DEMOTED,
+    JOINING,
     MODES,
     SYNC,
     ReadOnlyReplica,
     ReplicaRecord,
     replica_key,
+    seen_prefix,
+    sync_entry,
     sync_key,
-    sync_state,
     sync_value,
     wait_for_position,
 )
 from nodes.txn import TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import DEFAULT_MAP_SIZE, Store, open_volume
+from storage import DEFAULT_MAP_SIZE, REPLICA, Identity, Store, open_volume
+from storage import PRIMARY as PRIMARY_ROLE
 
 log = logging.getLogger(__name__)
 
 PUBLISH_S = 0.1
 SYNC_CHECK_S = 1.0
+JOIN_CHECK_S = 0.1
+DEFAULT_PROMOTE_AFTER_S = 1.0
 MEMBERS_S = 1.0
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
@@ -100,6 +110,8 @@ class ReplicaConfig:
     ttl_s: int = 5
     etcd_timeout_s: float = 0.5
     map_size: int = DEFAULT_MAP_SIZE
+    auto_promote: bool = True  # sync mode: promote itself when the primary is lost
+    promote_after_s: float = DEFAULT_PROMOTE_AFTER_S
 
     def validated(self) -> ReplicaConfig:
         """Check the settings; fill in the replica id from the listen address if empty.
@@ -116,6 +128,8 @@ class ReplicaConfig:
         if not self.volume:
             raise ValueError("--volume is required")
         check_timing(self.ttl_s, self.ttl_s / 6, self.etcd_timeout_s, self.ttl_s / 3)
+        if self.promote_after_s <= 0:
+            raise ValueError("--promote-after must be positive")
         rid = self.replica_id or f"replica-{socket.gethostname()}-{port}"
         if "/" in rid:
             raise ValueError("--replica-id must not contain '/'")
@@ -148,6 +162,16 @@ class Replica:
         self._in_flight: set[str] = set()
         self._applied = threading.Condition()
         self._avoid = ""  # a node whose stream stalled: not the next one picked
+        self.volume_id = ""
+        self.epoch: EpochRecord | None = None  # the epoch whose primary it follows
+        self.promoted: EpochRecord | None = None  # set once this replica became the primary
+        self.exit_code = 0
+        self._epoch_changed = threading.Event()
+        self._epoch_cancel: Any = None
+        self._stream: Any = None
+        self._join = ""
+        self._join_head = 0
+        self._last_heard = time.monotonic()
         self.readers = _Readers()
         self._face: _ReadFace | None = None
         self._pending: dict[str, int] = {}
@@ -187,14 +211,33 @@ class Replica:
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self._thread.start()
 
+    def _on_epoch(self, events: Any) -> None:
+        """The epoch record changed (on the etcd client's watch thread): end the stream
+        being read, so that the follow loop reads the record at once."""
+        self._epoch_changed.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def _watch_epoch(self) -> None:
+        assert self.etcd is not None
+        if self._epoch_cancel is None:
+            kv = self.etcd.get(epoch_key(self.cfg.cluster))
+            rev = kv.mod_revision if kv is not None else 0
+            self._epoch_cancel = self.etcd.watch_prefix(epoch_key(self.cfg.cluster), rev + 1,
+                                                        self._on_epoch)
+
     def stop(self) -> None:
         """Stop following, withdraw the record, close everything."""
         self.stop_requested.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if self.server is not None:
-            self.server.stop(grace=1).wait(2)
-        if self.cfg.mode == "sync" and self.etcd is not None:
+        if self._epoch_cancel is not None:
+            self._epoch_cancel()
+        if self.server is not None:  # promoted: a node takes the address over at once
+            grace = 0.1 if self.promoted is not None else 1.0
+            self.server.stop(grace=grace).wait(grace + 1)
+        if self.cfg.mode == "sync" and self.etcd is not None and self.promoted is None:
             try:  # leaving: the nodes stop waiting for it
                 self.etcd.delete(sync_key(self.cfg.cluster, self.cfg.replica_id))
             except EtcdUnavailable as e:
@@ -210,19 +253,137 @@ class Replica:
     def _run(self) -> None:
         while not self.stop_requested.is_set():
             try:
+                self._watch_epoch()
                 if self.store is None:
                     self.store = self._open_or_copy()
+                if self._check_epoch():
+                    continue
                 self._follow_once()
             except _LostPlace as e:
                 log.error("replica %s lost its place: %s; taking a new copy",
                           self.cfg.replica_id, e)
                 self._discard_copy()
+            except _Fatal as e:
+                log.error("replica %s cannot go on: %s", self.cfg.replica_id, e)
+                self.exit_code = 1
+                self.stop_requested.set()
             except (grpc.RpcError, EtcdUnavailable, SessionExpired, _NoPrimary) as e:
-                log.warning("replica %s: %s; retrying", self.cfg.replica_id, _describe(e))
-                self.stop_requested.wait(RETRY_S)
+                if not self._epoch_changed.is_set():
+                    log.warning("replica %s: %s; retrying", self.cfg.replica_id,
+                                _describe(e))
+                    try:
+                        self._maybe_promote_self()
+                    except (EtcdUnavailable, promotion.PromotionRefused) as pe:
+                        log.warning("replica %s: no automatic promotion: %s",
+                                    self.cfg.replica_id, pe)
+                    if not self._epoch_changed.is_set():  # else: on with the promotion
+                        self.stop_requested.wait(RETRY_S)
             except Exception:  # the loop must survive anything
                 log.exception("replica %s: follow loop failed", self.cfg.replica_id)
                 self.stop_requested.wait(RETRY_S)
+
+    # the epoch
+
+    def _check_epoch(self) -> bool:
+        """Read the epoch record and act on it: become the primary if it names this volume,
+        wait while another replica is being promoted, and throw the copy away if the new
+        primary's history parted from it; return whether the loop should start over.
+
+        Raises:
+            _LostPlace: this copy holds positions the new primary does not.
+            _NoPrimary: a promotion is under way elsewhere, or there is no primary yet.
+            EtcdUnavailable: etcd did not answer.
+        """
+        assert self.etcd is not None and self.store is not None
+        self._epoch_changed.clear()
+        rec = read_epoch(self.etcd, self.cfg.cluster)
+        if rec is None:
+            raise _NoPrimary(f"cluster {self.cfg.cluster} has no primary yet")
+        if rec.volume_id == self.volume_id:
+            self._become_primary(rec)
+            return True
+        if rec.state == PROMOTING:
+            raise _NoPrimary(f"a promotion is under way ({rec.describe()})")
+        known = self.epoch
+        if known is not None and rec.epoch > known.epoch:
+            if self.position > rec.start_position:
+                raise _LostPlace(
+                    f"{rec.describe()} took over the log at position {rec.start_position}; "
+                    f"this copy holds {self.position}, positions the new primary does not "
+                    f"have")
+            log.warning("replica %s follows the new primary from position %d: %s",
+                        self.cfg.replica_id, self.position + 1, rec.describe())
+        if known is None or rec.epoch != known.epoch:
+            self.epoch = rec
+            self._set_identity_epoch(rec.epoch)
+        else:
+            self.epoch = rec
+        return False
+
+    def _set_identity_epoch(self, epoch: int) -> None:
+        assert self.store is not None
+
+        def update(view: Any) -> None:
+            cur = view.volume_identity()
+            if cur is not None and cur.role == REPLICA and cur.epoch != epoch:
+                view.set_volume_identity(Identity(cur.volume_id, REPLICA, cur.created_at,
+                                                  epoch))
+
+        self.store.transact(update)
+
+    def _become_primary(self, rec: EpochRecord) -> None:
+        """This replica's volume is named by the epoch record: finish the promotion (see
+        ``nodes/promotion.py``) and stop, so that a node takes the volume over."""
+        assert self.etcd is not None and self.store is not None
+        if rec.state == PROMOTING:
+            log.warning("replica %s is being promoted at position %d: %s", self.cfg.replica_id,
+                        self.position, rec.describe())
+            fenced = promotion.fence_old_primary(self.etcd, self.cfg.cluster, self.volume_id)
+            log.warning("replica %s: revoked %d session(s) of the old primary's nodes; "
+                        "waiting %.1f s for any that did not hear of it to stop",
+                        self.cfg.replica_id, fenced, rec.fence_wait_s)
+            if rec.fence_wait_s and self.stop_requested.wait(rec.fence_wait_s):
+                return  # stopped meanwhile: the next start finishes it
+            rec = promotion.finish(self.etcd, self.cfg.cluster, rec, self.position)
+        ident = None
+
+        def promote(view: Any) -> None:
+            nonlocal ident
+            cur = view.volume_identity()
+            ident = cur.promoted(rec.epoch)
+            view.set_volume_identity(ident)
+
+        self.store.transact(promote)
+        self.promoted = rec
+        log.warning("replica %s is now the primary's volume (%s); a node takes it over",
+                    self.cfg.replica_id, rec.describe())
+        self.stop_requested.set()
+
+    def _maybe_promote_self(self) -> None:
+        """A synchronous replica that has heard no node of the primary for
+        ``promote_after_s``, and reaches none, promotes itself (``--no-auto-promote`` turns
+        this off). Safe whatever the cause: see ``nodes/epoch.py``."""
+        cfg = self.cfg
+        if cfg.mode != "sync" or not cfg.auto_promote or self._sync_state != SYNC:
+            return
+        if time.monotonic() - self._last_heard < cfg.promote_after_s or self.epoch is None:
+            return
+        assert self.etcd is not None
+        for m in self._primary_members():
+            try:
+                with grpc.insecure_channel(m.address) as ch:
+                    got = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.3)
+                if got.status == health_pb2.HealthCheckResponse.SERVING:
+                    return  # it answers: the trouble is elsewhere
+            except grpc.RpcError:
+                continue
+        log.warning("replica %s has heard no node of the primary for %.1f s and reaches "
+                    "none: promoting itself", cfg.replica_id,
+                    time.monotonic() - self._last_heard)
+        promotion.begin(self.etcd, cfg.cluster, cfg.replica_id, accept_loss=False,
+                        by=f"replica {cfg.replica_id} (automatic)", ttl_s=cfg.ttl_s)
+        self._epoch_changed.set()
 
     # the copy
 
@@ -236,6 +397,11 @@ class Replica:
         volume = self.cfg.volume
         if os.path.exists(os.path.join(volume, "lmdb", "data.mdb")):
             store = open_volume(volume, map_size=self.cfg.map_size)
+            try:
+                self._adopt_identity(store)
+            except BaseException:
+                store.close()
+                raise
             with store.read() as view:
                 self.position = view.commit_position()
             log.info("replica %s: volume %s holds position %d; following from there",
@@ -244,6 +410,11 @@ class Replica:
         # Registered at position 0 while copying, the leader keeps the whole log meanwhile
         # (within its bounds), so that the records after the copy are still there after it.
         self.position, self.caught_up = 0, False
+        assert self.etcd is not None
+        self.epoch = read_epoch(self.etcd, self.cfg.cluster)
+        if self.epoch is None or self.epoch.state != PRIMARY:
+            raise _NoPrimary("no primary to copy from yet" if self.epoch is None else
+                             f"a promotion is under way ({self.epoch.describe()})")
         self._ensure_session()
         self._publish(force=True)
         staging = os.path.join(volume, COPY_DIR)
@@ -252,6 +423,10 @@ class Replica:
         store = open_volume(staging, map_size=self.cfg.map_size)
         try:
             position, items = self._copy_into(store)
+            identity = Identity.new(REPLICA)
+            identity = Identity(identity.volume_id, REPLICA, identity.created_at,
+                                self.epoch.epoch)
+            store.transact(lambda view: view.set_volume_identity(identity))
         finally:
             store.close()
         # What is left at the copy's place (a discarded copy half removed when the process
@@ -260,11 +435,37 @@ class Replica:
         os.replace(os.path.join(staging, "lmdb"), os.path.join(volume, "lmdb"))
         shutil.rmtree(staging, ignore_errors=True)
         self.copies += 1
-        log.info("replica %s: copied %d items at position %d into %s", self.cfg.replica_id,
-                 items, position, volume)
+        self.volume_id = identity.volume_id
+        log.info("replica %s: copied %d items at position %d into %s (volume %s)",
+                 self.cfg.replica_id, items, position, volume, self.volume_id)
         store = open_volume(volume, map_size=self.cfg.map_size)
         self.position = position
         return store
+
+    def _adopt_identity(self, store: Store) -> None:
+        """Take the identity of an existing copy (a copy made before identities gets one).
+
+        Raises:
+            _Fatal: the volume is a primary's, not a replica's copy.
+        """
+        with store.read() as view:
+            ident = view.volume_identity()
+        if ident is None:
+            ident = Identity.new(REPLICA)
+            store.transact(lambda view: view.set_volume_identity(ident))
+        self.volume_id = ident.volume_id
+        if ident.role == PRIMARY_ROLE:
+            assert self.etcd is not None
+            rec = read_epoch(self.etcd, self.cfg.cluster)
+            if rec is not None and rec.volume_id == ident.volume_id and rec.state == PRIMARY:
+                self.promoted = rec  # promoted before this process stopped: a node runs it
+                self.stop_requested.set()
+                raise _NoPrimary("this replica was promoted; a node takes the volume over")
+            raise _Fatal(f"{self.cfg.volume} holds a primary's volume ({ident.volume_id}), "
+                         f"not a replica's copy: start a node on it, or give the replica an "
+                         f"empty directory")
+        if ident.epoch and self.epoch is None:
+            self.epoch = EpochRecord(ident.epoch, "", PRIMARY, 0.0, "", mod_revision=0)
 
     def _copy_into(self, store: Store) -> tuple[int, int]:
         address = self._pick_node()
@@ -323,6 +524,9 @@ class Replica:
         with grpc.insecure_channel(address) as channel:
             stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
                 start_position=self.position + 1, follow=True, batch_records=1000))
+            self._stream = stream
+            if self._epoch_changed.is_set():  # changed while the stream was opened
+                stream.cancel()
             # A receiving thread queues the messages; this one applies everything queued in
             # one write transaction (one sync for many messages when it falls behind).
             inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -331,7 +535,7 @@ class Replica:
             receiver.start()
             heard = time.monotonic()
             try:
-                while not self.stop_requested.is_set():
+                while not self.stop_requested.is_set() and not self._epoch_changed.is_set():
                     try:
                         first = inbox.get(timeout=0.5)
                     except queue.Empty:
@@ -343,6 +547,8 @@ class Replica:
                                              f"{STREAM_STALL_S:g} s; reading elsewhere") from None
                         continue
                     heard = time.monotonic()
+                    if not isinstance(first, BaseException):
+                        self._last_heard = heard
                     msgs = [first]
                     while len(msgs) < APPLY_MESSAGES:
                         try:
@@ -369,6 +575,7 @@ class Replica:
                     return
                 raise
             finally:
+                self._stream = None
                 stream.cancel()
                 receiver.join(timeout=5)
 
@@ -412,30 +619,96 @@ class Replica:
             return
         rec = ReplicaRecord(self.cfg.replica_id, self.cfg.listen, self.cfg.mode,
                             self.position, self.position_ts, self.caught_up, os.getpid(),
-                            self.started_at, now)
+                            self.started_at, now, volume_id=self.volume_id,
+                            primary_last=self.primary_last)
         self.etcd.put(replica_key(self.cfg.cluster, self.cfg.replica_id), rec.encode(),
                       self.session.lease_id)
         self._published, self._last_publish = state, now
 
     def _maybe_join_sync_set(self, last: int) -> None:
-        """In sync mode, once this replica holds the primary's last position: make sure it is
-        in the synchronous set (joining it, or again after a demotion)."""
+        """In sync mode, once this replica holds the primary's last position: join the
+        synchronous set (again after a demotion), in two steps.
+
+        1. ``joining``: every node counts it in (its acknowledgements wait for it) and says
+           so under ``sync-seen/<replica>/<node>`` on its session lease, for this join.
+        2. Once every registered node of the primary has said so, the replica asks a node
+           for the volume's last position H; once it holds H it is ``sync``: it holds every
+           commit any node acknowledged (acknowledged before a node counted it in means
+           committed before its word, so at or before H; after, only once held here), and
+           only then may it be promoted.
+        """
         if self.cfg.mode != "sync" or self.position < last:
             return
         assert self.etcd is not None
         now = time.monotonic()
-        if self._sync_state == SYNC and now - self._sync_checked < SYNC_CHECK_S:
+        wait_s = SYNC_CHECK_S if self._sync_state == SYNC else JOIN_CHECK_S
+        if self._sync_state and now - self._sync_checked < wait_s:
             return
-        kv = self.etcd.get(sync_key(self.cfg.cluster, self.cfg.replica_id))
+        key = sync_key(self.cfg.cluster, self.cfg.replica_id)
+        kv = self.etcd.get(key)
         self._sync_checked = now
-        if kv is None or sync_state(kv.value) != SYNC:
+        state, join = sync_entry(kv.value) if kv is not None else ("", "")
+        if kv is None or state == DEMOTED:
             self._publish(force=True)  # the position first: nodes then wait for no stale one
-            self.etcd.put(sync_key(self.cfg.cluster, self.cfg.replica_id),
-                          sync_value(SYNC, self.cfg.replica_id))
-            log.info("replica %s is in the synchronous set from position %d%s",
+            self._join, self._join_head = uuid.uuid4().hex[:12], 0
+            self.etcd.put(key, sync_value(JOINING, self.cfg.replica_id, self._join))
+            self._sync_state = JOINING
+            log.info("replica %s is joining the synchronous set at position %d%s",
                      self.cfg.replica_id, self.position,
                      " again (it was demoted)" if kv is not None else "")
-        self._sync_state = SYNC
+            return
+        if state != JOINING:
+            self._sync_state = state
+            return
+        if join != self._join:  # a join an earlier life of this replica began
+            self._join, self._join_head = join, 0
+        self._sync_state = JOINING
+        if not self._join_head:
+            if self._every_node_waits(join):
+                self._join_head = self._primary_head()
+            return
+        if self.position >= self._join_head and self.etcd.txn_if_unchanged(
+                {key: kv.mod_revision},
+                [EtcdClient.put_op(key, sync_value(SYNC, self.cfg.replica_id, join))]):
+            self._sync_state = SYNC
+            log.info("replica %s is in the synchronous set from position %d: every node "
+                     "waits for it, and it holds every acknowledged commit",
+                     self.cfg.replica_id, self._join_head)
+
+    def _every_node_waits(self, join: str) -> bool:
+        """Whether every registered node of the primary said it waits for this join."""
+        assert self.etcd is not None
+        _rev, got = self.etcd.txn([
+            EtcdClient.range_op(members_prefix(self.cfg.cluster)),
+            EtcdClient.range_op(seen_prefix(self.cfg.cluster, self.cfg.replica_id))])
+        seen = {}
+        prefix = seen_prefix(self.cfg.cluster, self.cfg.replica_id)
+        for kv in got[1] or ():
+            try:
+                seen[kv.key[len(prefix):].decode()] = (kv.lease_id,
+                                                       str(json.loads(kv.value)["join"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        primary = self.epoch.volume_id if self.epoch is not None else ""
+        for m in read_members(self.etcd, self.cfg.cluster):
+            if primary and m.volume_id and m.volume_id != primary:
+                continue
+            if seen.get(m.node_id) != (m.lease_id, join):
+                return False
+        return True
+
+    def _primary_head(self) -> int:
+        """The last position of the primary's volume, asked of one of its nodes now (0 if
+        none answers)."""
+        for m in self._primary_members():
+            try:
+                with grpc.insecure_channel(m.address) as ch:
+                    st = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True),
+                                                           timeout=REPORT_TIMEOUT_S)
+                return max(1, int(st.commit_position))
+            except grpc.RpcError:
+                continue
+        return 0
 
     def _report(self) -> None:
         """Tell every node of the primary the position now held, without waiting: one call in
@@ -445,8 +718,7 @@ class Replica:
         if now - self._members_at > MEMBERS_S:
             assert self.etcd is not None
             try:
-                self._addresses = sorted({m.address for m in
-                                          read_members(self.etcd, self.cfg.cluster)})
+                self._addresses = sorted({m.address for m in self._primary_members()})
                 self._members_at = now
             except EtcdUnavailable:
                 pass
@@ -474,9 +746,15 @@ class Replica:
         if nxt > sent and not self.stop_requested.is_set():
             self._report_to(address, nxt)
 
-    def _pick_node(self) -> str:
+    def _primary_members(self) -> list[MemberInfo]:
+        """The registered nodes of the primary volume this replica follows."""
         assert self.etcd is not None
-        members = read_members(self.etcd, self.cfg.cluster)
+        primary = self.epoch.volume_id if self.epoch is not None else ""
+        return [m for m in read_members(self.etcd, self.cfg.cluster)
+                if not primary or not m.volume_id or m.volume_id == primary]
+
+    def _pick_node(self) -> str:
+        members = self._primary_members()
         if not members:
             raise _NoPrimary("no node of the primary is registered in etcd")
         addresses = [m.address for m in members]
@@ -639,6 +917,10 @@ class _LostPlace(Exception):
 
 class _NoPrimary(Exception):
     """No node of the primary could give what was asked."""
+
+
+class _Fatal(Exception):
+    """The replica cannot run on this volume at all."""
 
 
 def _describe(e: BaseException) -> str:

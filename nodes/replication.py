@@ -56,6 +56,8 @@ class ReplicaRecord:
     started_at: float
     updated_at: float
     lease_id: int = 0
+    volume_id: str = ""  # its copy's identity (``storage/volume.py``)
+    primary_last: int = 0  # the highest position the primary's nodes said they hold
 
     def encode(self) -> bytes:
         """The record as stored in etcd."""
@@ -71,7 +73,8 @@ class ReplicaRecord:
             return ReplicaRecord(str(d["replica_id"]), str(d["address"]), str(d["mode"]),
                                  int(d["position"]), float(d["position_ts"]),
                                  bool(d["caught_up"]), int(d["pid"]), float(d["started_at"]),
-                                 float(d["updated_at"]), lease_id)
+                                 float(d["updated_at"]), lease_id,
+                                 str(d.get("volume_id", "")), int(d.get("primary_last", 0)))
         except (ValueError, KeyError, TypeError):
             return None
 

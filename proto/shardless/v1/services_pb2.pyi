@@ -308,7 +308,7 @@ class StatusRequest(_message.Message):
     def __init__(self, local_only: _Optional[bool] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining", "group", "public_address")
+    __slots__ = ("node_id", "address", "session", "pid", "started_at", "session_ttl_remaining", "group", "public_address", "volume_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class Member(_message.Message):
     SESSION_TTL_REMAINING_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     session: str
@@ -325,10 +326,11 @@ class Member(_message.Message):
     session_ttl_remaining: int
     group: str
     public_address: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ..., group: _Optional[str] = ..., public_address: _Optional[str] = ...) -> None: ...
+    volume_id: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ..., group: _Optional[str] = ..., public_address: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes", "replicas")
+    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes", "replicas", "epoch", "primary_volume_id", "volume_id")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +353,9 @@ class StatusResponse(_message.Message):
     LOG_OLDEST_POSITION_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader: str
@@ -366,10 +371,13 @@ class StatusResponse(_message.Message):
     log_oldest_position: int
     log_bytes: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
-    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    primary_volume_id: str
+    volume_id: str
+    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., epoch: _Optional[int] = ..., primary_volume_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at", "sync_state", "registered")
+    __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at", "sync_state", "registered", "volume_id", "primary_last")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +388,8 @@ class ReplicaInfo(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SYNC_STATE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_LAST_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
     mode: str
@@ -390,7 +400,9 @@ class ReplicaInfo(_message.Message):
     updated_at: float
     sync_state: str
     registered: bool
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., mode: _Optional[str] = ..., position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., lag_positions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., updated_at: _Optional[float] = ..., sync_state: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
+    volume_id: str
+    primary_last: int
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., mode: _Optional[str] = ..., position: _Optional[int] = ..., caught_up: _Optional[bool] = ..., lag_positions: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., updated_at: _Optional[float] = ..., sync_state: _Optional[str] = ..., registered: _Optional[bool] = ..., volume_id: _Optional[str] = ..., primary_last: _Optional[int] = ...) -> None: ...
 
 class LockInfo(_message.Message):
     __slots__ = ("resource", "mode", "transaction_id", "node_id", "granted")
