@@ -255,6 +255,9 @@ def _run_status(args: argparse.Namespace) -> int:
     with Client(args.addresses) as c:
         st = c.status()
     print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
+    if st.epoch:
+        here = "" if st.volume_id == st.primary_volume_id else f" (this node's: {st.volume_id})"
+        print(f"epoch {st.epoch}: primary volume {st.primary_volume_id}{here}")
     print(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
           f"{st.log_bytes / (1 << 20):.1f} MiB")
     for r in st.replicas:
@@ -263,6 +266,8 @@ def _run_status(args: argparse.Namespace) -> int:
                   f"running")
             continue
         state = f", {r.sync_state}" if r.sync_state and r.sync_state != r.mode else ""
+        if r.mode == "sync" and r.sync_state == "sync":
+            state = ", may be promoted"
         print(f"replica {r.replica_id} at {r.address} ({r.mode}{state}"
               f"{'' if r.caught_up else ', catching up'}): position {r.position}, "
               f"lag {r.lag_positions} position(s), {r.lag_seconds:.3f} s")

@@ -34,6 +34,7 @@ class FakeEtcd:
         self.data: dict[bytes, bytes] = {}
         self.watchers: list[tuple[bytes, Callable[[Any], None]]] = []
         self.puts: list[tuple[bytes, bytes]] = []
+        self.leases: list[int] = []
 
     def txn(self, ops: list[Any]) -> tuple[int, list[list[KeyValue]]]:
         out = []
@@ -50,6 +51,8 @@ class FakeEtcd:
 
     def put(self, key: bytes, value: bytes, lease_id: int = 0) -> None:
         self.puts.append((key, value))
+        if lease_id:
+            self.leases.append(lease_id)
         self.emit(key, value)
 
     def emit(self, key: bytes, value: bytes | None) -> None:
@@ -202,3 +205,100 @@ def test_wait_for_position_returns_when_held_and_fails_clearly_past_its_timeout(
     with pytest.raises(PositionNotReached):
         wait_for_position(store, 2, 0.05, lambda s: wakes.append(s), "node n")
     assert wakes and all(0 < s <= 0.002 for s in wakes)
+
+
+# -- joining, and the epoch ------------------------------------------------------------------
+
+
+def test_a_joining_replica_is_waited_for_like_a_synchronous_one() -> None:
+    from nodes.replication import JOINING
+
+    etcd = FakeEtcd()
+    etcd.data[sync_key(CLUSTER, "r")] = sync_value(JOINING, "r", "j1")
+    etcd.data[replica_key(CLUSTER, "r")] = record("r", 4)
+    gate, _ = gate_with(etcd)
+    done: list[int] = []
+    gate.after(6, lambda: done.append(6), lambda e: done.append(-6))
+    assert done == [] and gate.held() == 4
+    gate.report("r", 6)
+    assert done == [6]
+
+
+def test_each_node_says_once_per_join_and_session_that_it_waits_for_a_replica() -> None:
+    from nodes.replication import JOINING, seen_key
+
+    etcd = FakeEtcd()
+    etcd.data[sync_key(CLUSTER, "r")] = sync_value(JOINING, "r", "j1")
+    lease = [0]
+    gate = SyncGate(etcd, CLUSTER, node_id="n1", lease=lambda: lease[0])  # type: ignore[arg-type]
+    gate.reload()
+    gate.acknowledge_joins()
+    assert etcd.puts == []  # no session: nothing said (the next one says it)
+    lease[0] = 11
+    gate.acknowledge_joins()
+    gate.acknowledge_joins()
+    assert etcd.puts == [(seen_key(CLUSTER, "r", "n1"), b'{"join": "j1"}')]
+    etcd.emit(sync_key(CLUSTER, "r"), sync_value(JOINING, "r", "j2"))  # joined anew
+    gate.acknowledge_joins()
+    lease[0] = 12  # a new session
+    gate.acknowledge_joins()
+    assert [v for _, v in etcd.puts] == [b'{"join": "j1"}', b'{"join": "j2"}',
+                                         b'{"join": "j2"}']
+    assert etcd.leases == [11, 11, 12]
+
+
+class EpochEtcd(FakeEtcd):
+    """A FakeEtcd whose compares on the epoch key succeed only while ``epoch_ok``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_ok = True
+
+    def txn_if_unchanged(self, revisions: dict[bytes, int], ops: list[Any]) -> bool:
+        if not self.epoch_ok:
+            return False
+        for op in ops:
+            self.put(op.request_put.key, op.request_put.value)
+        return True
+
+
+def test_a_demotion_is_written_only_while_the_epoch_is_unchanged() -> None:
+    """A promotion and a demotion of the same replica never both win: the demotion is an
+    etcd transaction conditional on the epoch record; when it fails, the node reads the epoch
+    again (and stops, if it was superseded)."""
+    etcd = EpochEtcd()
+    etcd.data[sync_key(CLUSTER, "r")] = sync_value(SYNC, "r", "j")
+    etcd.data[replica_key(CLUSTER, "r")] = record("r", 1)
+    changed: list[int] = []
+    clock = Clock()
+    gate = SyncGate(etcd, CLUSTER, node_id="n1", policy="demote", timeout_s=1.0,  # type: ignore[arg-type]
+                    clock=clock, epoch_compare=lambda: {b"epoch": 5},
+                    epoch_changed=lambda: changed.append(1))
+    gate.reload()
+    done: list[str] = []
+    gate.after(3, lambda: done.append("ok"), lambda e: done.append("fail"))
+    etcd.epoch_ok = False
+    clock.now += 2
+    gate.tick()
+    assert changed == [1] and etcd.puts == [] and gate.members() == {"r": SYNC}
+    assert done == []  # still waiting for r
+    etcd.epoch_ok = True
+    gate.tick()
+    assert gate.members() == {"r": DEMOTED} and done == ["ok"]
+    assert sync_state(etcd.data[sync_key(CLUSTER, "r")]) == DEMOTED
+
+
+def test_a_superseded_node_fails_every_wait_and_acknowledges_nothing_more() -> None:
+    etcd = FakeEtcd()
+    etcd.data[sync_key(CLUSTER, "r")] = sync_value(SYNC, "r")
+    etcd.data[replica_key(CLUSTER, "r")] = record("r", 1)
+    gate, _ = gate_with(etcd)
+    failed: list[Exception] = []
+    gate.after(5, lambda: failed.append(AssertionError("acknowledged")), failed.append)
+    gate.supersede("volume v was superseded")
+    assert len(failed) == 1 and isinstance(failed[0], CommitNotReplicated)
+    assert failed[0].applied_unknown
+    gate.after(1, lambda: failed.append(AssertionError("acknowledged")), failed.append)
+    assert len(failed) == 2 and isinstance(failed[1], CommitNotReplicated)
+    with pytest.raises(ReadNotReplicated, match="superseded"):
+        gate.wait_held(1)

@@ -469,3 +469,49 @@ def test_grants_under_a_prefix_are_seen_and_go_when_withdrawn(store: Store) -> N
         w.withdraw_grants([("p/12/0003", "t1@n/p0")])
     with store.read() as r:
         assert not r.has_grants_under("p/")
+
+
+# -- the volume's identity (storage/volume.py) ----------------------------------------------
+
+
+def test_a_volume_has_no_identity_until_one_is_written_and_keeps_it(store: Store) -> None:
+    from storage import PRIMARY, REPLICA, Identity
+
+    with store.read() as view:
+        assert view.volume_identity() is None
+    ident = Identity.new(REPLICA)
+    store.transact(lambda view: view.set_volume_identity(ident))
+    with store.read() as view:
+        assert view.volume_identity() == ident
+    promoted = ident.promoted(7)
+    store.transact(lambda view: view.set_volume_identity(promoted))
+    with store.read() as view:
+        got = view.volume_identity()
+    assert got is not None and (got.volume_id, got.role, got.epoch) == (ident.volume_id,
+                                                                        PRIMARY, 7)
+    assert Identity.new(PRIMARY).volume_id != ident.volume_id
+
+
+def test_the_identity_is_never_copied_nor_logged(store: Store) -> None:
+    """A copy (``replicated_items``) and the log's replay ops leave the identity out, so that
+    a replica never inherits the primary's."""
+    from storage import REPLICA, Identity
+    from storage.keys import VOLUME_IDENTITY
+
+    create(store, "t")
+    with store.read() as view:
+        before = view.commit_position()
+    store.transact(lambda view: view.set_volume_identity(Identity.new(REPLICA)))
+    with store.read() as view:
+        assert view.commit_position() == before  # nothing logged
+        assert all(k != VOLUME_IDENTITY for k, _ in view.replicated_items())
+
+
+def test_a_garbled_identity_is_reported_as_corrupt(store: Store) -> None:
+    from storage import Corrupt
+    from storage.keys import VOLUME_IDENTITY
+
+    with store.write() as view:
+        view._txn.put(VOLUME_IDENTITY, b"\xc1garbage")
+    with store.read() as view, pytest.raises(Corrupt):
+        view.volume_identity()
