@@ -68,6 +68,11 @@ class Unavailable(Exception):
     """This node cannot take the request now (shutting down): retry on another node."""
 
 
+class NoValidSession(Unavailable):
+    """This node's session is not valid right now: it commits nothing that does not carry a
+    session check of its own (those are refused by that check, ABORTED)."""
+
+
 class CommitTimeout(Exception):
     """The commit did not finish before the caller's deadline; it may still have been applied."""
 
@@ -785,6 +790,15 @@ class GroupCommitter:
         if self._admit is not None:
             try:  # this node may commit at all (a valid session, its volume the primary)
                 self._admit()
+            except NoValidSession as e:
+                # Work under a session check of its own is refused by it, in the write
+                # transaction (ABORTED: its locks are gone); the rest is refused here.
+                for p in batch:
+                    if getattr(p.work, "session", None) is None and not p.future.done():
+                        p.future.set_exception(e)
+                batch = [p for p in batch if not p.future.done()]
+                if not batch:
+                    return
             except Unavailable as e:
                 for p in batch:
                     if not p.future.done():

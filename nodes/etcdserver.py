@@ -243,6 +243,8 @@ class EtcdServer:
         self.initial_cluster_state = initial_cluster_state
         self._proc: subprocess.Popen[bytes] | None = None
         self._fresh_member = True
+        self.netns: str | None = None
+        """A network namespace to run the server in (``ip netns exec``; tests' hosts)."""
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -333,9 +335,12 @@ class EtcdServer:
             for k, v in os.environ.items()
             if not k.startswith("ETCD_") or k == "ETCD_UNSUPPORTED_ARCH"
         }
+        argv = self.command(binary)
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.command(binary),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

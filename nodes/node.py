@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
-from nodes.commit import GroupCommitter, Unavailable
+from nodes.commit import GroupCommitter, NoValidSession, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.epoch import EpochGuard, EpochRecord, Superseded
@@ -331,8 +331,8 @@ class Node:
         """Whether this node may commit at all (before every batch; ``nodes/epoch.py``).
 
         Raises:
-            Unavailable: its session is not valid (past its deadline, or being replaced), or
-                its volume was superseded; nothing of the batch is applied.
+            NoValidSession: its session is not valid (past its deadline, or being replaced).
+            Unavailable: its volume was superseded; nothing of the batch is applied.
         """
         assert self.epoch is not None
         try:
@@ -340,7 +340,7 @@ class Node:
         except Superseded as e:
             raise Unavailable(f"node {self.cfg.node_id} does not commit: {e}") from None
         if not self._lease_id():
-            raise Unavailable(f"node {self.cfg.node_id} has no valid session right now (etcd "
+            raise NoValidSession(f"node {self.cfg.node_id} has no valid session right now (etcd "
                               f"unreachable or the session being replaced); retry (nothing "
                               f"was done)")
 

@@ -224,6 +224,8 @@ class NodeProcess:
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(extra_env or {})
         self._proc: subprocess.Popen[bytes] | None = None
+        self.netns: str | None = None
+        """A network namespace to run the process in (``ip netns exec``; tests' hosts)."""
 
     @property
     def name(self) -> str:
@@ -272,9 +274,12 @@ class NodeProcess:
             raise RuntimeError(f"node {self.name} is already running (pid {self.pid})")
         self.volume.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.command(),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
