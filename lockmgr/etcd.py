@@ -244,6 +244,13 @@ class EtcdClient:
             self._client._manage_grpc_errors(e)
         except Exception:
             pass
+        try:
+            # ... and move to another endpoint now: the client moves only when a call comes
+            # while the failed mark lasts (``ENDPOINT_RETRY_S``), so a caller that retries
+            # more slowly than that would go back to the dead endpoint every time.
+            _ = self._client.channel
+        except Exception:  # every endpoint is marked failed: the next call tries again
+            pass
         return EtcdUnavailable(f"etcd call failed: {e.code() if hasattr(e, 'code') else e}: "
                                f"{details}")
 

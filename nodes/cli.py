@@ -199,6 +199,14 @@ def _run_promote(args: argparse.Namespace) -> int:
 
     etcd = EtcdClient(args.etcd, timeout_s=2.0)
     try:
+        for attempt in range(10):  # find a live endpoint first (a lost host's is refused)
+            try:
+                promotion.read_epoch(etcd, args.cluster)
+                break
+            except EtcdUnavailable:
+                if attempt == 9:
+                    raise
+                time.sleep(0.3)
         try:
             started = promotion.begin(etcd, args.cluster, args.replica,
                                       accept_loss=args.accept_loss,

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 DRAIN_S = 0.5
+ADMIT_WAIT_S = 1.0  # how long a batch waits for a valid session before it is refused
 SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
                  ("TableService", "RowService", "TransactionService", "ClusterService")]
 
@@ -339,6 +340,10 @@ class Node:
             self.epoch.check()
         except Superseded as e:
             raise Unavailable(f"node {self.cfg.node_id} does not commit: {e}") from None
+        deadline = time.monotonic() + ADMIT_WAIT_S
+        while not self._lease_id() and time.monotonic() < deadline and \
+                not self.stop_requested.is_set():
+            time.sleep(0.02)  # a new session is usually there within a few round trips
         if not self._lease_id():
             raise NoValidSession(f"node {self.cfg.node_id} has no valid session right now (etcd "
                               f"unreachable or the session being replaced); retry (nothing "

@@ -578,6 +578,11 @@ class Replica:
                 self._stream = None
                 stream.cancel()
                 receiver.join(timeout=5)
+                try:  # what it holds, for a promotion that may come next (lost positions)
+                    self._publish(force=True)
+                except (EtcdUnavailable, SessionExpired) as e:
+                    log.info("replica %s could not publish its position: %s",
+                             self.cfg.replica_id, e)
 
     def _apply(self, msgs: list[api.ReadLogResponse]) -> None:
         assert self.store is not None

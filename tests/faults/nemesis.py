@@ -108,8 +108,15 @@ def fill_disk(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
     size = max(_map_size(n) for n in cluster.nodes)
     junk = "j" * 2000
     with connect(cluster.addresses, timeout_s=10, attempts=1, refresh_s=None) as db:
-        db.create_table(FILL_TABLE, {"id": "int64", "v": "string"}, primary_key="id",
-                        if_not_exists=True)
+        for attempt in range(50):  # a node may be between sessions after an earlier fault
+            try:
+                db.create_table(FILL_TABLE, {"id": "int64", "v": "string"}, primary_key="id",
+                                if_not_exists=True)
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 49:
+                    raise
+                time.sleep(0.2)
         base = rng.randrange(1 << 40)
         for batch in range(100_000):
             try:

@@ -77,7 +77,7 @@ def test_a_node_on_another_volume_than_the_epochs_refuses_to_start() -> None:
     etcd = FakeEtcd()
     etcd.write(KEY, rec(2, "v2", replica_id="r1").encode())
     guard = EpochGuard(etcd, CLUSTER, "v1", node_id="n1")  # type: ignore[arg-type]
-    with pytest.raises(Superseded, match="epoch 2 .*superseded"):
+    with pytest.raises(Superseded, match=r"epoch 2 .*superseded"):
         guard.start(1.0, may_claim=True)
 
 
