@@ -364,7 +364,8 @@ class Replica:
         ``promote_after_s``, and reaches none, promotes itself (``--no-auto-promote`` turns
         this off). Safe whatever the cause: see ``nodes/epoch.py``."""
         cfg = self.cfg
-        if cfg.mode != "sync" or not cfg.auto_promote or self._sync_state != SYNC:
+        if cfg.mode != "sync" or not cfg.auto_promote or self._sync_state != SYNC or \
+                self.stop_requested.is_set():
             return
         if time.monotonic() - self._last_heard < cfg.promote_after_s or self.epoch is None:
             return

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 0.5
 MAX_RESTARTS = 5
+SUPERSEDED_EXIT = 3  # a worker whose volume a promotion superseded (nodes/node.py)
 RESTART_WINDOW_S = 30.0
 STOP_EXTRA_S = 15.0
 _PR_SET_PDEATHSIG = 1
@@ -110,6 +111,11 @@ class Supervisor:
                 for k, proc in list(self.workers.items()):
                     if proc.poll() is None or self._stopping:
                         continue
+                    if proc.returncode == SUPERSEDED_EXIT:  # the volume is not the primary
+                        log.error("node %s: worker %d left because its volume was superseded "
+                                  "by a promotion; stopping the node", self.node_id, k)
+                        self._stopping, code = True, SUPERSEDED_EXIT
+                        break
                     now = time.monotonic()
                     self._deaths = [t for t in self._deaths if now - t < RESTART_WINDOW_S]
                     self._deaths.append(now)

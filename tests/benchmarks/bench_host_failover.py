@@ -33,11 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lockmgr import EtcdClient  # noqa: E402
-from nodes.membership import read_members  # noqa: E402
-from tests.harness.cluster import wait_for  # noqa: E402
-from tests.harness.hosts import Hosts, available  # noqa: E402
-from tests.integration.test_hosts import TTL_S, Bank, World, primary_of  # noqa: E402
+from lockmgr import EtcdClient
+from nodes.membership import read_members
+from tests.harness.cluster import wait_for
+from tests.harness.hosts import Hosts, available
+from tests.integration.test_hosts import TTL_S, Bank, World, primary_of
 
 TARGET_S = 3.0
 

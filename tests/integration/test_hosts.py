@@ -332,7 +332,7 @@ def test_a_partitioned_host_a_stops_acknowledging_and_b_takes_over(
 
 def test_an_async_replica_lag_is_reported_and_its_promotion_names_the_loss(
         hosts: Hosts, world: World) -> None:
-    a, b, c = primary_of(world, hosts, "--no-auto-promote")  # B stays out of it here
+    a, _b, c = primary_of(world, hosts, "--no-auto-promote")  # B stays out of it here
     addresses = [n.address for n in a]
     with Bank(addresses, addresses) as bank:
         wait_for(lambda: len(bank.acked) > 100, 90, message="transfers under way")
