@@ -1,7 +1,8 @@
 """Shared pytest fixtures: a real etcd server and a real three-node cluster.
 
-Owns: the ``etcd`` and ``cluster`` fixtures, and the report hook that lets a fixture know in its
-teardown whether its test failed, so that it can attach every process's log to the failure report.
+Owns: the ``etcd``, ``cluster`` and ``replicas`` fixtures, and the report hook that lets a
+fixture know in its teardown whether its test failed, so that it can attach every process's log
+to the failure report.
 Does not own: markers (``pyproject.toml``) or the process helpers themselves (``tests/harness``).
 
 Invariant: every process a fixture started is stopped in its teardown, pass or fail.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nodes.up import ReplicaProcess, stop_nodes
 from tests.harness.cluster import Cluster
 from tests.harness.etcd import EtcdServer, start_etcd
 
@@ -127,3 +129,15 @@ def cluster3(tmp_path: Path, request: pytest.FixtureRequest) -> Generator[Cluste
     self-fencing) does not always cover."""
     yield from _running(
         Cluster(tmp_path / "cluster", n=3, ttl_s=5, etcd_members=3, start=False), request)
+
+
+@pytest.fixture
+def replicas(request: pytest.FixtureRequest) -> Generator[list[ReplicaProcess], None, None]:
+    """Replica processes a test starts (``shardless replica``); all stopped, their logs shown
+    on failure."""
+    made: list[ReplicaProcess] = []
+    try:
+        yield made
+    finally:
+        stop_nodes(made)
+        _report_logs(request, "logs of the replicas", {r.name: r.log_tail(300) for r in made})

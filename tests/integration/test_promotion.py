@@ -10,14 +10,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
 from nodes.etcdserver import free_port
-from nodes.up import ReplicaProcess, stop_nodes
+from nodes.up import ReplicaProcess
 from shardless import connect
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -25,20 +25,6 @@ from storage import open_volume
 from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def replicas(request: pytest.FixtureRequest) -> Iterator[list[ReplicaProcess]]:
-    """Replica processes a test starts; all stopped (and their logs shown on failure)."""
-    made: list[ReplicaProcess] = []
-    try:
-        yield made
-    finally:
-        stop_nodes(made)
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for r in made:
-                print(f"--- log of {r.name} ---\n{r.log_tail(300)}")
 
 
 def start_replica(cluster: Cluster, made: list[ReplicaProcess], tmp_path: Path, name: str,
@@ -155,6 +141,18 @@ def kill_primary(cluster: Cluster) -> None:
         n.kill9()
 
 
+def with_sync_replica(make_cluster, made: list[ReplicaProcess], tmp_path: Path,  # type: ignore[no-untyped-def]
+                      *extra: str) -> tuple[Cluster, ReplicaProcess]:
+    """Two nodes with table ``t``, and synchronous replica ``r1`` in state ``sync``."""
+    cluster: Cluster = make_cluster(n=2)
+    with connect(cluster.addresses, refresh_s=None) as db:
+        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = start_replica(cluster, made, tmp_path, "r1", "sync", *extra)
+    r.wait_serving(60)
+    sync_ready(cluster, "r1")
+    return cluster, r
+
+
 def old_node_refuses(cluster: Cluster) -> None:
     """A node started again on the old volume exits at once, saying why."""
     old = cluster[0]
@@ -166,12 +164,7 @@ def old_node_refuses(cluster: Cluster) -> None:
 
 def test_a_sync_replica_promoted_by_command_keeps_every_acknowledged_write(
         make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cluster: Cluster = make_cluster(n=2)
-    with connect(cluster.addresses, refresh_s=None) as db:
-        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
-    r = start_replica(cluster, replicas, tmp_path, "r1", "sync", "--no-auto-promote")
-    r.wait_serving(60)
-    sync_ready(cluster, "r1")
+    cluster, r = with_sync_replica(make_cluster, replicas, tmp_path, "--no-auto-promote")
     assert status(cluster.addresses[0]).epoch == 1
     with Writers(cluster.addresses) as w:
         wait_for(lambda: len(w.acked) > 300, 60, message="writes under way")
@@ -192,12 +185,7 @@ def test_a_sync_replica_promoted_by_command_keeps_every_acknowledged_write(
 
 def test_a_sync_replica_promotes_itself_when_the_primary_is_lost(
         make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cluster: Cluster = make_cluster(n=2)
-    with connect(cluster.addresses, refresh_s=None) as db:
-        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
-    r = start_replica(cluster, replicas, tmp_path, "r1", "sync")
-    r.wait_serving(60)
-    sync_ready(cluster, "r1")
+    cluster, r = with_sync_replica(make_cluster, replicas, tmp_path)
     with Writers(cluster.addresses) as w:
         wait_for(lambda: len(w.acked) > 300, 60, message="writes under way")
         kill_primary(cluster)
@@ -219,12 +207,7 @@ def test_the_old_primary_stops_when_a_sync_replica_is_promoted_under_it(
     """The old primary's nodes are alive and writing when the replica is promoted: they stop
     committing and leave (exit code 3); every write they acknowledged is on the new primary,
     and clients go on there."""
-    cluster: Cluster = make_cluster(n=2)
-    with connect(cluster.addresses, refresh_s=None) as db:
-        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
-    r = start_replica(cluster, replicas, tmp_path, "r1", "sync", "--no-auto-promote")
-    r.wait_serving(60)
-    sync_ready(cluster, "r1")
+    cluster, r = with_sync_replica(make_cluster, replicas, tmp_path, "--no-auto-promote")
     with Writers([*cluster.addresses, r.address]) as w:
         wait_for(lambda: len(w.acked) > 300, 60, message="writes under way")
         got = promote(cluster, "r1")

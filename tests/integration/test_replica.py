@@ -9,13 +9,12 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from nodes.up import ReplicaProcess, stop_nodes
+from nodes.up import ReplicaProcess
 from shardless import connect
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -23,20 +22,6 @@ from storage import open_volume
 from tests.harness.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[ReplicaProcess]]:
-    """Replica processes a test starts; all stopped (and their logs shown on failure)."""
-    made: list[ReplicaProcess] = []
-    try:
-        yield made
-    finally:
-        stop_nodes(made)
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for r in made:
-                print(f"--- log of {r.name} ---\n{r.log_tail(200)}")
 
 
 def start_replica(cluster: Cluster, made: list[ReplicaProcess], tmp_path: Path, name: str,
