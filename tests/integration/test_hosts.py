@@ -357,7 +357,9 @@ def test_an_async_replica_lag_is_reported_and_its_promotion_names_the_loss(
     assert info.position <= held < head
     assert f"LOST: positions {held + 1}..{head} ({head - held} commit(s)" in got.stdout, \
         got.stdout
-    wait_for(lambda: status(c.address).epoch == 2, 60, message="C serves as the primary")
+    # (Its process turns from replica into node on the same address: refused for a moment.)
+    wait_for(lambda: status(c.address).epoch == 2, 60, message="C serves as the primary",
+             retry_on=(grpc.RpcError,))
     with connect([c.address], refresh_s=None) as db:
         xfers = {r["id"] for r in db.scan("xfer")}
         bals = [r["bal"] for r in db.scan("acct")]
