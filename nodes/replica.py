@@ -268,6 +268,7 @@ class Replica:
                 self.exit_code = 1
                 self.stop_requested.set()
             except (grpc.RpcError, EtcdUnavailable, SessionExpired, _NoPrimary) as e:
+                self._publish_quietly()
                 if not self._epoch_changed.is_set():
                     log.warning("replica %s: %s; retrying", self.cfg.replica_id,
                                 _describe(e))
@@ -579,11 +580,7 @@ class Replica:
                 self._stream = None
                 stream.cancel()
                 receiver.join(timeout=5)
-                try:  # what it holds, for a promotion that may come next (lost positions)
-                    self._publish(force=True)
-                except (EtcdUnavailable, SessionExpired) as e:
-                    log.info("replica %s could not publish its position: %s",
-                             self.cfg.replica_id, e)
+                self._publish_quietly()
 
     def _apply(self, msgs: list[api.ReadLogResponse]) -> None:
         assert self.store is not None
@@ -630,6 +627,17 @@ class Replica:
         self.etcd.put(replica_key(self.cfg.cluster, self.cfg.replica_id), rec.encode(),
                       self.session.lease_id)
         self._published, self._last_publish = state, now
+
+    def _publish_quietly(self) -> None:
+        """Publish what it holds if that changed (while the primary is away, and a promotion
+        may come next that reports the positions lost), and say nothing if etcd is away."""
+        if self.store is None:
+            return
+        try:
+            self._ensure_session()
+            self._publish(force=True)
+        except (EtcdUnavailable, SessionExpired) as e:
+            log.info("replica %s could not publish its position: %s", self.cfg.replica_id, e)
 
     def _maybe_join_sync_set(self, last: int) -> None:
         """In sync mode, once this replica holds the primary's last position: join the

@@ -342,8 +342,14 @@ def test_an_async_replica_lag_is_reported_and_its_promotion_names_the_loss(
     c.send_signal(signal.SIGSTOP)
     with Bank(addresses, addresses, base=1_000_000) as later:
         wait_for(lambda: len(later.acked) > 100, 90, message="transfers while C is frozen")
+    # B (synchronous) holds the head before A goes: the command learns the head from it.
+    def b_at_head() -> int:
+        head = status(a[0].address).commit_position
+        b_info = replica_info(a[0].address, "replica-b")
+        return head if b_info is not None and b_info.position == head else 0
+
+    head = wait_for(b_at_head, 30, message="B at the head")
     info = replica_info(a[0].address, "replica-c")
-    head = status(a[0].address).commit_position
     assert info is not None and info.lag_positions == head - info.position > 0
     world.kill_host("a")
     c.send_signal(signal.SIGCONT)
