@@ -196,12 +196,13 @@ def _run_promote(args: argparse.Namespace) -> int:
 
     from lockmgr import EtcdClient, EtcdUnavailable
     from nodes import promotion
+    from nodes.epoch import read_epoch
 
     etcd = EtcdClient(args.etcd, timeout_s=2.0)
     try:
         for attempt in range(10):  # find a live endpoint first (a lost host's is refused)
             try:
-                promotion.read_epoch(etcd, args.cluster)
+                read_epoch(etcd, args.cluster)
                 break
             except EtcdUnavailable:
                 if attempt == 9:

@@ -35,9 +35,6 @@ import grpc
 
 from lockmgr import EtcdClient, EtcdUnavailable
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, read_epoch, replace_epoch
-
-__all__ = ["PromotionRefused", "Started", "begin", "fence_old_primary", "finish",
-           "known_last_position", "read_epoch", "wait_finished"]
 from nodes.membership import read_members
 from nodes.replication import SYNC, read_replicas, sync_entry, sync_key
 from shardless.v1 import services_pb2 as api
