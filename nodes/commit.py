@@ -77,6 +77,15 @@ class CommitTimeout(Exception):
     """The commit did not finish before the caller's deadline; it may still have been applied."""
 
 
+class AckWithheld(Unavailable):
+    """The commit is durable on this node's volume, but by the time it could be answered the
+    node's session had ended (a freeze past the lease, or etcd unreachable) or its volume was
+    superseded: it may not acknowledge it (``nodes/epoch.py``), so the outcome is unknown to the
+    client. Retry with the same idempotency key (on any node of the primary)."""
+
+    applied_unknown = True
+
+
 class NeedsLocks(Exception):
     """A request without locks met a lock in its way (or the probe could not tell); nothing
     was applied: take its locks and submit it again."""
@@ -650,15 +659,20 @@ class GroupCommitter:
 
     ``admit`` (if given) runs before each batch and raises ``Unavailable`` when this node may
     not commit at all (``nodes/epoch.py``: its session is past its deadline, or its volume was
-    superseded); the batch then fails whole, nothing applied."""
+    superseded); the batch then fails whole, nothing applied. ``confirm`` (if given) runs when
+    the batch is answered and raises ``AckWithheld`` if the node may no longer acknowledge
+    what it committed (a freeze since ``admit`` past the lease): the applied requests then get
+    that instead of their outcome."""
 
     def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
                  lock_free_check: LockFreeCheck | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  ack_after: AckGate | None = None,
-                 admit: Callable[[], None] | None = None) -> None:
+                 admit: Callable[[], None] | None = None,
+                 confirm: Callable[[], None] | None = None) -> None:
         self._store = store
         self._admit = admit
+        self._confirm = confirm
         self._ack_after = ack_after
         self._node_id = node_id
         self._max_batch = max_batch
@@ -822,6 +836,15 @@ class GroupCommitter:
             """Tell each request its outcome (or, for the applied ones, ``failure``)."""
             for p, err in refused:
                 p.future.set_exception(err)
+            if done and failure is None:
+                for p, _ in done:
+                    faultpoints.pause_if(faultpoints.PAUSE_BEFORE_ANSWER,
+                                         getattr(p.work, "idempotency_key", ""))
+                if self._confirm is not None:
+                    try:  # may it still acknowledge? (a freeze since ``admit``)
+                        self._confirm()
+                    except AckWithheld as e:
+                        failure = e
             for p, outcome in done:
                 if failure is not None:
                     p.future.set_exception(failure)

@@ -13,7 +13,9 @@ cluster creates the record (epoch 1) naming its volume.
 Fencing argument (docs/replication.md, "Promotion"): a node acknowledges a commit only while
 
 1. its session is valid (renewed within the TTL minus the safety margin: the committer refuses
-   every batch otherwise, lock-free writes included), and
+   every batch otherwise, lock-free writes included, and checks again when it answers the
+   batch, so that a freeze between its write transaction and its answer withholds the
+   acknowledgement: ``Node._confirm``), and
 2. the epoch record it knows names its volume: a node reads the record before it writes its
    member key, and writes the key in an etcd transaction that fails if the record changed
    since; it watches the record and stops committing the moment it names another volume.
@@ -22,7 +24,8 @@ A promotion first bumps the record (``promoting``), then revokes the session of 
 on the old volume (a member key written later fails its compare). A node that hears of
 neither stops committing within the TTL of its last renewal, which came before the revoke: so
 once the promoting replica has waited one TTL after the revokes, no node on the old volume
-commits again. A synchronous promotion need not wait: every acknowledgement there waits for the
+commits or acknowledges again (what is left is the time from the last check to the send, the
+window every lease scheme has). A synchronous promotion need not wait: every acknowledgement there waits for the
 promoted replica's position, which no longer moves, and the only way to stop waiting for it,
 a demotion, is an etcd transaction conditional on the epoch record (``SyncGate``).
 """

@@ -122,7 +122,8 @@ class Membership:
             session.close()
             raise
         self.sessions_started += 1
-        log.info("session %x started; member key written", session.lease_id)
+        log.info("session %x started; %s", session.lease_id,
+                 "not registered (leaving)" if self._withdrawn else "member key written")
         return session
 
     def _write_member_key(self, session: Session) -> None:

@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
-from nodes.commit import GroupCommitter, NoValidSession, Unavailable
+from nodes.commit import AckWithheld, GroupCommitter, NoValidSession, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.epoch import EpochGuard, EpochRecord, Superseded
@@ -213,7 +213,8 @@ class Node:
         self.reads = BarrierStore(self.store, self.sync_gate)
         self.committer = GroupCommitter(self.store, cfg.node_id,
                                         lock_free_check=lock_free_check(cfg.escalate_after),
-                                        ack_after=self.sync_gate.after, admit=self._admit)
+                                        ack_after=self.sync_gate.after, admit=self._admit,
+                                        confirm=self._confirm)
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s, group=cfg.group,
@@ -348,6 +349,32 @@ class Node:
             raise NoValidSession(f"node {self.cfg.node_id} has no valid session right now (etcd "
                               f"unreachable or the session being replaced); retry (nothing "
                               f"was done)")
+
+    def _confirm(self) -> None:
+        """Whether this node may still acknowledge what it committed (as a batch is answered).
+
+        ``_admit`` ran before the write transaction; a freeze since then may have outlasted
+        the session, and an asynchronous promotion (which revokes this node's session and then
+        waits out its TTL, ``nodes/promotion.py``) may have finished meanwhile. A session still
+        valid here means no promotion finished: one that revoked it waited past the deadline
+        this node keeps, and a session started later was registered under the epoch, which a
+        promotion changes first. What is left is the time from here to the send, the window of
+        every lease scheme.
+
+        Raises:
+            AckWithheld: it may not (the commit stands; its outcome is unknown to the client).
+        """
+        assert self.epoch is not None
+        try:
+            self.epoch.check()
+        except Superseded as e:
+            raise AckWithheld(f"node {self.cfg.node_id} committed this but may not acknowledge "
+                              f"it: {e}; retry on the new primary with the same idempotency "
+                              f"key") from None
+        if not self._lease_id():
+            raise AckWithheld(f"node {self.cfg.node_id} committed this but its session ended "
+                              f"before it could answer (a freeze or etcd away); the outcome is "
+                              f"unknown: retry with the same idempotency key")
 
     def _superseded(self, record: EpochRecord) -> None:
         """The epoch record names another volume: stop committing at once, fail what waits

@@ -16,9 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nodes import faultpoints
 from nodes.etcdserver import free_port
 from nodes.up import ReplicaProcess
-from shardless import connect
+from shardless import certainly_not_applied, connect, to_row
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import open_volume
@@ -288,3 +289,57 @@ def test_an_async_replica_is_promoted_only_with_accept_loss_and_the_loss_is_name
     wait_for(lambda: (i := next((x for x in status(c.address).replicas
                                  if x.replica_id == "b"), None)) is not None
              and i.caught_up and i.lag_positions == 0, 60, message="b follows c")
+
+
+def stopped(pid: int | None) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP): state T in /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_node_frozen_between_its_commit_and_its_answer_does_not_acknowledge_after_a_promotion(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A node stops itself (SIGSTOP, the fault point ``pause-before-answer``) after its write
+    transaction and before its answer; meanwhile an asynchronous replica is promoted with
+    ``--accept-loss``, which revokes the old nodes' sessions and waits out their TTL. Thawed,
+    the node must not acknowledge the write: the client gets UNAVAILABLE that does not say
+    "not applied", and the same key retried on the new primary leaves the row there once."""
+    cluster: Cluster = make_cluster(n=1)
+    with connect(cluster.addresses, refresh_s=None) as db:
+        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    c = start_replica(cluster, replicas, tmp_path, "c", "async")
+    c.wait_serving(60)
+    late = cluster.add_node(env={faultpoints.ENV: f"{faultpoints.PAUSE_BEFORE_ANSWER}=late-1"})
+    got: list[object] = []
+
+    def write() -> None:
+        with grpc.insecure_channel(late.address) as ch:
+            try:
+                got.append(rpc.RowServiceStub(ch).Upsert(api.WriteRowsRequest(
+                    table="t", rows=[to_row({"id": 1, "v": "late"})],
+                    idempotency_key="late-1"), timeout=90))
+            except grpc.RpcError as e:
+                got.append(e)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        wait_for(lambda: stopped(late.pid), 30, message="the node to stop before its answer")
+        promoted = promote(cluster, "c", "--accept-loss")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    finally:
+        late.resume()
+    writer.join(60)
+    assert got, "no answer"
+    answer = got[0]
+    assert isinstance(answer, grpc.RpcError), \
+        f"the old primary acknowledged a commit after the promotion: {answer}"
+    assert answer.code() == grpc.StatusCode.UNAVAILABLE, answer
+    assert not certainly_not_applied(answer), "a commit that stands was called not applied"
+    assert late.wait(30) == 3, late.log_tail(40)  # and it leaves, superseded
+    wait_for(lambda: writes_as_node(c.address), 30, message="c takes writes")
+    with connect([c.address], refresh_s=None) as db:
+        db.upsert("t", {"id": 1, "v": "late"}, idempotency_key="late-1")
+        assert [(r["id"], r["v"]) for r in db.scan("t") if r["id"] == 1] == [(1, "late")]

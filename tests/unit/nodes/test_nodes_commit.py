@@ -15,6 +15,7 @@ from nodes.commit import (
     INSERT,
     UPDATE,
     UPSERT,
+    AckWithheld,
     Check,
     CommitTimeout,
     CreateTable,
@@ -538,3 +539,53 @@ def test_close_is_idempotent(committer: GroupCommitter):
     committer.close()
     with pytest.raises(Unavailable):
         committer.submit(tx(ins(1)))
+
+
+# -- admission and confirmation (nodes/epoch.py) -------------------------------------------------
+
+
+def test_a_batch_that_admit_refuses_applies_nothing(store: Store):
+    """``admit`` raising Unavailable fails the batch whole, before the write transaction."""
+    def refuse() -> None:
+        raise Unavailable("superseded")
+
+    gc = GroupCommitter(store, "n1", admit=refuse)
+    try:
+        with pytest.raises(Unavailable, match="superseded"):
+            gc.submit(tx(ins(1)))
+    finally:
+        gc.close()
+    assert row(store, 1) is None and commit_position(store) == 0
+
+
+def test_a_commit_that_may_no_longer_be_acknowledged_stands_and_its_answer_says_unknown(
+        store: Store):
+    """``confirm`` raising AckWithheld when the batch is answered (the node froze past its
+    lease since ``admit``): the commit is durable, but the caller gets AckWithheld (outcome
+    unknown), not its outcome. A refusal applied nothing and keeps its own answer."""
+    confirmed = []
+
+    def confirm() -> None:
+        confirmed.append(1)
+        raise AckWithheld("session ended")
+
+    gc = GroupCommitter(store, "n1", admit=lambda: None, confirm=confirm)
+    try:
+        with pytest.raises(AckWithheld) as e:
+            gc.submit(tx(ins(1)))
+        assert e.value.applied_unknown
+        with pytest.raises(NotFound):
+            gc.submit(tx(Write("t", UPDATE, {"id": 9, "v": "y"})))
+    finally:
+        gc.close()
+    assert row(store, 1) is not None, "the commit must stand"
+    assert confirmed == [1]
+
+
+def test_confirm_lets_the_outcome_through_when_it_passes(store: Store):
+    gc = GroupCommitter(store, "n1", admit=lambda: None, confirm=lambda: None)
+    try:
+        out = gc.submit(tx(ins(1)))
+    finally:
+        gc.close()
+    assert out.commit_position == 1 and row(store, 1) is not None
