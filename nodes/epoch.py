@@ -25,9 +25,10 @@ on the old volume (a member key written later fails its compare). A node that he
 neither stops committing within the TTL of its last renewal, which came before the revoke: so
 once the promoting replica has waited one TTL after the revokes, no node on the old volume
 commits or acknowledges again (what is left is the time from the last check to the send, the
-window every lease scheme has). A synchronous promotion need not wait: every acknowledgement there waits for the
-promoted replica's position, which no longer moves, and the only way to stop waiting for it,
-a demotion, is an etcd transaction conditional on the epoch record (``SyncGate``).
+window every lease scheme has). A synchronous promotion need not wait: every acknowledgement
+there waits for the promoted replica's position, which no longer moves, and the only way to
+stop waiting for it, a demotion, is an etcd transaction conditional on the epoch record
+(``SyncGate``).
 """
 
 from __future__ import annotations

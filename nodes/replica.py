@@ -88,6 +88,7 @@ SYNC_CHECK_S = 1.0
 JOIN_CHECK_S = 0.1
 DEFAULT_PROMOTE_AFTER_S = 1.0
 MEMBERS_S = 1.0
+UPKEEP_S = 0.05  # how often the upkeep thread looks at the record and the synchronous set
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
 CLOSE_WAIT_S = 30.0  # for the snapshots in use before the volume is closed
@@ -175,6 +176,7 @@ class Replica:
         self.readers = _Readers()
         self._face: _ReadFace | None = None
         self._pending: dict[str, int] = {}
+        self._upkeep_wake = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
         self.server: grpc.Server | None = None
@@ -521,8 +523,16 @@ class Replica:
         self._ensure_session()
         self._publish(force=True)
         address = self._pick_node()
+        self._refresh_addresses()
         log.info("replica %s: following the log from %s at position %d", self.cfg.replica_id,
                  address, self.position + 1)
+        # The etcd work (its record, the members' addresses, joining the synchronous set) runs
+        # on a thread of its own: an etcd call slow under load never holds up applying and
+        # reporting, which is what the nodes wait for.
+        upkeep_done = threading.Event()
+        upkeep = threading.Thread(target=self._upkeep, args=(upkeep_done,), daemon=True,
+                                  name="upkeep")
+        upkeep.start()
         with grpc.insecure_channel(address) as channel:
             stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
                 start_position=self.position + 1, follow=True, batch_records=1000))
@@ -560,14 +570,12 @@ class Replica:
                     failure = next((m for m in msgs if isinstance(m, BaseException)), None)
                     msgs = msgs[:msgs.index(failure)] if failure is not None else msgs
                     if msgs:
+                        caught_up = self.caught_up
                         self._apply(msgs)
                         if any(m.records for m in msgs):
                             self._report()  # sync: the nodes waiting for it hear at once
-                        self._ensure_session()
-                        self._maybe_join_sync_set(msgs[-1].last_position)
-                        # Its record in etcd: at once when it has just caught up, else
-                        # throttled.
-                        self._publish(force=self.caught_up != self._published[1])
+                        if self.caught_up != caught_up:
+                            self._upkeep_wake.set()  # its record says so at once
                     if failure is not None:
                         raise failure
             except grpc.RpcError as e:
@@ -580,7 +588,41 @@ class Replica:
                 self._stream = None
                 stream.cancel()
                 receiver.join(timeout=5)
+                upkeep_done.set()
+                self._upkeep_wake.set()
+                upkeep.join(timeout=30)
                 self._publish_quietly()
+
+    def _upkeep(self, done: threading.Event) -> None:
+        """While a stream is followed: keep the session, publish the record (throttled, and at
+        once when it has just caught up), refresh the primary's addresses, and join the
+        synchronous set. etcd away only delays these."""
+        while not done.is_set():
+            self._upkeep_wake.wait(UPKEEP_S)
+            self._upkeep_wake.clear()
+            if done.is_set():
+                return
+            try:
+                self._ensure_session()
+                self._maybe_join_sync_set(self.primary_last)
+                self._publish(force=self.caught_up != self._published[1])
+                if time.monotonic() - self._members_at > MEMBERS_S:
+                    self._refresh_addresses()
+            except (EtcdUnavailable, SessionExpired) as e:
+                log.warning("replica %s: %s", self.cfg.replica_id, _describe(e))
+                done.wait(RETRY_S)
+            except Exception:  # the thread must survive anything
+                log.exception("replica %s: upkeep failed", self.cfg.replica_id)
+                done.wait(RETRY_S)
+
+    def _refresh_addresses(self) -> None:
+        """The addresses of the primary's nodes, which ``_report`` tells.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer.
+        """
+        self._addresses = sorted({m.address for m in self._primary_members()})
+        self._members_at = time.monotonic()
 
     def _apply(self, msgs: list[api.ReadLogResponse]) -> None:
         assert self.store is not None
@@ -728,14 +770,6 @@ class Replica:
         """Tell every node of the primary the position now held, without waiting: one call in
         flight per node, the latest position sent when it returns (so reports coalesce under
         load). A node that does not answer learns it from the record in etcd."""
-        now = time.monotonic()
-        if now - self._members_at > MEMBERS_S:
-            assert self.etcd is not None
-            try:
-                self._addresses = sorted({m.address for m in self._primary_members()})
-                self._members_at = now
-            except EtcdUnavailable:
-                pass
         for address in self._addresses:
             self._report_to(address, self.position)
 
