@@ -77,6 +77,7 @@ def _run_node(args: argparse.Namespace) -> int:
     from lockmgr import EtcdUnavailable
     from nodes.epoch import Superseded
     from nodes.node import Node
+    from nodes.reader import ReaderNode, is_replica_volume
 
     try:
         cfg = NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
@@ -100,6 +101,15 @@ def _run_node(args: argparse.Namespace) -> int:
             node_argv = strip_listen_and_id(raw[raw.index("node") + 1:])
             return Supervisor(node_argv, node_id=valid.node_id, listen=valid.listen,
                               processes=args.processes, grace_s=valid.grace_s).run()
+        if is_replica_volume(cfg.volume, cfg.map_size):
+            # A replica's copy: a read-only node, until the copy becomes the primary.
+            reader = ReaderNode(cfg)
+            code = _serve(reader, "read-only node leaving", (EtcdUnavailable, RuntimeError))
+            if not reader.promoted:
+                return code
+            cfg = reader.cfg  # the same id and address
+            log.info("the copy in %s is the primary now; serving it as a node on %s",
+                     cfg.volume, cfg.listen)
         node = Node(cfg)
     except ValueError as e:
         print(f"shardless node: {e}", file=sys.stderr)
@@ -182,6 +192,10 @@ def _add_promote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--accept-loss", action="store_true",
                    help="promote a replica that may lack acknowledged commits (asynchronous, "
                         "demoted or joining); the positions it lacks are printed")
+    p.add_argument("--force", action="store_true",
+                   help="take over a promotion under way whose replica is lost for good "
+                        "(the epoch stuck at 'promoting'); that replica's volume is then "
+                        "never the primary")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL_S,
                    help="the nodes' session TTL: an asynchronous promotion waits this long "
                         "(plus a margin) for the old primary's nodes to stop")
@@ -212,7 +226,7 @@ def _run_promote(args: argparse.Namespace) -> int:
             started = promotion.begin(etcd, args.cluster, args.replica,
                                       accept_loss=args.accept_loss,
                                       by=f"shardless promote on {socket.gethostname()}",
-                                      ttl_s=math.ceil(args.ttl))
+                                      ttl_s=math.ceil(args.ttl), force=args.force)
         except promotion.PromotionRefused as e:
             print(f"shardless promote: refused: {e}", file=sys.stderr)
             return 1

@@ -90,19 +90,31 @@ def known_last_position(etcd: EtcdClient, cluster: str, primary_volume: str,
 
 
 def begin(etcd: EtcdClient, cluster: str, replica_id: str, *, accept_loss: bool, by: str,
-          ttl_s: float) -> Started:
+          ttl_s: float, force: bool = False) -> Started:
     """Start promoting ``replica_id`` (step 1 of the module docstring).
+
+    ``force`` takes over a promotion under way whose replica is lost for good (the record
+    stuck at ``promoting``): the new record replaces it, with the same previous primary, and
+    the stuck replica's volume is never the primary (should its process come back, it finds
+    the record naming another volume and follows, or copies anew; its own ``finish`` fails its
+    compare). Safe because a replica being promoted serves nothing as a primary until its
+    ``finish`` is written, and the old primary's nodes stopped at the first record.
 
     Raises:
         PromotionRefused: it may not be promoted (not registered, not synchronous without
-            ``accept_loss``, a promotion under way, or a race lost).
+            ``accept_loss``, a promotion under way without ``force``, or a race lost).
         EtcdUnavailable: etcd did not answer.
     """
     cur = read_epoch(etcd, cluster)
     if cur is None:
         raise PromotionRefused(f"cluster {cluster} has no primary yet (no epoch record)")
-    if cur.state != PRIMARY:
-        raise PromotionRefused(f"a promotion is already under way: {cur.describe()}")
+    if cur.state != PRIMARY and not force:
+        raise PromotionRefused(
+            f"a promotion is already under way: {cur.describe()}. It finishes once replica "
+            f"{cur.replica_id}'s process runs; if that replica is lost for good, promote "
+            f"another with --force")
+    taking_over = cur.state != PRIMARY
+    old_primary = cur.previous_volume if taking_over else cur.volume_id
     rec = next((r for r in read_replicas(etcd, cluster) if r.replica_id == replica_id), None)
     if rec is None:
         raise PromotionRefused(f"replica {replica_id} is not registered (not running, or not "
@@ -112,11 +124,16 @@ def begin(etcd: EtcdClient, cluster: str, replica_id: str, *, accept_loss: bool,
         raise PromotionRefused(f"replica {replica_id} has not said which volume it holds yet "
                                f"(still copying?)")
     if rec.volume_id == cur.volume_id:
+        if taking_over:
+            raise PromotionRefused(f"replica {replica_id} is the one being promoted; it "
+                                   f"finishes once it runs (no --force needed)")
         raise PromotionRefused(f"replica {replica_id}'s volume is the primary already")
     kv = etcd.get(sync_key(cluster, replica_id))
     state = sync_entry(kv.value)[0] if kv is not None else ""
+    # A synchronous replica still in state ``sync`` holds every acknowledged commit, even
+    # under a stuck promotion: demotions are conditional on the epoch, so none happened since.
     synchronous = state == SYNC
-    known, who = known_last_position(etcd, cluster, cur.volume_id)
+    known, who = known_last_position(etcd, cluster, old_primary)
     if not synchronous and not accept_loss:
         why = {"": "it is asynchronous" if rec.mode == "async" else
                "it is not in the synchronous set",
@@ -129,8 +146,11 @@ def begin(etcd: EtcdClient, cluster: str, replica_id: str, *, accept_loss: bool,
         raise PromotionRefused(
             f"replica {replica_id} may lack acknowledged commits: {why}. It holds position "
             f"{rec.position}; it would lose {lost}. Promote it anyway with --accept-loss")
+    if taking_over:
+        log.warning("taking over the promotion under way (%s): replica %s's volume will "
+                    "never be the primary", cur.describe(), cur.replica_id)
     new = EpochRecord(cur.epoch + 1, rec.volume_id, PROMOTING, time.time(), by,
-                      replica_id=replica_id, previous_volume=cur.volume_id,
+                      replica_id=replica_id, previous_volume=old_primary,
                       fence_wait_s=0.0 if synchronous else float(ttl_s) + FENCE_MARGIN_S,
                       accept_loss=not synchronous)
     also = {sync_key(cluster, replica_id): kv.mod_revision} if kv is not None else {}

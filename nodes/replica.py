@@ -57,25 +57,21 @@ from lockmgr import (
 )
 from nodes import promotion
 from nodes import server as server_mod
-from nodes.commit import Unavailable
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
 from nodes.membership import MemberInfo, members_prefix, read_members
-from nodes.node import Gate
+from nodes.readface import ReadFace
 from nodes.replication import (
     DEMOTED,
     JOINING,
     MODES,
     SYNC,
-    ReadOnlyReplica,
     ReplicaRecord,
     replica_key,
     seen_prefix,
     sync_entry,
     sync_key,
     sync_value,
-    wait_for_position,
 )
-from nodes.txn import TransactionManager
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import DEFAULT_MAP_SIZE, REPLICA, Identity, Store, open_volume
@@ -173,8 +169,7 @@ class Replica:
         self._join = ""
         self._join_head = 0
         self._last_heard = time.monotonic()
-        self.readers = _Readers()
-        self._face: _ReadFace | None = None
+        self._face: ReadFace | None = None
         self._pending: dict[str, int] = {}
         self._upkeep_wake = threading.Event()
         self._lock = threading.Lock()
@@ -197,7 +192,7 @@ class Replica:
                                                         thread_name_prefix="rpc"))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
-        face = self._face = _ReadFace(self)
+        face = self._face = ReadFace(self, cfg.replica_id, cfg.listen)
         rpc.add_RowServiceServicer_to_server(server_mod.RowService(face), server)  # type: ignore[arg-type]
         rpc.add_TableServiceServicer_to_server(server_mod.TableService(face), server)  # type: ignore[arg-type]
         rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]
@@ -347,7 +342,14 @@ class Replica:
                         self.cfg.replica_id, fenced, rec.fence_wait_s)
             if rec.fence_wait_s and self.stop_requested.wait(rec.fence_wait_s):
                 return  # stopped meanwhile: the next start finishes it
-            rec = promotion.finish(self.etcd, self.cfg.cluster, rec, self.position)
+            try:
+                rec = promotion.finish(self.etcd, self.cfg.cluster, rec, self.position)
+            except promotion.PromotionRefused as e:
+                # Taken over (``promote --force``) while this one fenced: it stays a replica
+                # and, back in the loop, follows (or copies) the volume the record names now.
+                log.warning("replica %s was not promoted after all: %s", self.cfg.replica_id,
+                            e)
+                return
         ident = None
 
         def promote(view: Any) -> None:
@@ -394,7 +396,7 @@ class Replica:
     def _close_store(self, store: Store) -> None:
         if self._face is not None and not self._face.end_reads(CLOSE_WAIT_S):
             log.error("replica %s: %d snapshot(s) still in use after %g s; closing the volume "
-                      "anyway", self.cfg.replica_id, self.readers.open, CLOSE_WAIT_S)
+                      "anyway", self.cfg.replica_id, self._face.readers.open, CLOSE_WAIT_S)
         store.close()
 
     def _open_or_copy(self) -> Store:
@@ -810,133 +812,31 @@ class Replica:
         self._avoid = ""
         return random.choice(others or addresses)
 
+    # the read face (``nodes/readface.py``)
+
+    @property
+    def name(self) -> str:
+        return f"replica {self.cfg.replica_id}"
+
+    @property
+    def serving_store(self) -> Store | None:
+        return self.store if self.caught_up else None
+
+    @property
+    def not_ready(self) -> str:
+        return "is still taking its copy of the volume"
+
+    def primary_hint(self) -> str:
+        return ", ".join(self._addresses[:1]) or "see shardless status"
+
+    def wait_applied(self, timeout_s: float) -> None:
+        with self._applied:
+            self._applied.wait(timeout_s)
+
     def status(self) -> api.StatusResponse:
         """This replica's own view: its id, volume and position."""
         return api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
                                   commit_position=self.position, cluster=self.cfg.cluster)
-
-
-@dataclass(frozen=True)
-class _Identity:
-    node_id: str
-    listen: str
-
-
-class _ReadFace:
-    """What the node's servicers (``nodes/server.py``) need of a node, for a replica: reads
-    from its own volume at its position (``min_position`` waits for the position to be
-    applied), read-only transactions on a snapshot of it; writes, DDL and read-write
-    transactions refused with ``ReadOnlyReplica``."""
-
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self.gate = Gate()
-        self.cfg = _Identity(replica.cfg.replica_id, replica.cfg.listen)
-        self.committer = _Refuse(replica)
-        # Read-only transactions need only snapshots; a read-write one asks the lock manager
-        # first, which refuses.
-        self.txns = TransactionManager(replica.cfg.replica_id, replica.cfg.listen,
-                                       self,  # type: ignore[arg-type]
-                                       self.committer,  # type: ignore[arg-type]
-                                       _Refuse(replica))  # type: ignore[arg-type]
-
-    def read(self) -> Any:
-        """A snapshot of the replica's volume (``Store.read``), for read-only transactions."""
-        return self.reads.read()
-
-    @property
-    def reads(self) -> _Snapshots:
-        store = self._replica.store
-        if store is None or not self._replica.caught_up:
-            raise Unavailable(f"replica {self._replica.cfg.replica_id} is still taking its copy "
-                              f"of the volume; read elsewhere (nothing was done)")
-        return _Snapshots(store, self._replica.readers)
-
-    def end_reads(self, timeout_s: float) -> bool:
-        """Abort the open transactions and wait for the snapshots in use to end (before the
-        volume is closed); return whether they all did."""
-        for txn in self.txns.open_transactions():
-            self.txns.abort(txn.txn_id, "REPLICA_VOLUME_CLOSING",
-                            "the replica's copy of the volume is closing")
-        return self._replica.readers.wait_idle(timeout_s)
-
-    def wait_for_position(self, position: int, timeout_s: float | None) -> None:
-        def wake(s: float) -> None:
-            with self._replica._applied:
-                self._replica._applied.wait(s)
-
-        wait_for_position(self.reads, position, timeout_s, wake,
-                          f"replica {self._replica.cfg.replica_id}")
-
-
-class _Readers:
-    """Counts the snapshots of the replica's volume in use, so that it is closed only when
-    none is (closing an LMDB environment under an open transaction is not allowed)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.open = 0
-
-    def enter(self) -> None:
-        with self._cond:
-            self.open += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self.open -= 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.open == 0, timeout=timeout_s)
-
-
-class _Snapshots:
-    """``read()`` of a store, counted in ``_Readers``."""
-
-    def __init__(self, store: Store, readers: _Readers) -> None:
-        self._store = store
-        self._readers = readers
-
-    def read(self) -> _CountedRead:
-        return _CountedRead(self._store.read(), self._readers)
-
-
-class _CountedRead:
-    def __init__(self, ctx: Any, readers: _Readers) -> None:
-        self._ctx = ctx
-        self._readers = readers
-
-    def __enter__(self) -> Any:
-        self._readers.enter()
-        try:
-            return self._ctx.__enter__()
-        except BaseException:
-            self._readers.leave()
-            raise
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self._ctx.__exit__(*exc)
-        finally:
-            self._readers.leave()
-
-
-class _Refuse:
-    """Every call raises ``ReadOnlyReplica``, naming a primary node."""
-
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-
-    def __getattr__(self, name: str) -> Any:
-        def refuse(*args: Any, **kwargs: Any) -> Any:
-            r = self._replica
-            primary = ", ".join(r._addresses[:1]) or "see shardless status"
-            raise ReadOnlyReplica(
-                f"replica {r.cfg.replica_id} serves reads only (its copy of the volume is at "
-                f"position {r.position}); send writes, DDL and interactive transactions to a "
-                f"primary node ({primary})")
-        return refuse
 
 
 class _StatusServicer(rpc.ClusterServiceServicer):

@@ -1,7 +1,8 @@
 """Several hosts for real (issue 10, part 6): network namespaces on one bridge, each with an
 etcd member and its own directory, the network the only path between them
 (``tests/harness/hosts.py``). Host A holds the primary volume and two nodes, host B a
-synchronous replica (which serves reads), host C an asynchronous replica. Under a bank load of
+synchronous replica (which serves reads; in the host-loss test also a read-only node on its
+copy), host C an asynchronous replica. Under a bank load of
 interactive transfers:
 
 - host A is lost (every process killed, its directory deleted): B promotes itself, every
@@ -43,6 +44,7 @@ ACCOUNTS = 20
 START = 1000
 NODE_PORTS = (7001, 7002)
 REPLICA_PORT = 7100
+READER_PORT = 7003
 TTL_S = 5  # the default
 
 
@@ -61,9 +63,11 @@ class World:
         self.hosts = hosts
         self.procs: list[NodeProcess] = []
 
-    def node(self, host: str, port: int, *extra: str) -> NodeProcess:
+    def node(self, host: str, port: int, *extra: str, volume: str = "volume") -> NodeProcess:
+        """A node on ``host``'s directory ``volume`` (``replica``: a read-only node on the
+        replica's copy there)."""
         d = self.hosts.dir(host)
-        n = NodeProcess(f"{host}-{port}", etcd=self.hosts.etcd_endpoints, volume=d / "volume",
+        n = NodeProcess(f"{host}-{port}", etcd=self.hosts.etcd_endpoints, volume=d / volume,
                         port=port, host=self.hosts.address(host), ttl_s=TTL_S,
                         log_path=d / f"node-{port}.log", extra_args=extra)
         n.netns = self.hosts.netns(host)
@@ -254,9 +258,14 @@ def primary_of(world: World, hosts: Hosts, *b_args: str
 
 def test_host_a_lost_b_takes_over_with_every_acknowledged_transfer(
         hosts: Hosts, world: World) -> None:
+    """Host B also runs a read-only node on the replica's copy: it serves the bank's reads
+    (none may show a transfer later missing), refuses its transfers until B is promoted, and
+    serves them after."""
     a, b, _c = primary_of(world, hosts)
-    with Bank([n.address for n in a] + [b.address], [n.address for n in a] + [b.address]) \
-            as bank:
+    rb = world.node("b", READER_PORT, volume="replica")
+    rb.wait_serving(60)
+    everywhere = [n.address for n in a] + [b.address, rb.address]
+    with Bank(everywhere, everywhere) as bank:
         wait_for(lambda: len(bank.acked) > 150, 90, message="transfers under way")
         world.kill_host("a")  # returns once every process of A is dead
         lost_at = time.time()
@@ -271,6 +280,17 @@ def test_host_a_lost_b_takes_over_with_every_acknowledged_transfer(
     check_bank(b.address, bank)
     st = status(b.address)
     assert st.epoch == 2 and st.primary_volume_id == st.volume_id
+    assert "read-only node" in rb.log_tail(400)
+
+    def takes_writes() -> bool:  # as a node of the new primary (a read-only one refuses)
+        try:
+            with connect([rb.address], refresh_s=None, attempts=1) as db:
+                db.upsert("acct", {"id": ACCOUNTS + 1, "bal": 0})
+            return True
+        except grpc.RpcError:
+            return False
+
+    wait_for(takes_writes, 30, message="the node on B's copy takes writes")
     # C follows the new primary (copying it again if it held what B did not).
     wait_for(lambda: (i := replica_info(b.address, "replica-c")) is not None and i.caught_up
              and i.lag_positions == 0, 90, message="C follows B")

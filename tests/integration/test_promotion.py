@@ -343,3 +343,42 @@ def test_a_node_frozen_between_its_commit_and_its_answer_does_not_acknowledge_af
     with connect([c.address], refresh_s=None) as db:
         db.upsert("t", {"id": 1, "v": "late"}, idempotency_key="late-1")
         assert [(r["id"], r["v"]) for r in db.scan("t") if r["id"] == 1] == [(1, "late")]
+
+
+def test_a_promotion_stuck_on_a_lost_replica_is_taken_over_with_force(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two synchronous replicas; the primary is lost; r1's promotion begins while r1 is frozen,
+    so the record stays ``promoting``. Promoting r2 is refused until ``--force``; with it r2
+    becomes the primary holding every acknowledged write, and r1, thawed, never becomes one:
+    it follows r2."""
+    cluster, r1 = with_sync_replica(make_cluster, replicas, tmp_path, "--no-auto-promote")
+    r2 = start_replica(cluster, replicas, tmp_path, "r2", "sync", "--no-auto-promote")
+    r2.wait_serving(60)
+    sync_ready(cluster, "r2")
+    with Writers(cluster.addresses) as w:
+        wait_for(lambda: len(w.acked) > 300, 60, message="writes under way")
+        kill_primary(cluster)
+    r1.send_signal(19)  # SIGSTOP: its promotion cannot finish
+    try:
+        stuck = promote(cluster, "r1", "--wait", "2")
+        assert stuck.returncode == 1 and "did not finish" in stuck.stderr, \
+            stuck.stdout + stuck.stderr
+        refused = promote(cluster, "r2")
+        assert refused.returncode == 1 and "--force" in refused.stderr, refused.stderr
+        got = promote(cluster, "r2", "--force")
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert "no acknowledged commit is lost" in got.stdout, got.stdout
+    finally:
+        r1.send_signal(18)  # SIGCONT
+    wait_for(lambda: writes_as_node(r2.address), 30, message="r2 takes writes")
+    rows = rows_of(r2.address)
+    missing = sorted(set(w.acked) - set(rows))
+    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:10]}"
+    st = status(r2.address)
+    assert st.epoch == 3 and st.primary_volume_id == st.volume_id
+    # r1 comes back as a replica of r2 (copying anew if it held an unacknowledged tail).
+    wait_for(lambda: (i := next((x for x in status(r2.address).replicas
+                                 if x.replica_id == "r1"), None)) is not None
+             and i.caught_up and i.lag_positions == 0, 90, message="r1 follows r2")
+    assert "is now the primary" not in r1.log_tail(2000)
+    assert not writes_as_node(r1.address)

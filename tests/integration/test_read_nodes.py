@@ -1,0 +1,89 @@
+"""Read-only nodes on a replica's volume (``nodes/reader.py``), with real processes on one host:
+a ``shardless node`` started on a replica's directory serves reads of the replica's copy at its
+position, honours ``min_position`` (read-your-writes after a write on the primary), refuses
+writes naming a primary node, and serves writes once the replica is promoted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nodes.etcdserver import free_port
+from nodes.up import NodeProcess, ReplicaProcess
+from shardless import connect, to_key
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from tests.harness.cluster import Cluster, wait_for
+from tests.integration.test_promotion import (
+    promote,
+    rows_of,
+    serving,
+    start_replica,
+    sync_ready,
+    writes_as_node,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def start_reader(cluster: Cluster, made: list[ReplicaProcess], tmp_path: Path,
+                 replica: ReplicaProcess, name: str) -> NodeProcess:
+    """A node process on ``replica``'s volume directory (cleaned up with the replicas)."""
+    n = NodeProcess(name, etcd=cluster.etcd_endpoints, volume=replica.volume,
+                    port=free_port(), log_path=tmp_path / name / "node.log", ttl_s=3)
+    made.append(n)  # type: ignore[arg-type]
+    n.start()
+    return n
+
+
+def test_a_node_on_a_replicas_volume_reads_at_its_position_refuses_writes_and_takes_over(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster(n=1)
+    with connect(cluster.addresses, refresh_s=None) as db:
+        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+        db.upsert("t", [{"id": i, "v": f"a{i}"} for i in range(10)])
+    r = start_replica(cluster, replicas, tmp_path, "r1", "sync", "--no-auto-promote")
+    r.wait_serving(60)
+    sync_ready(cluster, "r1")
+    b = start_reader(cluster, replicas, tmp_path, r, "b1")
+    wait_for(lambda: serving(b.address), 60, message="the read-only node serves")
+    assert "read-only node b1" in b.log_tail(50)
+
+    with connect(cluster.addresses, refresh_s=None) as db, \
+            grpc.insecure_channel(b.address) as ch:
+        rows = rpc.RowServiceStub(ch)
+        # Read-your-writes: a write on the primary, then a read on b1 at least at its position.
+        pos = db.upsert("t", {"id": 100, "v": "new"})
+        got = rows.Get(api.GetRequest(table="t", key=to_key(100), min_position=pos),
+                       timeout=10)
+        assert got.found and got.row.columns["v"].string_value == "new"
+        # A position far past the head: refused within the deadline, nothing done.
+        with pytest.raises(grpc.RpcError) as e:
+            rows.Get(api.GetRequest(table="t", key=to_key(1), min_position=pos + 10_000),
+                     timeout=1.5)
+        assert e.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED), e.value
+        # Scans and read-only transactions see the copy.
+        with connect([b.address], refresh_s=None) as reader:
+            assert {row["id"] for row in reader.scan("t")} == {*range(10), 100}
+            t = reader.begin(read_only=True)
+            assert t.get("t", 3)["v"] == "a3"
+            t.commit()
+        # Writes are refused, naming a primary node.
+        with connect([b.address], refresh_s=None, attempts=1) as reader, \
+                pytest.raises(grpc.RpcError) as e:
+            reader.upsert("t", {"id": 5, "v": "no"})
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value
+        assert cluster.addresses[0] in (e.value.details() or ""), e.value.details()
+        assert db.get("t", 5)["v"] == "a5"
+
+    # The replica is promoted: the node on its volume turns into a node of the primary.
+    got = promote(cluster, "r1")
+    assert got.returncode == 0, got.stdout + got.stderr
+    wait_for(lambda: writes_as_node(b.address), 60, message="b1 takes writes")
+    with connect([b.address], refresh_s=None) as db:
+        db.upsert("t", {"id": 200, "v": "via b1"})
+    assert rows_of(r.address)[200] == "via b1"
+    assert b.is_alive
