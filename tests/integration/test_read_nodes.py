@@ -87,3 +87,38 @@ def test_a_node_on_a_replicas_volume_reads_at_its_position_refuses_writes_and_ta
         db.upsert("t", {"id": 200, "v": "via b1"})
     assert rows_of(r.address)[200] == "via b1"
     assert b.is_alive
+
+
+def test_a_read_only_node_follows_its_replica_to_a_new_copy(
+        make_cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The replica loses its place (the log trimmed past it while it was down), throws its copy
+    away and takes a new one: the read-only node on its directory serves the new copy."""
+    cluster: Cluster = make_cluster("--log-keep", "0", "--log-max-mb", "0.05", n=1)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    db.upsert("t", {"id": -1, "v": "first"})
+    r = start_replica(cluster, replicas, tmp_path, "r3", "async")
+    r.wait_serving(60)
+    b = start_reader(cluster, replicas, tmp_path, r, "b3")
+    wait_for(lambda: serving(b.address), 60, message="the read-only node serves")
+    r.kill()
+    for i in range(40):  # ~4 KB per commit: far past the 50 KB bound
+        pos = db.upsert("t", [{"id": j, "v": "x" * 30} for j in range(i * 40, i * 40 + 40)])
+    # Meanwhile the node serves the old copy, as it was.
+    with connect([b.address], refresh_s=None) as reader:
+        assert [row["id"] for row in reader.scan("t")] == [-1]
+    r.start()
+    wait_for(lambda: "lost its place" in r.log_tail(400), 60, message="the replica notices")
+
+    def has_new_rows() -> bool:
+        try:
+            with grpc.insecure_channel(b.address) as ch:
+                got = rpc.RowServiceStub(ch).Get(api.GetRequest(
+                    table="t", key=to_key(1599), min_position=pos), timeout=2)
+            return got.found
+        except grpc.RpcError:
+            return False
+
+    wait_for(has_new_rows, 90, message="the read-only node serves the new copy")
+    assert "replaced its copy" in b.log_tail(200)
+    db.close()
