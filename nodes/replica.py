@@ -16,7 +16,7 @@ Life:
 3. **Follow.** It reads the log from its position on with ``ReadLog(follow=true)`` from any node
    of the primary (another one when that one goes), applies each message's records in one write
    transaction (durable, in position order: ``WriteView.apply_stored``) and then tells every node
-   its new position (``ReportPosition``, one call in flight per node, coalescing under load) and
+   its new position (one ``StreamPositions`` stream per node, coalescing under load) and
    writes it to its record in etcd (at most every ``PUBLISH_S``, and when the stream goes quiet).
    It is ``caught_up`` once it held the primary's last position.
 4. **Lost its place.** If the log no longer holds the next position it needs (it lagged past
@@ -155,8 +155,7 @@ class Replica:
         self._sync_checked = 0.0
         self._addresses: list[str] = []
         self._members_at = 0.0
-        self._stubs: dict[str, rpc.ClusterServiceStub] = {}
-        self._in_flight: set[str] = set()
+        self._reporters: dict[str, _Reporter] = {}
         self._applied = threading.Condition()
         self._avoid = ""  # a node whose stream stalled: not the next one picked
         self.volume_id = ""
@@ -170,7 +169,6 @@ class Replica:
         self._join_head = 0
         self._last_heard = time.monotonic()
         self._face: ReadFace | None = None
-        self._pending: dict[str, int] = {}
         self._upkeep_wake = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
@@ -229,6 +227,7 @@ class Replica:
         self.stop_requested.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._close_reporters()
         if self._epoch_cancel is not None:
             self._epoch_cancel()
         if self.server is not None:  # promoted: a node takes the address over at once
@@ -625,6 +624,7 @@ class Replica:
         """
         self._addresses = sorted({m.address for m in self._primary_members()})
         self._members_at = time.monotonic()
+        self._close_reporters(keep=frozenset(self._addresses))
 
     def _apply(self, msgs: list[api.ReadLogResponse]) -> None:
         assert self.store is not None
@@ -769,32 +769,25 @@ class Replica:
         return 0
 
     def _report(self) -> None:
-        """Tell every node of the primary the position now held, without waiting: one call in
-        flight per node, the latest position sent when it returns (so reports coalesce under
-        load). A node that does not answer learns it from the record in etcd."""
+        """Tell every node of the primary the position now held, without waiting: one stream
+        of positions per node (``_Reporter``), where positions coalesce under load. A node
+        that does not hear it learns it from the record in etcd."""
+        position = self.position
         for address in self._addresses:
-            self._report_to(address, self.position)
+            with self._lock:
+                reporter = self._reporters.get(address)
+                if reporter is None:
+                    reporter = self._reporters[address] = _Reporter(address,
+                                                                    self.cfg.replica_id)
+            reporter.offer(position)
 
-    def _report_to(self, address: str, position: int) -> None:
+    def _close_reporters(self, keep: frozenset[str] = frozenset()) -> None:
+        """End the position streams to the nodes not in ``keep``."""
         with self._lock:
-            if address in self._in_flight:
-                self._pending[address] = max(position, self._pending.get(address, 0))
-                return
-            self._in_flight.add(address)
-            stub = self._stubs.get(address)
-            if stub is None:
-                stub = self._stubs[address] = rpc.ClusterServiceStub(
-                    grpc.insecure_channel(address))
-        call = stub.ReportPosition.future(api.ReportPositionRequest(
-            replica_id=self.cfg.replica_id, position=position), timeout=REPORT_TIMEOUT_S)
-        call.add_done_callback(lambda _f: self._reported(address, position))
-
-    def _reported(self, address: str, sent: int) -> None:
-        with self._lock:
-            self._in_flight.discard(address)
-            nxt = self._pending.pop(address, 0)
-        if nxt > sent and not self.stop_requested.is_set():
-            self._report_to(address, nxt)
+            gone = [r for a, r in self._reporters.items() if a not in keep]
+            self._reporters = {a: r for a, r in self._reporters.items() if a in keep}
+        for r in gone:
+            r.close()
 
     def _primary_members(self) -> list[MemberInfo]:
         """The registered nodes of the primary volume this replica follows."""
@@ -846,6 +839,58 @@ class _StatusServicer(rpc.ClusterServiceServicer):
     def Status(self, request: api.StatusRequest, context: grpc.ServicerContext
                ) -> api.StatusResponse:
         return self.replica.status()
+
+
+class _Reporter:
+    """One stream of positions to one node (``StreamPositions``): the latest position offered
+    goes out as soon as the stream takes it, and positions offered meanwhile coalesce. A
+    broken stream is opened again after ``RETRY_S``, starting with the latest position
+    (positions only grow, so nothing is missed that matters)."""
+
+    def __init__(self, address: str, replica_id: str) -> None:
+        self.address = address
+        self._replica_id = replica_id
+        self._cond = threading.Condition()
+        self._latest = 0
+        self._closed = False
+        self._channel = grpc.insecure_channel(address)
+        self._stub = rpc.ClusterServiceStub(self._channel)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="report")
+        self._thread.start()
+
+    def offer(self, position: int) -> None:
+        with self._cond:
+            if position > self._latest:
+                self._latest = position
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._channel.close()  # ends the call at once, even to a node that does not answer
+        self._thread.join(timeout=5)
+
+    def _requests(self) -> Any:
+        sent = 0
+        while True:
+            with self._cond:
+                while not self._closed and self._latest <= sent:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                sent = self._latest
+            yield api.ReportPositionRequest(replica_id=self._replica_id, position=sent)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._stub.StreamPositions(self._requests())
+            except grpc.RpcError as e:
+                log.debug("position stream to %s ended: %s", self.address, _describe(e))
+            with self._cond:
+                if self._closed or self._cond.wait_for(lambda: self._closed, RETRY_S):
+                    return
 
 
 def _receive(stream: Any, inbox: queue.SimpleQueue[Any]) -> None:

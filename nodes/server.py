@@ -533,6 +533,16 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
         self.node.sync_gate.report(request.replica_id, request.position)
         return api.ReportPositionResponse()
 
+    def StreamPositions(self, request_iterator: Iterator[api.ReportPositionRequest],
+                        context: grpc.ServicerContext) -> api.ReportPositionResponse:
+        # Outside the gate on purpose: a stream lives as long as its replica follows, and a
+        # draining node must not wait for it (it ends when the server stops).
+        for request in request_iterator:
+            if not request.replica_id:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "replica_id is required")
+            self.node.sync_gate.report(request.replica_id, request.position)
+        return api.ReportPositionResponse()
+
     @stream
     def CopyVolume(self, request: api.CopyVolumeRequest, context: grpc.ServicerContext
                    ) -> Iterator[api.CopyVolumeResponse]:

@@ -853,6 +853,11 @@ class ClusterServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
                 _registered_method=True)
+        self.StreamPositions = channel.stream_unary(
+                '/shardless.v1.ClusterService/StreamPositions',
+                request_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -899,6 +904,15 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPositions(self, request_iterator, context):
+        """The same as a stream: one message per new position, for as long as the replica follows
+        (what replicas use; no call to set up per report, and no wait for one answer before the
+        next position goes out). Answered when the replica ends it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -924,6 +938,11 @@ def add_ClusterServiceServicer_to_server(servicer, server):
             ),
             'ReportPosition': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportPosition,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.SerializeToString,
+            ),
+            'StreamPositions': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamPositions,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.ReportPositionRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.ReportPositionResponse.SerializeToString,
             ),
@@ -1061,6 +1080,33 @@ class ClusterService:
             request,
             target,
             '/shardless.v1.ClusterService/ReportPosition',
+            shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPositions(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/shardless.v1.ClusterService/StreamPositions',
             shardless_dot_v1_dot_services__pb2.ReportPositionRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.ReportPositionResponse.FromString,
             options,
