@@ -68,6 +68,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--processes", type=int, default=1,
                    help="worker processes of the node, all serving --listen (SO_REUSEPORT), "
                         "so that it uses that many cores (see nodes/workers.py)")
+    p.add_argument("--no-kill-frozen-peers", action="store_true",
+                   help="do not SIGKILL a node of this host that keeps its locks after its "
+                        "session ended (frozen): fencing alone then keeps it harmless, but "
+                        "one holding LMDB's writer lock stalls every write until it wakes "
+                        "(nodes/deathwatch.py)")
     p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
     p.add_argument("--group", default="", help=argparse.SUPPRESS)
     p.set_defaults(func=_run_node)
@@ -88,6 +93,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          escalate_after=args.escalate_after, public_listen=args.public_listen,
                          group=args.group,
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
+                         kill_frozen_peers=not args.no_kill_frozen_peers,
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
                                                  max_age_s=args.log_max_age))

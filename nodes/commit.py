@@ -790,6 +790,7 @@ class GroupCommitter:
                 refused.append((p, e))
                 continue
             plan.apply(view, position)
+            faultpoints.pause_if(faultpoints.PAUSE_IN_COMMIT, plan.idempotency_key)
             if plan.idempotency_key:  # before the record, so that its replay op goes with it
                 view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
                                        ts=self._wall_clock())

@@ -42,6 +42,7 @@ class NodeConfig:
     log_retention: Retention = DEFAULT_RETENTION  # applied by the leader (storage/retention.py)
     sync_policy: str = "demote"  # a synchronous replica that stops answering: demote | strict
     sync_timeout_s: float = 5.0  # ... after this long (nodes/replication.py, SyncGate)
+    kill_frozen_peers: bool = True  # SIGKILL a peer of the host past its lease (deathwatch.py)
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.

@@ -8,6 +8,8 @@ exactly as ``kill -9`` would, so nothing after that point runs, or stops itself.
   durable, before any reply is sent or any lock released (the reply is lost, the commit stands).
 * ``pause-before-answer=KEY``: the same place, but the process stops itself (SIGSTOP, as a
   freeze would) before it checks whether it may still acknowledge; the test sends SIGCONT.
+* ``pause-in-commit=KEY``: the process stops itself inside the group commit's write transaction
+  once the request carrying ``KEY`` is applied, so it holds LMDB's writer lock while stopped.
 
 Unset (the default, and in production) every point is a dictionary lookup that finds nothing.
 """
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 ENV = "SHARDLESS_FAULTS"
 CRASH_AFTER_COMMIT = "crash-after-commit"
 PAUSE_BEFORE_ANSWER = "pause-before-answer"
+PAUSE_IN_COMMIT = "pause-in-commit"
 
 
 def parse(spec: str) -> dict[str, str]:

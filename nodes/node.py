@@ -229,7 +229,9 @@ class Node:
                                        self.locks, idle_timeout_s=cfg.idle_timeout_s,
                                        session_valid=self.membership.is_valid,
                                        on_fenced=self._fenced)
-        self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke)
+        self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke,
+                                     lease_ttl=(self.etcd.time_to_live
+                                                if cfg.kill_frozen_peers else None))
         self.membership.start(cfg.etcd_wait_s)
         self.sync_gate.start()  # before serving: no commit is acknowledged before it knows the set
         self.deathwatch.start()

@@ -8,10 +8,11 @@ its seed. Does not own the cluster's processes (``tests.harness``) or the worklo
 Fault kinds:
 
 * ``kill-node``: SIGKILL one node; heal: start it again (same id, port, volume);
-* ``pause-node``: SIGSTOP one node; heal: SIGCONT. The first freeze of every run outlasts the
-  session TTL by at least :data:`FREEZE_MARGIN_S` (its lease expires, its locks go to others,
-  its late commits must be fenced); later ones last 1 s to TTL + margin, so they fall within the
-  lease, around its end, or past it;
+* ``pause-node``: SIGSTOP one node; heal: SIGCONT (and start it again if its peers killed it
+  meanwhile, as they do once its lease is gone: ``nodes/deathwatch.py``). The first freeze of
+  every run outlasts the session TTL by at least :data:`FREEZE_MARGIN_S` (its lease expires,
+  its locks go to others, its late commits must be fenced, or it is killed); later ones last
+  1 s to TTL + margin, so they fall within the lease, around its end, or past it;
 * ``restart-node``: SIGTERM one node (it drains) and start it again;
 * ``kill-etcd``: SIGKILL one etcd member of three; heal: restart it;
 * ``lose-quorum``: SIGKILL two etcd members of three; heal: restart them;
@@ -67,7 +68,15 @@ def kill_node(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
 def pause_node(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
     node = _node(cluster, rng)
     node.pause()
-    return f"SIGSTOP {node.name}", node.resume
+
+    def heal() -> None:
+        node.resume()
+        # Frozen past its lease, a node is killed by its peers (nodes/deathwatch.py); started
+        # again, as its supervisor would.
+        if node.wait(0.2) is not None:
+            node.restart()
+
+    return f"SIGSTOP {node.name}", heal
 
 
 def restart_node(cluster: Cluster, rng: random.Random) -> tuple[str, Heal]:
