@@ -306,7 +306,8 @@ def test_a_node_frozen_between_its_commit_and_its_answer_does_not_acknowledge_af
     ``--accept-loss``, which revokes the old nodes' sessions and waits out their TTL. Thawed,
     the node must not acknowledge the write: the client gets UNAVAILABLE that does not say
     "not applied", and the same key retried on the new primary leaves the row there once."""
-    cluster: Cluster = make_cluster(n=1)
+    # Its peers must not kill it meanwhile (nodes/deathwatch.py): the test is of its waking.
+    cluster: Cluster = make_cluster("--no-kill-frozen-peers", n=1)
     with connect(cluster.addresses, refresh_s=None) as db:
         db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
     c = start_replica(cluster, replicas, tmp_path, "c", "async")
