@@ -33,7 +33,6 @@ import os
 import threading
 import time
 from concurrent import futures
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +41,7 @@ from lockmgr import EtcdClient, EtcdUnavailable
 from nodes import server as server_mod
 from nodes.commit import Unavailable
 from nodes.config import NodeConfig
-from nodes.epoch import PRIMARY, epoch_key, read_epoch
+from nodes.epoch import PRIMARY, read_epoch
 from nodes.membership import read_members
 from nodes.readface import ReadFace
 from shardless.v1 import services_pb2 as api
@@ -52,7 +51,7 @@ from storage import REPLICA, StorageError, Store, open_volume
 log = logging.getLogger(__name__)
 
 POLL_S = 0.002  # how often a read waiting for a position looks at the copy again
-CHECK_S = 0.5  # how often the node checks the copy is still the one it opened, and the epoch
+CHECK_S = 0.25  # how often the node checks the copy is still the one it opened, and the epoch
 MEMBERS_S = 1.0  # how often it refreshes the address of a primary node it names
 CLOSE_WAIT_S = 30.0  # for the snapshots in use before a replaced copy is closed
 
@@ -99,7 +98,6 @@ class ReaderNode:
         self._inode = 0
         self._addresses: list[str] = []
         self._members_at = 0.0
-        self._epoch_cancel: Any = None
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
 
@@ -114,10 +112,6 @@ class ReaderNode:
         """
         cfg = self.cfg
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
-        kv = self.etcd.get(epoch_key(cfg.cluster))
-        self._epoch_cancel = self.etcd.watch_prefix(
-            epoch_key(cfg.cluster), (kv.mod_revision if kv is not None else 0) + 1,
-            lambda _events: self._wake.set())
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                         thread_name_prefix="rpc"))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -148,8 +142,6 @@ class ReaderNode:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if self._epoch_cancel is not None:
-            self._epoch_cancel()
         if self.server is not None:
             grace = 0.1 if self.promoted else self.cfg.grace_s
             self.server.stop(grace=grace).wait(grace + 1)
@@ -180,7 +172,12 @@ class ReaderNode:
                 self._members_at = time.monotonic()
             rec = read_epoch(self.etcd, self.cfg.cluster)
         except EtcdUnavailable as e:
-            log.warning("read-only node %s: etcd: %s", self.cfg.node_id, e)
+            # A new client: the old one may refuse a member it saw fail (python3-etcd3 marks it
+            # failed for minutes) while the others answer.
+            log.warning("read-only node %s: etcd: %s; reconnecting", self.cfg.node_id, e)
+            old, self.etcd = self.etcd, EtcdClient(self.cfg.etcd,
+                                                   timeout_s=self.cfg.etcd_timeout_s)
+            old.close()
             return
         if rec is not None and self.volume_id and rec.volume_id == self.volume_id and \
                 rec.state == PRIMARY:

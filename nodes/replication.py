@@ -271,6 +271,10 @@ class SyncGate:
         self._epoch_compare = epoch_compare
         self._epoch_changed = epoch_changed
         self._superseded = ""
+        # Replicas whose sync entry went but that are still waited for until the epoch is read
+        # again: a promotion deletes its replica's entry in the transaction that changes the
+        # epoch, and the two watches may deliver in either order.
+        self._leaving: set[str] = set()
         self._positions: dict[str, int] = {}
         self._waiters: list[_Waiter] = []
         self._stale = True
@@ -326,6 +330,8 @@ class SyncGate:
         with self._lock:
             for rid, pos in positions.items():  # the highest heard (see ``report``)
                 positions[rid] = max(pos, self._positions.get(rid, 0))
+            self._leaving |= {rid for rid, state in self._states.items()
+                              if state in WAITED_FOR and rid not in states}
             self._states, self._positions, self._stale = states, positions, False
             self._joins = joins
         self._loaded_at = self._clock()
@@ -344,7 +350,8 @@ class SyncGate:
                 if key.startswith(sp):
                     rid = key[len(sp):].decode()
                     if value is None:
-                        self._states.pop(rid, None)
+                        if self._states.pop(rid, None) in WAITED_FOR:
+                            self._leaving.add(rid)  # until the epoch is read again (_loop)
                         self._joins.pop(rid, None)
                     else:
                         self._states[rid], self._joins[rid] = sync_entry(value)
@@ -386,6 +393,7 @@ class SyncGate:
         if self._superseded:
             return -1.0
         ids = [rid for rid, state in self._states.items() if state in WAITED_FOR]
+        ids += [rid for rid in self._leaving if rid not in ids]
         if not ids:
             return float("inf")
         return min(self._positions.get(rid, 0) for rid in ids)
@@ -447,6 +455,7 @@ class SyncGate:
             try:
                 if self._stale or self._clock() - self._loaded_at > REFRESH_S:
                     self.reload()
+                self._let_go()
                 self.tick()
                 self.acknowledge_joins()
             except EtcdUnavailable as e:
@@ -455,6 +464,30 @@ class SyncGate:
                     self._stale = True
             except Exception:  # the loop must survive anything
                 log.exception("synchronous replica gate failed")
+
+    def _let_go(self) -> None:
+        """Stop waiting for the replicas whose sync entry went, once the epoch read again
+        still names this volume (a replica left, or was demoted away); if it does not (a
+        promotion), ``epoch_changed`` raises and the node is superseded instead.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer (they stay waited for).
+        """
+        with self._lock:
+            if not self._leaving:
+                return
+            leaving = set(self._leaving)
+        try:
+            self._epoch_changed()
+        except Exception as e:  # Superseded: its waiters fail through ``supersede``
+            if isinstance(e, EtcdUnavailable):
+                raise
+            log.warning("synchronous replicas %s left with the epoch changed: %s",
+                        ", ".join(sorted(leaving)), e)
+            return
+        with self._lock:
+            self._leaving -= leaving
+        self._release()
 
     def acknowledge_joins(self) -> None:
         """Tell each joining (or synchronous) replica, once per join and session, that this

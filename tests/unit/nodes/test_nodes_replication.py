@@ -302,3 +302,32 @@ def test_a_superseded_node_fails_every_wait_and_acknowledges_nothing_more() -> N
     assert len(failed) == 2 and isinstance(failed[1], CommitNotReplicated)
     with pytest.raises(ReadNotReplicated, match="superseded"):
         gate.wait_held(1)
+
+
+def test_a_replica_whose_entry_goes_is_waited_for_until_the_epoch_is_read_again() -> None:
+    """A promotion deletes its replica's sync entry in the transaction that changes the
+    epoch; the entry's watch may deliver first. The gate must not let a commit go on that
+    event alone: it still waits for the replica until the epoch read again says the volume is
+    still the primary (then it lets go), or not (then it never does)."""
+    superseded: list[bool] = [False]
+
+    def epoch_changed() -> None:
+        if superseded[0]:
+            raise RuntimeError("superseded")
+
+    etcd = FakeEtcd()
+    etcd.data[sync_key(CLUSTER, "r")] = sync_value(SYNC, "r")
+    etcd.data[replica_key(CLUSTER, "r")] = record("r", 5)
+    gate = SyncGate(etcd, CLUSTER, node_id="n1", policy="strict", timeout_s=1.0,  # type: ignore[arg-type]
+                    clock=Clock(), epoch_changed=epoch_changed)
+    gate.reload()
+    done: list[str] = []
+    gate.after(8, lambda: done.append("ok"), lambda e: done.append("fail"))
+    superseded[0] = True
+    etcd.emit(sync_key(CLUSTER, "r"), None)  # the promotion's delete, seen first
+    assert done == [] and gate.held() == 5
+    gate._let_go()  # the epoch names another volume: still waited for
+    assert done == [] and gate.held() == 5
+    superseded[0] = False  # (a replica that left on its own: the epoch is unchanged)
+    gate._let_go()
+    assert done == ["ok"] and gate.held() == float("inf")
