@@ -28,7 +28,8 @@ commits or acknowledges again (what is left is the time from the last check to t
 window every lease scheme has). A synchronous promotion need not wait: every acknowledgement
 there waits for the promoted replica's position, which no longer moves, and the only way to
 stop waiting for it, a demotion, is an etcd transaction conditional on the epoch record
-(``SyncGate``).
+(``SyncGate``); the promotion's own delete of the replica's sync entry is acted on only after
+the epoch is read again (``SyncGate._let_go``).
 """
 
 from __future__ import annotations
