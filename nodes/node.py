@@ -40,17 +40,20 @@ from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.epoch import EpochGuard, EpochRecord, Superseded
 from nodes.leader import Leader
+from nodes.limits import Admission
 from nodes.membership import Membership
 from nodes.replication import BarrierStore, SyncGate, lag, read_replicas, wait_for_position
+from nodes.status import DecodeGuard
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import PRIMARY, Identity, Store, open_volume
+from storage import PRIMARY, Identity, StorageError, Store, open_volume
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 DRAIN_S = 0.5
+HEALTH_CHECK_S = 0.5  # how often health is checked; NOT_SERVING after two bad checks in a row
 ADMIT_WAIT_S = 1.0  # how long a batch waits for a valid session before it is refused
 SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
                  ("TableService", "RowService", "TransactionService", "ClusterService")]
@@ -177,6 +180,7 @@ class Node:
         self.server: grpc.Server | None = None
         self.shared_server: grpc.Server | None = None
         self.health = health.HealthServicer()
+        self.admission = Admission(self.cfg.limits)
         self.port = 0
         self.gate = Gate()
         self.epoch: EpochGuard | None = None
@@ -228,7 +232,8 @@ class Node:
         self.txns = TransactionManager(cfg.node_id, cfg.listen, self.reads, self.committer,  # type: ignore[arg-type]
                                        self.locks, idle_timeout_s=cfg.idle_timeout_s,
                                        session_valid=self.membership.is_valid,
-                                       on_fenced=self._fenced)
+                                       on_fenced=self._fenced, admission=self.admission,
+                                       id_key=cfg.cluster)
         self.deathwatch = DeathWatch(cfg.volume, cfg.node_id, self.etcd.revoke,
                                      lease_ttl=(self.etcd.time_to_live
                                                 if cfg.kill_frozen_peers else None))
@@ -256,10 +261,45 @@ class Node:
                 raise RuntimeError(f"cannot listen on {cfg.public_listen}: {e}") from e
             shared.start()
             self.shared_server = shared
-        for name in ["", *SERVICE_NAMES]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.admission.start()
+        self._set_health(True)
+        threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
                  cfg.volume, cfg.etcd)
+
+    def _set_health(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *SERVICE_NAMES]:
+            self.health.set(name, status)  # ignored once the node is leaving
+
+    def cannot_serve(self) -> str:
+        """Why the node cannot serve now ("" if it can): no valid session (it cannot commit
+        or lock), or its volume cannot be read (reader table full, storage failing)."""
+        if not self._lease_id():
+            return "no valid session in etcd"
+        assert self.store is not None
+        try:
+            with self.store.read():
+                pass
+        except StorageError as e:
+            return f"cannot read its volume: {e}"
+        return ""
+
+    def _health_loop(self) -> None:
+        """Keep the health status true: NOT_SERVING while the node cannot serve."""
+        serving, bad = True, 0
+        while not self._stopped.wait(HEALTH_CHECK_S):
+            why = self.cannot_serve()
+            bad = bad + 1 if why else 0
+            if serving and bad >= 2:
+                serving = False
+                log.warning("health: NOT_SERVING (%s)", why)
+                self._set_health(False)
+            elif not serving and not why:
+                serving = True
+                log.info("health: SERVING again")
+                self._set_health(True)
 
     def _server(self, pool: futures.ThreadPoolExecutor, *, reuse_port: bool) -> grpc.Server:
         """A gRPC server with every service of the node. ``reuse_port``: for the address the
@@ -268,7 +308,8 @@ class Node:
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0)]
-        srv = grpc.server(pool, options=opts)
+        srv = grpc.server(pool, options=opts, interceptors=[DecodeGuard()],
+                          maximum_concurrent_rpcs=self.cfg.limits.queued_calls)
         rpc.add_TableServiceServicer_to_server(server.TableService(self), srv)
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
         rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
@@ -547,6 +588,7 @@ class Node:
         self.stop_requested.set()
         deadline = time.monotonic() + self.cfg.grace_s
         self.health.enter_graceful_shutdown()
+        self.admission.stop()
         self.gate.drain()
         if self.membership is not None:
             self.membership.withdraw()

@@ -44,6 +44,7 @@ from nodes.config import NodeConfig
 from nodes.epoch import PRIMARY, read_epoch
 from nodes.membership import read_members
 from nodes.readface import ReadFace
+from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import REPLICA, StorageError, Store, open_volume
@@ -94,7 +95,7 @@ class ReaderNode:
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.port = 0
-        self.face = ReadFace(self, self.cfg.node_id, self.cfg.listen)
+        self.face = ReadFace(self, self.cfg.node_id, self.cfg.listen, self.cfg.limits)
         self._inode = 0
         self._addresses: list[str] = []
         self._members_at = 0.0
@@ -113,7 +114,9 @@ class ReaderNode:
         cfg = self.cfg
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
-                                                        thread_name_prefix="rpc"))
+                                                        thread_name_prefix="rpc"),
+                             maximum_concurrent_rpcs=cfg.limits.queued_calls,
+                             interceptors=[DecodeGuard()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
         rpc.add_RowServiceServicer_to_server(server_mod.RowService(self.face), server)  # type: ignore[arg-type]

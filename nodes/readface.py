@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nodes.commit import Unavailable
+from nodes.limits import Admission, Limits
 from nodes.node import Gate
 from nodes.replication import ReadOnlyReplica, wait_for_position
 from nodes.txn import TransactionManager
@@ -59,8 +60,11 @@ class ReadFace:
     transactions on a snapshot of it; writes, DDL and read-write transactions refused with
     ``ReadOnlyReplica``."""
 
-    def __init__(self, source: ReadSource, node_id: str, listen: str) -> None:
+    def __init__(self, source: ReadSource, node_id: str, listen: str,
+                 limits: Limits | None = None) -> None:
         self._source = source
+        self.admission = Admission(limits)
+        self.admission.start()
         self.readers = Readers()
         self.gate = Gate()
         self.cfg = _Identity(node_id, listen)
@@ -70,7 +74,8 @@ class ReadFace:
         self.txns = TransactionManager(node_id, listen,
                                        self,  # type: ignore[arg-type]
                                        self.committer,  # type: ignore[arg-type]
-                                       Refuse(source))  # type: ignore[arg-type]
+                                       Refuse(source),  # type: ignore[arg-type]
+                                       admission=self.admission, id_key=node_id)
 
     def read(self) -> Any:
         """A snapshot of the copy (``Store.read``), for read-only transactions."""

@@ -58,6 +58,7 @@ from lockmgr import (
 from nodes import promotion
 from nodes import server as server_mod
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
+from nodes.limits import Limits
 from nodes.membership import MemberInfo, members_prefix, read_members
 from nodes.readface import ReadFace
 from nodes.replication import (
@@ -72,6 +73,7 @@ from nodes.replication import (
     sync_key,
     sync_value,
 )
+from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from storage import DEFAULT_MAP_SIZE, REPLICA, Identity, Store, open_volume
@@ -89,6 +91,11 @@ REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
 CLOSE_WAIT_S = 30.0  # for the snapshots in use before the volume is closed
 COPY_STALL_S = 30.0  # a copy stream silent this long is given up
+REPLICA_WORKERS = 8  # its gRPC workers: health, status and reads of its copy
+# Reads of the copy may hold at most a quarter of them in streams (nodes/limits.py).
+REPLICA_LIMITS = Limits(transactions=256, transactions_per_client=64, snapshots=64,
+                        snapshots_per_client=16, streams=2, streams_per_client=2,
+                        replication_streams=1, queued_calls=256)
 STREAM_STALL_S = 3.0  # a log stream silent this long is given up (the node heartbeats at 1 s)
 RETRY_S = 0.5
 COPY_DIR = ".copy"
@@ -186,11 +193,13 @@ class Replica:
         """
         cfg = self.cfg
         self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8,
-                                                        thread_name_prefix="rpc"))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=REPLICA_WORKERS,
+                                                        thread_name_prefix="rpc"),
+                             maximum_concurrent_rpcs=REPLICA_LIMITS.queued_calls,
+                             interceptors=[DecodeGuard()])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
-        face = self._face = ReadFace(self, cfg.replica_id, cfg.listen)
+        face = self._face = ReadFace(self, cfg.replica_id, cfg.listen, REPLICA_LIMITS)
         rpc.add_RowServiceServicer_to_server(server_mod.RowService(face), server)  # type: ignore[arg-type]
         rpc.add_TableServiceServicer_to_server(server_mod.TableService(face), server)  # type: ignore[arg-type]
         rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]

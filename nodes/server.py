@@ -16,7 +16,8 @@ import grpc
 import msgpack
 
 from nodes import commit, convert, query
-from nodes.status import stream, unary
+from nodes.limits import ResourceExhausted, client_of
+from nodes.status import replication_stream, stream, unary
 from nodes.txn import WrongNode
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -182,7 +183,7 @@ class RowService(_Base, rpc.RowServiceServicer):
         fails, since the client never learns of it then."""
         if request.transaction_id:
             raise InvalidInput("give either transaction_id or begin, not both")
-        txn = self.node.txns.begin(request.begin.read_only)
+        txn = self.node.txns.begin(request.begin.read_only, client_of(context.peer()))
         inner = type(request)()
         inner.CopyFrom(request)
         inner.ClearField("begin")
@@ -431,7 +432,8 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
               ) -> api.BeginResponse:
         self._at_least(request.min_position, context)
-        return _begun(self.node, self.node.txns.begin(request.read_only).txn_id)
+        txn = self.node.txns.begin(request.read_only, client_of(context.peer()))
+        return _begun(self.node, txn.txn_id)
 
     @unary
     def Commit(self, request: api.CommitRequest, context: grpc.ServicerContext
@@ -486,7 +488,7 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
                ) -> api.StatusResponse:
         return self.node.status(local_only=request.local_only)
 
-    @stream
+    @replication_stream
     def ReadLog(self, request: api.ReadLogRequest, context: grpc.ServicerContext
                 ) -> Iterator[api.ReadLogResponse]:
         batch = request.batch_records or LOG_BATCH
@@ -537,13 +539,20 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
                         context: grpc.ServicerContext) -> api.ReportPositionResponse:
         # Outside the gate on purpose: a stream lives as long as its replica follows, and a
         # draining node must not wait for it (it ends when the server stops).
-        for request in request_iterator:
-            if not request.replica_id:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "replica_id is required")
-            self.node.sync_gate.report(request.replica_id, request.position)
+        try:
+            self.node.admission.replication.take(client_of(context.peer()))
+        except ResourceExhausted as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        try:
+            for request in request_iterator:
+                if not request.replica_id:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "replica_id is required")
+                self.node.sync_gate.report(request.replica_id, request.position)
+        finally:
+            self.node.admission.replication.give(client_of(context.peer()))
         return api.ReportPositionResponse()
 
-    @stream
+    @replication_stream
     def CopyVolume(self, request: api.CopyVolumeRequest, context: grpc.ServicerContext
                    ) -> Iterator[api.CopyVolumeResponse]:
         # One snapshot for the whole copy: it is what makes the copy consistent (NB: it pins

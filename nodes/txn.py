@@ -15,14 +15,17 @@ transaction, which first checks that the transaction's session is not fenced.
 
 Read-only transactions keep one storage snapshot from begin to end and take no locks.
 
-Ids are ``<incarnation>.<n>@<node id>``: the incarnation is random per process, so a call that
-names a transaction of an earlier life of this node gets ABORTED (node restarted), and a call for
+Ids are ``<incarnation>.<n>@<node id>``: the incarnation is new per process
+(``<start ms>-<random>-<check>``, the check a keyed hash of the rest and the node id), so a call
+that names a transaction of an earlier life of this node gets ABORTED (node restarted), one
+that names an id no life of this node issued gets NOT_FOUND (never begun), and a call for
 another node's transaction gets FAILED_PRECONDITION naming that node.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import secrets
 import threading
@@ -44,6 +47,7 @@ from lockmgr import (
 )
 from nodes import commit, query
 from nodes.commit import ReadResult
+from nodes.limits import Admission
 from storage import (
     Fenced,
     InvalidInput,
@@ -126,6 +130,7 @@ class Txn:
     mutex: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False
     pending_abort: tuple[str, str] | None = None  # asked while a call was running
+    client: str = ""  # the connection that began it (its budgets: nodes/limits.py)
 
 
 class TransactionManager:
@@ -137,6 +142,7 @@ class TransactionManager:
                  session_valid: Callable[[int], bool] = lambda lease: True,
                  on_fenced: Callable[[int], None] = lambda lease: None,
                  lock_free: bool = True,
+                 admission: Admission | None = None, id_key: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.node_id = node_id
         self.address = address
@@ -147,8 +153,11 @@ class TransactionManager:
         self._session_valid = session_valid
         self._on_fenced = on_fenced
         self.lock_free = lock_free  # one-shot writes try the path without lock entries first
+        self.admission = admission or Admission()
         self._clock = clock
-        self.incarnation = secrets.token_hex(4)
+        self._id_key = id_key.encode()[:64]
+        self.started_ms = int(time.time() * 1000)
+        self.incarnation = self._incarnation(self.started_ms, secrets.token_hex(2))
         self._n = 0
         self._mu = threading.Lock()
         self._open: dict[str, Txn] = {}
@@ -160,16 +169,31 @@ class TransactionManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def begin(self, read_only: bool) -> Txn:
-        """Open a transaction."""
-        txn_id = self._next_id()
-        now = self._clock()
-        txn = Txn(txn_id, read_only, time.time(), now)
-        if read_only:
-            ctx = self.store.read()
-            txn.snapshot = (ctx, ctx.__enter__())
-        else:
-            txn.locks = self.locks.begin(txn_id)
+    def begin(self, read_only: bool, client: str = "") -> Txn:
+        """Open a transaction for ``client`` (a connection).
+
+        Raises:
+            ResourceExhausted: the client or the node holds as many as its limit allows.
+        """
+        self.admission.transactions.take(client)
+        try:
+            if read_only:
+                self.admission.snapshots.take(client)
+            txn_id = self._next_id()
+            now = self._clock()
+            txn = Txn(txn_id, read_only, time.time(), now, client=client)
+            if read_only:
+                try:
+                    ctx = self.store.read()
+                    txn.snapshot = (ctx, ctx.__enter__())
+                except BaseException:
+                    self.admission.snapshots.give(client)
+                    raise
+            else:
+                txn.locks = self.locks.begin(txn_id)
+        except BaseException:
+            self.admission.transactions.give(client)
+            raise
         with self._mu:
             self._open[txn_id] = txn
         return txn
@@ -222,15 +246,36 @@ class TransactionManager:
         if node != self.node_id:
             return WrongNode(f"transaction {txn_id} belongs to node {node}; send its calls "
                              f"there (this is {self.node_id})")
-        if head.split(".", 1)[0] != self.incarnation:
-            return TxnAborted(NODE_RESTARTED, f"transaction {txn_id} was lost: node "
-                              f"{self.node_id} restarted since it began")
+        incarnation = head.split(".", 1)[0]
+        if incarnation != self.incarnation:
+            if self._earlier_life(incarnation):
+                return TxnAborted(NODE_RESTARTED, f"transaction {txn_id} was lost: node "
+                                  f"{self.node_id} restarted since it began")
+            return UnknownTransaction(f"transaction {txn_id} was never begun (node "
+                                      f"{self.node_id} issued no such id)")
         with self._mu:
             tomb = self._tombstones.get(txn_id)
         if tomb is not None and tomb[0] != "ended":
             return TxnAborted(tomb[0], f"transaction {txn_id} was aborted: {tomb[1]}")
         return UnknownTransaction(f"transaction {txn_id} is not open (committed, rolled back "
                                   f"or never begun)")
+
+    def _incarnation(self, started_ms: int, rand: str) -> str:
+        check = hashlib.blake2b(f"{self.node_id}|{started_ms:x}-{rand}".encode(),
+                                key=self._id_key, digest_size=3).hexdigest()
+        return f"{started_ms:x}-{rand}-{check}"
+
+    def _earlier_life(self, incarnation: str) -> bool:
+        """Whether ``incarnation`` is that of an earlier process of this node."""
+        parts = incarnation.split("-")
+        if len(parts) != 3:
+            return False
+        try:
+            started_ms = int(parts[0], 16)
+        except ValueError:
+            return False
+        return (started_ms <= self.started_ms
+                and self._incarnation(started_ms, parts[1]) == incarnation)
 
     def _fenced_async(self, lease_id: int) -> None:
         """Report a fenced session without blocking the caller (it may hold a txn mutex)."""
@@ -266,10 +311,15 @@ class TransactionManager:
             self._tombstones[txn.txn_id] = (reason, detail)
             while len(self._tombstones) > MAX_TOMBSTONES:
                 self._tombstones.popitem(last=False)
-        if txn.snapshot is not None:
-            ctx, _ = txn.snapshot
-            txn.snapshot = None
-            ctx.__exit__(None, None, None)
+        try:
+            if txn.snapshot is not None:
+                ctx, _ = txn.snapshot
+                txn.snapshot = None
+                ctx.__exit__(None, None, None)
+        finally:
+            if txn.read_only:
+                self.admission.snapshots.give(txn.client)
+            self.admission.transactions.give(txn.client)
         if txn.locks is not None and release:
             self.locks.release(txn.locks)
 

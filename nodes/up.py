@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nodes.etcdserver import (
     EtcdServer,
     EtcdServerError,
+    die_with_parent,
     find_etcd_binary,
     free_port,
     port_is_free,
@@ -226,6 +227,8 @@ class NodeProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self.netns: str | None = None
         """A network namespace to run the process in (``ip netns exec``; tests' hosts)."""
+        self.die_with_parent = False
+        """Whether the process is killed when this one dies (``shardless up``)."""
 
     @property
     def name(self) -> str:
@@ -285,6 +288,7 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 env={**node_env(), **self.extra_env},
                 start_new_session=True,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
 
     def health(self, timeout_s: float = 1.0) -> str:
@@ -614,6 +618,7 @@ def run(args: argparse.Namespace) -> int:
                 host=host,
                 log_path=logs_dir / "etcd.log",
             )
+            etcd.die_with_parent = True  # killed with this process, even by SIGKILL
             _say(f"etcd: starting {binary} on {etcd.endpoint} (log {etcd.log_path})")
             etcd.start()
             etcd.wait_ready(timeout_s=args.ready_timeout, cancel=stop)
@@ -633,6 +638,7 @@ def run(args: argparse.Namespace) -> int:
                 extra_args=("--processes", str(args.processes)) if args.processes > 1 else (),
             )
             nodes.append(node)
+            node.die_with_parent = True
             node.start()
             _say(
                 f"node: started {node.name} on {node.address} (pid {node.pid}, log {node.log_path})"
@@ -647,6 +653,7 @@ def run(args: argparse.Namespace) -> int:
                 cluster=args.cluster,
             )
             nodes.append(replica)
+            replica.die_with_parent = True
             replica.start()
             _say(
                 f"replica: started {replica.name} ({args.replica}) on {replica.address} "

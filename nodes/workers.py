@@ -33,7 +33,6 @@ process stays the default.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import signal
 import subprocess
@@ -42,7 +41,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from nodes.etcdserver import free_port
+from nodes.etcdserver import die_with_parent, free_port
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +50,6 @@ MAX_RESTARTS = 5
 SUPERSEDED_EXIT = 3  # a worker whose volume a promotion superseded (nodes/node.py)
 RESTART_WINDOW_S = 30.0
 STOP_EXTRA_S = 15.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def worker_id(node_id: str, k: int) -> str:
@@ -88,7 +79,7 @@ class Supervisor:
                 "--listen", own, "--public-listen", self.listen, "--group", self.node_id]
 
     def _start(self, k: int) -> None:
-        proc = subprocess.Popen(self._argv(k), preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(self._argv(k), preexec_fn=die_with_parent)
         self.workers[k] = proc
         log.info("node %s: worker %d started (pid %d)", self.node_id, k, proc.pid)
 

@@ -16,6 +16,7 @@ from storage.errors import (
     LogTruncated,
     MapFull,
     NotFound,
+    ReadersFull,
     StorageError,
 )
 from storage.keycode import prefix_end
@@ -45,6 +46,7 @@ __all__ = [
     "MapFull",
     "NotFound",
     "ReadView",
+    "ReadersFull",
     "Record",
     "Retention",
     "Schema",

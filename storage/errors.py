@@ -31,6 +31,11 @@ class MapFull(StorageError):
     """The volume's map (or disk) is full; nothing was written. Free space or grow the map."""
 
 
+class ReadersFull(StorageError):
+    """Every slot of the volume's reader table (shared by all its processes) is taken; nothing
+    was done. Retry when other transactions or scans have ended."""
+
+
 class LogTruncated(StorageError):
     """The commit-log position asked for is gone (the log is kept in bounds): start again from a
     fresh copy, or from ``oldest``, the oldest position still held."""

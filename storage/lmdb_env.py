@@ -41,10 +41,14 @@ from typing import Any
 
 import lmdb
 
-from storage.errors import MapFull, StorageError
+from storage.errors import MapFull, ReadersFull, StorageError
 
 DEFAULT_MAP_SIZE = 8 << 30  # 8 GiB of address space; the file grows only as data is written
-DEFAULT_MAX_READERS = 1024
+# The volume's reader table, shared by its processes: a node process holds at most its
+# snapshot and stream limits plus its worker threads (nodes/limits.py), about 350 slots with
+# the defaults, so 8192 leave room for some 20 processes on one volume. 64 bytes a slot; LMDB
+# scans only the slots ever used. Set when the first process opens the volume.
+DEFAULT_MAX_READERS = 8192
 ADOPT_WAIT_S = 2.0
 
 
@@ -198,6 +202,11 @@ class LmdbEngine:
                 return self._env.begin(write=write, buffers=False)
             except lmdb.MapResizedError:
                 self._gate.release_shared()
+            except lmdb.ReadersFullError as e:
+                self._gate.release_shared()
+                raise ReadersFull(f"the volume's reader table is full ({e}); too many "
+                                  f"snapshots are open on its processes (nothing was done)"
+                                  ) from e
             except lmdb.Error as e:
                 self._gate.release_shared()
                 kind = "write" if write else "read"

@@ -601,6 +601,12 @@ def test_transaction_ids_are_bound_to_their_node_and_checked(cluster: Cluster) -
         unknown = f"{head.split('.', 1)[0]}.999999@{node}"
         code, _, details = _code_and_reason(lambda: _get_in(c0, unknown, "acct", 1))
         assert code == grpc.StatusCode.NOT_FOUND, details
+        # An id of the right form that this node never issued (made up, not of an earlier
+        # life of the node): NOT_FOUND, not NODE_RESTARTED.
+        for made_up in (f"0123abcd.7@{node}", f"18c0a1b2c3d-ab12-abcdef.7@{node}"):
+            code, _, details = _code_and_reason(lambda m=made_up: _get_in(c0, m, "acct", 1))
+            assert code == grpc.StatusCode.NOT_FOUND, details
+            assert "never begun" in details, details
         code, _, details = _code_and_reason(lambda: _get_in(c0, "not-a-transaction", "acct", 1))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         t.commit()

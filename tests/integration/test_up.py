@@ -123,3 +123,33 @@ def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
             if _pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     assert (tmp_path / "data" / "replica" / "volume" / "lmdb" / "data.mdb").exists()
+
+
+def test_shardless_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
+    """up cannot clean up after a SIGKILL, so its etcd and nodes die with it (their parent-
+    death signal) instead of living on as orphans that hold the ports and the data directory."""
+    base = free_port()
+    while not all(port_is_free(base + i) for i in range(2)):
+        base = free_port()
+    cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "2", "--base-port", str(base),
+           "--etcd-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--ttl", "3"]
+    proc, lines = _start_up(cmd)
+    pids: list[int] = []
+    try:
+        wait_for(lambda: "ready" in [ln.strip() for ln in lines], 60,
+                 message=lambda: "up to print ready; output:\n" + "".join(lines))
+        with connect([f"127.0.0.1:{base}"]) as db:
+            pids = [m.pid for m in db.status().members]
+        pids.append(_etcd_pid(lines))
+        assert len(pids) == 3 and all(_pid_alive(p) for p in pids)
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(lambda: not any(_pid_alive(p) for p in pids), 10,
+                 message=lambda: f"etcd and the nodes {pids} to die with up")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for pid in pids:  # only processes this test's `up` started
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

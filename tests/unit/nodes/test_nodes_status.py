@@ -8,6 +8,7 @@ import pytest
 from lockmgr import Aborted, EtcdUnavailable, LockError, SessionExpired
 from nodes.commit import CommitTimeout, Unavailable
 from nodes.epoch import Superseded
+from nodes.limits import ResourceExhausted
 from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
 from nodes.status import CODES, code_for
 from nodes.txn import TxnAborted, UnknownTransaction, WrongNode
@@ -20,6 +21,7 @@ from storage import (
     LogTruncated,
     MapFull,
     NotFound,
+    ReadersFull,
     StorageError,
 )
 
@@ -36,6 +38,8 @@ DOCUMENTED: dict[type[BaseException], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     ConditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     MapFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ReadersFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Corrupt: grpc.StatusCode.DATA_LOSS,
     LogTruncated: grpc.StatusCode.OUT_OF_RANGE,
     NotReplicated: grpc.StatusCode.UNAVAILABLE,
@@ -59,6 +63,8 @@ def test_each_domain_error_maps_to_its_documented_code(cls: type[Exception],
         err = cls("REASON", "message")
     elif cls is LogTruncated:
         err = cls("message", oldest=1)
+    elif cls is ResourceExhausted:
+        err = cls("--max-streams", "message")
     else:
         err = cls("message")
     assert code_for(err) == code
