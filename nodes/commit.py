@@ -29,14 +29,17 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgpack
 
 from lockmgr import LockMode, Resource
 from nodes import faultpoints
@@ -89,6 +92,54 @@ class AckWithheld(Unavailable):
 class NeedsLocks(Exception):
     """A request without locks met a lock in its way (or the probe could not tell); nothing
     was applied: take its locks and submit it again."""
+
+
+class KeyReused(InvalidInput):
+    """An idempotency key came back with a different request than the one it was first used
+    for (INVALID_ARGUMENT): nothing was applied; a new request needs a new key."""
+
+
+class KeyAbandoned(ConditionFailed):
+    """The idempotency key was settled as abandoned (``GetOutcome`` with ``settle``) before
+    this write arrived: it is refused, nothing applied (FAILED_PRECONDITION)."""
+
+
+# The refusals decided by the data, which an idempotency key remembers (a retry gets the same
+# answer back, and GetOutcome reports it): by the status code name each maps to.
+REMEMBERED_FAILURES: dict[str, type[StorageError]] = {
+    "FAILED_PRECONDITION": ConditionFailed, "ALREADY_EXISTS": AlreadyExists,
+    "NOT_FOUND": NotFound}
+ABANDONED = "ABANDONED"
+
+
+def request_fingerprint(writes: Sequence[Write], checks: Sequence[Check] = (),
+                        reads: Sequence[Read] = ()) -> str:
+    """A digest of what a one-shot request asks (its writes, conditions and reads, in order):
+    stored with its idempotency key, so that the key reused for another request is refused."""
+
+    def row(r: dict[str, Value]) -> list[Any]:
+        return sorted([k, type(v).__name__, v] for k, v in r.items())
+
+    def key(k: tuple[Value, ...] | None) -> list[Any] | None:
+        return None if k is None else [[type(v).__name__, v] for v in k]
+
+    body = msgpack.packb([
+        [[w.table, w.kind, row(w.row), w.expected_version, key(w.key)] for w in writes],
+        [[c.table, key(c.key), c.kind, c.exists, c.version, c.column,
+          type(c.value).__name__, c.value] for c in checks],
+        [[r.table, key(r.key), list(r.columns)] for r in reads]], use_bin_type=True)
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def failure_record(e: Exception, fingerprint: str) -> dict[str, Any] | None:
+    """What an idempotency record stores of a refusal decided by the data, or None if ``e``
+    is not one (or is itself a replayed one)."""
+    if getattr(e, "replayed", False):
+        return None
+    for code, cls in REMEMBERED_FAILURES.items():
+        if type(e) is cls:
+            return {"failed": code, "msg": str(e), "fp": fingerprint}
+    return None
 
 
 class TableChanged(Exception):
@@ -148,11 +199,12 @@ class Outcome:
     replayed: bool = False  # an idempotent retry: the first result, nothing applied again
     committed_by: str = ""  # the interactive transaction whose commit this is (or replays)
 
-    def to_record(self) -> dict[str, Any]:
-        """What an idempotency record stores of this outcome."""
+    def to_record(self, fingerprint: str = "") -> dict[str, Any]:
+        """What an idempotency record stores of this outcome (and of the request, its
+        ``fingerprint``: a retry must be the same request)."""
         return {"pos": self.commit_position, "rows": self.rows_affected,
                 "reads": [None if r is None else [r[0], r[1]] for r in self.reads],
-                "txn": self.committed_by}
+                "txn": self.committed_by, "fp": fingerprint}
 
     @staticmethod
     def replay(record: dict[str, Any]) -> Outcome:
@@ -177,6 +229,7 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     ddl: Callable[[WriteView], None] | None = None
     idempotency_key: str = ""  # recorded with the outcome in the same write transaction
+    fingerprint: str = ""  # of the request, recorded with the key
     publish: tuple[int, list[tuple[str, str, bytes]]] | None = None  # (lease, grants)
     withdraw: list[tuple[str, str]] = field(default_factory=list)  # grants to remove
 
@@ -470,14 +523,39 @@ class SessionCheck:
         self.deadline_ok(self.lease_id)
 
 
-def replayed(view: ReadView, idempotency_key: str) -> Plan | None:
+def replayed(view: ReadView, idempotency_key: str, fingerprint: str = "") -> Plan | None:
     """The plan of a retry whose key is recorded (the first outcome, nothing applied), or
-    None."""
-    if idempotency_key:
-        first = view.idempotent_result(idempotency_key)
-        if first is not None:
-            return Plan(Outcome.replay(first))
-    return None
+    None.
+
+    Raises:
+        KeyReused: the key was first used for another request (fingerprints differ; a request
+            without one, an interactive transaction's commit, is not compared).
+        ConditionFailed, AlreadyExists, NotFound: the first attempt was refused so; the same
+            refusal again (``replayed`` set on it).
+        KeyAbandoned: the key was settled as abandoned.
+    """
+    if not idempotency_key:
+        return None
+    first = view.idempotent_result(idempotency_key)
+    if first is None:
+        return None
+    stored_fp = first.get("fp", "")
+    if fingerprint and stored_fp and stored_fp != fingerprint:
+        raise KeyReused(f"idempotency key {idempotency_key!r} was first used for a different "
+                        f"request; nothing was applied (give each new request a new key)")
+    failed = first.get("failed")
+    if failed == ABANDONED:
+        e: StorageError = KeyAbandoned(f"idempotency key {idempotency_key!r} was settled as "
+                                       f"abandoned before this write arrived; nothing was "
+                                       f"applied")
+    elif failed is not None:
+        e = REMEMBERED_FAILURES.get(str(failed), ConditionFailed)(
+            f"{first.get('msg', '')} (the first attempt with idempotency key "
+            f"{idempotency_key!r}; nothing was applied)")
+    else:
+        return Plan(Outcome.replay(first))
+    e.replayed = True  # type: ignore[attr-defined]
+    raise e
 
 
 @dataclass
@@ -496,6 +574,7 @@ class Transaction:
     session: SessionCheck | None = None
     idempotency_key: str = ""
     lock_free: bool = False
+    fingerprint: str = ""  # of the request (``replayed``)
     table_ids: dict[str, int] | None = None
     prepared: list[Prepared] | None = None
     needs: Needs | None = None
@@ -548,7 +627,7 @@ class Transaction:
         """Check everything against ``view``; see the module invariants."""
         if self.session is not None:
             self.session(view)
-        first = replayed(view, self.idempotency_key)
+        first = replayed(view, self.idempotency_key, self.fingerprint)
         if first is not None:
             return first
         if self.prepared is None:
@@ -565,7 +644,7 @@ class Transaction:
         if staging.changes:
             outcome.commit_position = position
         return Plan(outcome, staging.puts(), staging.changes,
-                    idempotency_key=self.idempotency_key)
+                    idempotency_key=self.idempotency_key, fingerprint=self.fingerprint)
 
 
 @dataclass
@@ -587,6 +666,27 @@ class CreateTable:
             outcome.value = v.create_table(self.schema)
 
         return Plan(outcome, changes=[Change(self.schema.name, "create_table", ())], ddl=ddl)
+
+
+@dataclass
+class SettleKey:
+    """``GetOutcome`` with ``settle``: the key's record (``Outcome.value``), or, when there is
+    none, a new one that marks it abandoned, so that the write, arriving later, is refused. In
+    the commit order, like the writes: an answer after it is final."""
+
+    key: str
+    wall_clock: Callable[[], float] = time.time
+
+    def plan(self, view: WriteView, position: int) -> Plan:
+        got = view.idempotent_result(self.key)
+        if got is not None:
+            return Plan(Outcome(value=got))
+        mark = {"failed": ABANDONED, "msg": "settled as abandoned by GetOutcome", "fp": ""}
+
+        def record(v: WriteView) -> None:  # logged (replicas hold it too) by the store
+            v.record_idempotent(self.key, mark, ts=self.wall_clock())
+
+        return Plan(Outcome(value=mark), ddl=record)
 
 
 @dataclass
@@ -787,12 +887,17 @@ class GroupCommitter:
             except Exception as e:  # a plan changes nothing, so only this request fails
                 if not isinstance(e, StorageError):
                     log.exception("planning a request failed")
+                key = getattr(p.work, "idempotency_key", "")
+                failure = failure_record(e, getattr(p.work, "fingerprint", "")) if key else None
+                if failure is not None:  # a retry, or GetOutcome, learns of it
+                    view.record_idempotent(key, failure, ts=self._wall_clock())
                 refused.append((p, e))
                 continue
             plan.apply(view, position)
             faultpoints.pause_if(faultpoints.PAUSE_IN_COMMIT, plan.idempotency_key)
             if plan.idempotency_key:  # before the record, so that its replay op goes with it
-                view.record_idempotent(plan.idempotency_key, plan.outcome.to_record(),
+                view.record_idempotent(plan.idempotency_key,
+                                       plan.outcome.to_record(plan.fingerprint),
                                        ts=self._wall_clock())
             if plan.changes:
                 got = view.append_log(ts=self._wall_clock(), node=self._node_id,

@@ -110,8 +110,10 @@ class _Base:
             return api.WriteResponse(rows_affected=n)
         _check_idempotency_key(idempotency_key)
         out = self.node.txns.one_shot(
-            commit.Transaction(writes, idempotency_key=idempotency_key), _timeout(context),
-            context.is_active)
+            commit.Transaction(writes, idempotency_key=idempotency_key,
+                               fingerprint=commit.request_fingerprint(writes)
+                               if idempotency_key else ""),
+            _timeout(context), context.is_active)
         return api.WriteResponse(commit_position=out.commit_position,
                                  rows_affected=out.rows_affected, replayed=out.replayed)
 
@@ -183,7 +185,8 @@ class RowService(_Base, rpc.RowServiceServicer):
         fails, since the client never learns of it then."""
         if request.transaction_id:
             raise InvalidInput("give either transaction_id or begin, not both")
-        txn = self.node.txns.begin(request.begin.read_only, client_of(context.peer()))
+        txn = self.node.txns.begin(request.begin.read_only, client_of(context.peer()),
+                                   request.begin.lifetime_ms / 1000)
         inner = type(request)()
         inner.CopyFrom(request)
         inner.ClearField("begin")
@@ -420,8 +423,11 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
             resp = api.ExecuteResponse()
             _results(found, resp.reads)
             return resp
+        key = request.idempotency_key
         out = self.node.txns.one_shot(
-            commit.Transaction(writes, checks, reads, idempotency_key=request.idempotency_key),
+            commit.Transaction(writes, checks, reads, idempotency_key=key,
+                               fingerprint=commit.request_fingerprint(writes, checks, reads)
+                               if key else ""),
             _timeout(context), context.is_active)
         resp = api.ExecuteResponse(commit_position=out.commit_position,
                                    rows_affected=out.rows_affected, replayed=out.replayed)
@@ -432,7 +438,8 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
     def Begin(self, request: api.BeginRequest, context: grpc.ServicerContext
               ) -> api.BeginResponse:
         self._at_least(request.min_position, context)
-        txn = self.node.txns.begin(request.read_only, client_of(context.peer()))
+        txn = self.node.txns.begin(request.read_only, client_of(context.peer()),
+                                   request.lifetime_ms / 1000)
         return _begun(self.node, txn.txn_id)
 
     @unary
@@ -455,11 +462,40 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
             self.node.txns.rollback(txn)
         return api.RollbackResponse()
 
+    @unary
+    def GetOutcome(self, request: api.GetOutcomeRequest, context: grpc.ServicerContext
+                   ) -> api.GetOutcomeResponse:
+        if not request.idempotency_key:
+            raise InvalidInput("idempotency_key is required")
+        _check_idempotency_key(request.idempotency_key)
+        if request.settle:
+            record = self._commit(commit.SettleKey(request.idempotency_key), context).value
+        else:
+            with self.node.reads.read() as view:
+                record = view.idempotent_result(request.idempotency_key)
+        return _outcome(record)
+
 
 def _begun(node: Node, txn_id: str) -> api.BeginResponse:
     """What Begin answers for transaction ``txn_id`` of this node."""
     return api.BeginResponse(transaction_id=txn_id, node_id=node.cfg.node_id,
                              address=node.cfg.listen)
+
+
+def _outcome(record: dict[str, Any] | None) -> api.GetOutcomeResponse:
+    """What GetOutcome answers for an idempotency record (None: there is none)."""
+    states = api.GetOutcomeResponse.State
+    if record is None:
+        return api.GetOutcomeResponse(state=states.UNKNOWN)
+    failed = record.get("failed")
+    if failed == commit.ABANDONED:
+        return api.GetOutcomeResponse(state=states.ABANDONED)
+    if failed is not None:
+        return api.GetOutcomeResponse(state=states.FAILED, failure_code=str(failed),
+                                      failure_message=str(record.get("msg", "")))
+    return api.GetOutcomeResponse(state=states.APPLIED,
+                                  commit_position=int(record.get("pos", 0)),
+                                  rows_affected=int(record.get("rows", 0)))
 
 
 def _check_idempotency_key(key: str) -> None:

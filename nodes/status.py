@@ -24,7 +24,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from lockmgr import Aborted, EtcdUnavailable, SessionExpired
-from nodes.commit import CommitTimeout, Unavailable
+from nodes.commit import CommitTimeout, KeyAbandoned, Unavailable
 from nodes.epoch import Superseded
 from nodes.limits import ResourceExhausted, client_of
 from nodes.replication import NotReplicated, PositionNotReached, ReadOnlyReplica
@@ -95,13 +95,39 @@ def abort_reason(e: BaseException) -> str | None:
     return None
 
 
+def detail_reason(e: BaseException) -> tuple[str, dict[str, str]] | None:
+    """The ErrorInfo reason (and metadata) that a FAILED_PRECONDITION or RESOURCE_EXHAUSTED
+    status carries for ``e``, so that a client tells its meanings apart without reading the
+    message; None for errors without one."""
+    if isinstance(e, KeyAbandoned):
+        return "KEY_ABANDONED", {}
+    if isinstance(e, ConditionFailed):
+        return "CONDITION_FAILED", {}
+    if isinstance(e, WrongNode):
+        return "WRONG_NODE", {}
+    if isinstance(e, ReadOnlyReplica):
+        return "READ_ONLY", {}
+    if isinstance(e, ResourceExhausted):
+        return "LIMIT", {"limit": e.limit}
+    if isinstance(e, ReadersFull):
+        return "READERS_FULL", {}
+    if isinstance(e, MapFull):
+        return "VOLUME_FULL", {}
+    return None
+
+
+def _abort_with(context: grpc.ServicerContext, code: int, message: str, reason: str,
+                metadata: dict[str, str] | None = None) -> None:
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(
+        code=code, message=message, details=[info])))
+
+
 def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
     reason = abort_reason(e)
     if reason is not None:
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
-        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
-            code=code_pb2.ABORTED, message=f"{reason}: {e}", details=[info])))
+        _abort_with(context, code_pb2.ABORTED, f"{reason}: {e}", reason)
     code = code_for(e)
     if code is None:
         log.exception("%s failed", method)
@@ -109,10 +135,11 @@ def _abort(context: grpc.ServicerContext, e: Exception, method: str) -> None:
     if code == grpc.StatusCode.UNAVAILABLE and not getattr(e, "applied_unknown", False):
         # Every UNAVAILABLE a node raises comes before any effect (refused at the gate, or etcd
         # unreachable while locking); say so, unlike a transport failure, which is ambiguous.
-        info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=NOT_APPLIED, domain=DOMAIN))
-        context.abort_with_status(rpc_status.to_status(status_pb2.Status(
-            code=code_pb2.UNAVAILABLE, message=str(e), details=[info])))
+        _abort_with(context, code_pb2.UNAVAILABLE, str(e), NOT_APPLIED)
+    detail = detail_reason(e)
+    if detail is not None and code in (grpc.StatusCode.FAILED_PRECONDITION,
+                                       grpc.StatusCode.RESOURCE_EXHAUSTED):
+        _abort_with(context, code.value[0], str(e), *detail)
     context.abort(code, str(e))
 
 

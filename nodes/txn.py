@@ -64,12 +64,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 MAX_TOMBSTONES = 10_000
+REAP_S = 0.25  # how often idle and expired transactions are looked for
 
 DEADLOCK, LOCK_TIMEOUT, FENCED = "DEADLOCK", "LOCK_TIMEOUT", "FENCED"
 NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST = "NODE_RESTARTED", "IDLE_TIMEOUT", "SESSION_LOST"
-NODE_DRAINING, TABLE_CHANGED = "NODE_DRAINING", "TABLE_CHANGED"
+NODE_DRAINING, TABLE_CHANGED, EXPIRED = "NODE_DRAINING", "TABLE_CHANGED", "EXPIRED"
 REASONS = frozenset({DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST,
-                     NODE_DRAINING, TABLE_CHANGED})
+                     NODE_DRAINING, TABLE_CHANGED, EXPIRED})
 
 
 def _reason(e: Aborted) -> str:
@@ -131,6 +132,7 @@ class Txn:
     done: bool = False
     pending_abort: tuple[str, str] | None = None  # asked while a call was running
     client: str = ""  # the connection that began it (its budgets: nodes/limits.py)
+    expires_at: float | None = None  # its lifetime's end (BeginRequest.lifetime_ms), if any
 
 
 class TransactionManager:
@@ -169,8 +171,9 @@ class TransactionManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def begin(self, read_only: bool, client: str = "") -> Txn:
-        """Open a transaction for ``client`` (a connection).
+    def begin(self, read_only: bool, client: str = "", lifetime_s: float = 0.0) -> Txn:
+        """Open a transaction for ``client`` (a connection), to live at most ``lifetime_s``
+        (0: no bound but the idle timeout).
 
         Raises:
             ResourceExhausted: the client or the node holds as many as its limit allows.
@@ -181,7 +184,8 @@ class TransactionManager:
                 self.admission.snapshots.take(client)
             txn_id = self._next_id()
             now = self._clock()
-            txn = Txn(txn_id, read_only, time.time(), now, client=client)
+            txn = Txn(txn_id, read_only, time.time(), now, client=client,
+                      expires_at=now + lifetime_s if lifetime_s > 0 else None)
             if read_only:
                 try:
                     ctx = self.store.read()
@@ -596,12 +600,16 @@ class TransactionManager:
             return list(self._open.values())
 
     def _reap_loop(self) -> None:
-        while not self._stop.wait(min(1.0, self.idle_timeout_s / 4)):
+        while not self._stop.wait(min(REAP_S, self.idle_timeout_s / 4)):
             now = self._clock()
             for txn in self.open_transactions():
-                if not txn.mutex.locked() and now - txn.last_used > self.idle_timeout_s:
+                if txn.mutex.locked():
+                    continue  # a call is running: it ends within its own bounds first
+                if now - txn.last_used > self.idle_timeout_s:
                     self.abort(txn.txn_id, IDLE_TIMEOUT,
                                f"idle for more than {self.idle_timeout_s:g} s")
+                elif txn.expires_at is not None and now > txn.expires_at:
+                    self.abort(txn.txn_id, EXPIRED, "older than the lifetime it was begun with")
 
     def close(self, reason: str = SESSION_LOST, detail: str = "node is stopping") -> None:
         """Abort every open transaction and stop the reaper."""

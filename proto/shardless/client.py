@@ -480,6 +480,10 @@ def service_config() -> dict[str, Any]:
 
 
 RECONNECT_BACKOFF_MS = (100, 1000)
+# An interactive transaction the helper begins lives at most this long (BeginRequest's
+# lifetime_ms): a lost Commit or a dead client holds its locks about twice the default lock
+# timeout at worst, instead of the node's idle timeout (30 s) after its last call.
+DEFAULT_TXN_LIFETIME_S = 20.0
 """(first, longest) wait before reconnecting to a node that went away. gRPC's default grows to
 two minutes, which would keep a restarted node idle long after it serves again."""
 
@@ -510,7 +514,8 @@ class Client:
 
     def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0,
                  attempts: int = 8, idempotent_writes: bool = True,
-                 refresh_s: float | None = 2.0) -> None:
+                 refresh_s: float | None = 2.0,
+                 txn_lifetime_s: float | None = DEFAULT_TXN_LIFETIME_S) -> None:
         """Open the channel (lazily: nothing connects until the first call).
 
         Args:
@@ -519,6 +524,10 @@ class Client:
             attempts: How many times a write or transaction is tried in all.
             idempotent_writes: Give each write an idempotency key, so that it may be retried.
             refresh_s: How often to refresh the member list (None: never; keep ``addresses``).
+            txn_lifetime_s: The longest an interactive transaction begun here may live: the
+                node rolls it back after that (ABORTED ``EXPIRED``), so that one whose client
+                died or whose Commit was lost frees its locks that soon (None: no bound but the
+                node's idle timeout).
 
         Raises:
             ValueError: bad addresses or a non-positive timeout.
@@ -526,6 +535,7 @@ class Client:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
         self.timeout_s = timeout_s
+        self.txn_lifetime_s = txn_lifetime_s
         self.attempts = max(1, attempts)
         self.idempotent_writes = idempotent_writes
         self._old_channels: list[grpc.Channel] = []
@@ -652,7 +662,9 @@ class Client:
         Use it as a context manager (commit on a clean exit, rollback on an exception) or call
         :meth:`Transaction.commit` / :meth:`Transaction.rollback`.
         """
-        resp = self._txns.Begin(api.BeginRequest(read_only=read_only), timeout=self.timeout_s)
+        lifetime_ms = round(self.txn_lifetime_s * 1000) if self.txn_lifetime_s else 0
+        resp = self._txns.Begin(api.BeginRequest(read_only=read_only, lifetime_ms=lifetime_ms),
+                                timeout=self.timeout_s)
         return Transaction(self, resp)
 
     @property
@@ -948,8 +960,11 @@ def _mark(error: grpc.RpcError, not_applied: bool) -> grpc.RpcError:
 
 
 def abort_reason(error: grpc.RpcError) -> str | None:
-    """The reason an ABORTED error carries (DEADLOCK, LOCK_TIMEOUT, FENCED, NODE_RESTARTED,
-    IDLE_TIMEOUT, SESSION_LOST, NODE_DRAINING), or None."""
+    """The reason an error carries in its ErrorInfo detail, or None: for ABORTED, DEADLOCK,
+    LOCK_TIMEOUT, FENCED, NODE_RESTARTED, IDLE_TIMEOUT, SESSION_LOST, NODE_DRAINING,
+    TABLE_CHANGED; for UNAVAILABLE, NOT_APPLIED; for FAILED_PRECONDITION, CONDITION_FAILED,
+    WRONG_NODE, READ_ONLY, KEY_ABANDONED; for RESOURCE_EXHAUSTED, LIMIT, READERS_FULL,
+    VOLUME_FULL (docs/api.md, "Errors"). ``error_reason`` is the same function."""
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
 
@@ -961,6 +976,9 @@ def abort_reason(error: grpc.RpcError) -> str | None:
         if detail.Unpack(info):
             return info.reason
     return None
+
+
+error_reason = abort_reason
 
 
 class Transaction:

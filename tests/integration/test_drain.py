@@ -138,6 +138,7 @@ def test_drain_hands_back_what_does_not_finish_in_its_grace(make_cluster) -> Non
     with pytest.raises(grpc.RpcError) as refused:
         stub.Drain(api.DrainRequest(node_id=leaving.node_id), timeout=5)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert abort_reason(refused.value) == "WRONG_NODE"
     assert leaving.node_id in (refused.value.details() or "")
     unknown = _drain("no-such-node", "--via", other.address)
     assert unknown.returncode == 1 and "no-such-node" in unknown.stderr, unknown

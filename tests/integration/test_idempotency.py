@@ -8,7 +8,15 @@ import grpc
 import pytest
 
 from nodes import faultpoints
-from shardless import Condition, Mutation, Transaction, certainly_not_applied, connect, to_row
+from shardless import (
+    Condition,
+    Mutation,
+    Transaction,
+    certainly_not_applied,
+    connect,
+    error_reason,
+    to_row,
+)
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
@@ -135,11 +143,82 @@ def test_a_commit_whose_reply_dies_with_its_node_is_applied_once_when_retried_el
     first = db.get("acct", 3)
     assert first is not None and first["bal"] == 5
     # Without the key the retry would fail with ALREADY_EXISTS; with it, it returns the first
-    # result, and a different value sent under the same key is not applied either.
-    retried = rpc.RowServiceStub(db.channel).Insert(api.WriteRowsRequest(
-        table="acct", rows=[to_row({"id": 3, "bal": 6})], idempotency_key="insert-1"),
+    # result; a different value sent under the same key is refused (the key is another
+    # request's), and applied no more than the retry.
+    rows = rpc.RowServiceStub(db.channel)
+    retried = rows.Insert(api.WriteRowsRequest(
+        table="acct", rows=[to_row({"id": 3, "bal": 5})], idempotency_key="insert-1"),
         timeout=10)
     assert retried.replayed and retried.commit_position > 0
+    with pytest.raises(grpc.RpcError) as reused:
+        rows.Insert(api.WriteRowsRequest(
+            table="acct", rows=[to_row({"id": 3, "bal": 6})], idempotency_key="insert-1"),
+            timeout=10)
+    assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reused.value
+    assert "first used for a different request" in (reused.value.details() or "")
     assert db.get("acct", 3)["bal"] == 5
+    # And the client can ask what became of the key.
+    got = rpc.TransactionServiceStub(db.channel).GetOutcome(
+        api.GetOutcomeRequest(idempotency_key="insert-1"), timeout=10)
+    assert got.state == api.GetOutcomeResponse.APPLIED
+    assert (got.commit_position, got.rows_affected) == (retried.commit_position, 1)
     assert len(list(db.scan("acct"))) == 3
     db.close()
+
+
+def test_get_outcome_tells_applied_failed_and_unknown_and_settles_a_late_write(
+        cluster: Cluster) -> None:
+    """GetOutcome on any node: a key that applied (APPLIED, its position), one whose write
+    failed its condition (FAILED, the code and message, and a retry gets the same refusal even
+    once the condition would hold), one never seen (UNKNOWN, then ABANDONED when settled, after
+    which the write sent with it is refused and applies nothing)."""
+    a, b = (grpc.insecure_channel(cluster[i].address) for i in (0, 1))
+    connect(cluster.addresses).create_table("t", {"k": "int64", "v": "string"},
+                                            primary_key="k")
+    rows_a, txns_b = rpc.RowServiceStub(a), rpc.TransactionServiceStub(b)
+    states = api.GetOutcomeResponse
+
+    def outcome(key: str, settle: bool = False) -> api.GetOutcomeResponse:
+        return txns_b.GetOutcome(api.GetOutcomeRequest(idempotency_key=key, settle=settle),
+                                 timeout=10)
+
+    first = rows_a.Upsert(api.WriteRowsRequest(
+        table="t", rows=[to_row({"k": 1, "v": "a"})], idempotency_key="w-1"), timeout=10)
+    got = outcome("w-1")
+    assert (got.state, got.commit_position, got.rows_affected) == (
+        states.APPLIED, first.commit_position, 1)
+
+    # An update of a missing row, by expected version: refused for what the data held.
+    update = api.WriteRequest(mutations=[pb.Mutation(
+        kind=pb.Mutation.UPDATE, table="t", row=to_row({"k": 2, "v": "b"}))],
+        idempotency_key="w-2")
+    with pytest.raises(grpc.RpcError) as e:
+        rows_a.Write(update, timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    got = outcome("w-2")
+    assert (got.state, got.failure_code) == (states.FAILED, "NOT_FOUND")
+    assert got.failure_message
+    rows_a.Upsert(api.WriteRowsRequest(table="t", rows=[to_row({"k": 2, "v": "z"})]),
+                  timeout=10)
+    with pytest.raises(grpc.RpcError) as e:  # the row exists now, but the key's answer stands
+        rows_a.Write(update, timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "the first attempt with idempotency key 'w-2'" in (e.value.details() or "")
+    assert connect([cluster[0].address]).get("t", 2)["v"] == "z"
+
+    assert outcome("w-3").state == states.UNKNOWN
+    assert outcome("w-3", settle=True).state == states.ABANDONED
+    with pytest.raises(grpc.RpcError) as e:
+        rows_a.Upsert(api.WriteRowsRequest(
+            table="t", rows=[to_row({"k": 3, "v": "late"})], idempotency_key="w-3"),
+            timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_reason(e.value) == "KEY_ABANDONED"
+    assert "settled as abandoned" in (e.value.details() or "")
+    assert connect([cluster[0].address]).get("t", 3) is None
+    assert outcome("w-3").state == states.ABANDONED
+    with pytest.raises(grpc.RpcError) as e:
+        outcome("")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    a.close()
+    b.close()

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shardless import connect, to_key
+from shardless import connect, error_reason, to_key
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from tests.harness.cluster import Cluster, wait_for
@@ -116,8 +116,10 @@ def test_read_only_transactions_are_bounded_per_client_and_per_node(
         stub.Rollback(api.RollbackRequest(transaction_id=txn_id), timeout=5)
         again = first.Begin(api.BeginRequest(read_only=True), timeout=5)
         assert again.transaction_id
-        code, details = _code(lambda: first.Begin(api.BeginRequest(read_only=True), timeout=5))
-        assert code == RE, (code, details)
+        with pytest.raises(grpc.RpcError) as e:
+            first.Begin(api.BeginRequest(read_only=True), timeout=5)
+        assert e.value.code() == RE
+        assert error_reason(e.value) == "LIMIT"  # and the limit in its metadata
     # Closing the channels does not end the transactions; the idle timeout does. Until then
     # the node still serves everyone else.
     _others_work(cluster, 4)

@@ -581,8 +581,9 @@ def test_transaction_ids_are_bound_to_their_node_and_checked(cluster: Cluster) -
     try:
         assert t.node_id == cluster[0].node_id and t.address == cluster[0].address
         t.get("acct", 1)
-        code, _, details = _code_and_reason(lambda: _get_in(c1, t.id, "acct", 1))
+        code, reason, details = _code_and_reason(lambda: _get_in(c1, t.id, "acct", 1))
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+        assert reason == "WRONG_NODE", reason  # not a failed condition
         assert t.node_id in details, details
         txns_elsewhere = api_grpc.TransactionServiceStub(c1.channel)
         rows_elsewhere = api_grpc.RowServiceStub(c1.channel)
@@ -689,6 +690,44 @@ def test_an_idle_transaction_is_rolled_back_and_its_locks_freed(
                 _end(t)
     assert [r["bal"] for r in c1.scan("acct")] == [11, 21]
     _close([c0, c1])
+
+
+def test_a_transaction_past_its_lifetime_is_rolled_back_though_its_client_kept_calling(
+        cluster: Cluster) -> None:
+    """A transaction begun with a lifetime of 1.5 s (``txn_lifetime_s``; the node's idle
+    timeout is 30 s) that keeps calling is rolled back once it is that old: another node's
+    transaction then gets its row, its write never lands, and its next call gets ABORTED
+    EXPIRED. Its Commit is never sent, as when a Commit is lost on its way."""
+    short = connect([cluster[0].address], timeout_s=CALL_TIMEOUT_S, txn_lifetime_s=1.5)
+    c1 = connect([cluster[1].address], timeout_s=CALL_TIMEOUT_S)
+    short.create_table("acct", {"id": "int64", "bal": "int64"}, primary_key="id")
+    short.insert("acct", {"id": 1, "bal": 10})
+    t = short.begin()
+    other = None
+    try:
+        begun = time.monotonic()
+        t.get("acct", 1, for_update=True)
+        t.update("acct", {"id": 1, "bal": 999})
+        ended = None
+        while time.monotonic() - begun < 5:
+            try:
+                t.get("acct", 1)  # never idle for long
+            except grpc.RpcError as e:
+                ended = e
+                break
+            time.sleep(0.2)
+        assert ended is not None, "the transaction outlived its lifetime"
+        assert (ended.code(), abort_reason(ended)) == (ABORTED, "EXPIRED"), ended
+        took = time.monotonic() - begun
+        assert 1.5 <= took < 3.5, f"rolled back {took:.2f} s after it began"
+        other = c1.begin()
+        assert other.get("acct", 1, for_update=True)["bal"] == 10
+        other.commit()
+    finally:
+        for x in (t, other):
+            if x is not None:
+                _end(x)
+    _close([short, c1])
 
 
 def test_a_row_read_in_a_read_write_transaction_cannot_change_until_it_ends(

@@ -1,5 +1,6 @@
 from shardless.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -199,13 +200,49 @@ class ScanResponse(_message.Message):
     packed: _types_pb2.PackedRows
     def __init__(self, rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
 
+class GetOutcomeRequest(_message.Message):
+    __slots__ = ("idempotency_key", "settle")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SETTLE_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    settle: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., settle: _Optional[bool] = ...) -> None: ...
+
+class GetOutcomeResponse(_message.Message):
+    __slots__ = ("state", "commit_position", "rows_affected", "failure_code", "failure_message")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[GetOutcomeResponse.State]
+        UNKNOWN: _ClassVar[GetOutcomeResponse.State]
+        APPLIED: _ClassVar[GetOutcomeResponse.State]
+        FAILED: _ClassVar[GetOutcomeResponse.State]
+        ABANDONED: _ClassVar[GetOutcomeResponse.State]
+    STATE_UNSPECIFIED: GetOutcomeResponse.State
+    UNKNOWN: GetOutcomeResponse.State
+    APPLIED: GetOutcomeResponse.State
+    FAILED: GetOutcomeResponse.State
+    ABANDONED: GetOutcomeResponse.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    state: GetOutcomeResponse.State
+    commit_position: int
+    rows_affected: int
+    failure_code: str
+    failure_message: str
+    def __init__(self, state: _Optional[_Union[GetOutcomeResponse.State, str]] = ..., commit_position: _Optional[int] = ..., rows_affected: _Optional[int] = ..., failure_code: _Optional[str] = ..., failure_message: _Optional[str] = ...) -> None: ...
+
 class BeginRequest(_message.Message):
-    __slots__ = ("read_only", "min_position")
+    __slots__ = ("read_only", "min_position", "lifetime_ms")
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_MS_FIELD_NUMBER: _ClassVar[int]
     read_only: bool
     min_position: int
-    def __init__(self, read_only: _Optional[bool] = ..., min_position: _Optional[int] = ...) -> None: ...
+    lifetime_ms: int
+    def __init__(self, read_only: _Optional[bool] = ..., min_position: _Optional[int] = ..., lifetime_ms: _Optional[int] = ...) -> None: ...
 
 class BeginResponse(_message.Message):
     __slots__ = ("transaction_id", "node_id", "address")

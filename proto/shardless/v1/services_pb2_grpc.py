@@ -639,6 +639,11 @@ class TransactionServiceStub:
                 request_serializer=shardless_dot_v1_dot_services__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=shardless_dot_v1_dot_services__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.GetOutcome = channel.unary_unary(
+                '/shardless.v1.TransactionService/GetOutcome',
+                request_serializer=shardless_dot_v1_dot_services__pb2.GetOutcomeRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.GetOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class TransactionServiceServicer:
@@ -674,6 +679,14 @@ class TransactionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutcome(self, request, context):
+        """What became of a write sent with an idempotency key, after an ambiguous failure (a lost
+        reply, DEADLINE_EXCEEDED, UNAVAILABLE without NOT_APPLIED): see GetOutcomeRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransactionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -696,6 +709,11 @@ def add_TransactionServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=shardless_dot_v1_dot_services__pb2.RollbackRequest.FromString,
                     response_serializer=shardless_dot_v1_dot_services__pb2.RollbackResponse.SerializeToString,
+            ),
+            'GetOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutcome,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.GetOutcomeRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.GetOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -808,6 +826,33 @@ class TransactionService:
             '/shardless.v1.TransactionService/Rollback',
             shardless_dot_v1_dot_services__pb2.RollbackRequest.SerializeToString,
             shardless_dot_v1_dot_services__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.TransactionService/GetOutcome',
+            shardless_dot_v1_dot_services__pb2.GetOutcomeRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.GetOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,12 +21,16 @@ from nodes.commit import (
     CreateTable,
     DropTable,
     GroupCommitter,
+    KeyAbandoned,
+    KeyReused,
     Outcome,
     Plan,
     Read,
+    SettleKey,
     Transaction,
     Unavailable,
     Write,
+    request_fingerprint,
 )
 from storage import (
     AlreadyExists,
@@ -589,3 +593,87 @@ def test_confirm_lets_the_outcome_through_when_it_passes(store: Store):
     finally:
         gc.close()
     assert out.commit_position == 1 and row(store, 1) is not None
+
+
+# -- idempotency keys: fingerprints, remembered refusals, settling -------------------------------
+
+
+def keyed(*writes: Write, key: str = "k1", checks=()) -> Transaction:
+    ws = list(writes)
+    return Transaction(ws, list(checks), idempotency_key=key,
+                       fingerprint=request_fingerprint(ws, list(checks)))
+
+
+def test_a_retry_with_the_same_key_and_request_replays_the_first_outcome(
+        committer: GroupCommitter, store: Store):
+    first = committer.submit(keyed(ins(1)), timeout_s=5)
+    again = committer.submit(keyed(ins(1)), timeout_s=5)
+    assert again.replayed and again.commit_position == first.commit_position
+    assert commit_position(store) == first.commit_position  # nothing applied again
+
+
+def test_a_key_reused_for_another_request_is_refused_and_applies_nothing(
+        committer: GroupCommitter, store: Store):
+    committer.submit(keyed(ins(1, "a")), timeout_s=5)
+    before = commit_position(store)
+    with pytest.raises(KeyReused, match="first used for a different request"):
+        committer.submit(keyed(ins(2, "b")), timeout_s=5)
+    assert row(store, 2) is None and commit_position(store) == before
+
+
+def test_the_fingerprint_tells_requests_apart_by_every_part():
+    base = request_fingerprint([ins(1, "a")])
+    assert request_fingerprint([ins(1, "a")]) == base
+    others = [
+        [ins(1, "b")], [ins(2, "a")], [Write("t", UPSERT, {"id": 1, "v": "a", "n": None})],
+        [ins(1, "a", expected_version=3)], [ins(1, "a"), ins(2)],
+        [Write("t", INSERT, {"id": 1.0, "v": "a", "n": None})],  # 1.0 is not 1
+    ]
+    assert len({request_fingerprint(w) for w in others} | {base}) == len(others) + 1
+    check = Check("t", (1,), "exists", exists=True)
+    assert request_fingerprint([ins(1, "a")], [check]) != base
+
+
+def test_a_refusal_decided_by_the_data_is_remembered_under_its_key(
+        committer: GroupCommitter, store: Store):
+    committer.submit(tx(ins(1)), timeout_s=5)
+    with pytest.raises(AlreadyExists):
+        committer.submit(keyed(ins(1), key="dup"), timeout_s=5)
+    # The row goes; a retry of the same request still gets the first answer, and applies
+    # nothing (the first attempt's outcome stands, whatever the data says now).
+    committer.submit(tx(Write("t", DELETE, {"id": 1})), timeout_s=5)
+    with pytest.raises(AlreadyExists, match="the first attempt with idempotency key 'dup'"):
+        committer.submit(keyed(ins(1), key="dup"), timeout_s=5)
+    assert row(store, 1) is None
+    with store.read() as view:
+        assert view.idempotent_result("dup")["failed"] == "ALREADY_EXISTS"
+
+
+def test_a_refusal_for_a_malformed_request_is_not_remembered(committer: GroupCommitter,
+                                                             store: Store):
+    with pytest.raises(InvalidInput):
+        committer.submit(keyed(Write("t", INSERT, {"id": 1, "nope": 1}), key="bad"),
+                         timeout_s=5)
+    with store.read() as view:
+        assert view.idempotent_result("bad") is None
+
+
+def test_settling_an_unknown_key_abandons_it_and_the_late_write_is_refused(
+        committer: GroupCommitter, store: Store):
+    got = committer.submit(SettleKey("late"), timeout_s=5).value
+    assert got["failed"] == "ABANDONED"
+    with pytest.raises(KeyAbandoned, match="settled as abandoned"):
+        committer.submit(keyed(ins(7), key="late"), timeout_s=5)
+    assert row(store, 7) is None
+    # Settling again, or settling a key that applied, answers what is recorded.
+    assert committer.submit(SettleKey("late"), timeout_s=5).value["failed"] == "ABANDONED"
+    first = committer.submit(keyed(ins(8), key="done"), timeout_s=5)
+    rec = committer.submit(SettleKey("done"), timeout_s=5).value
+    assert rec["pos"] == first.commit_position and "failed" not in rec
+
+
+def test_the_abandoned_mark_is_in_the_commit_log_for_replicas(committer: GroupCommitter,
+                                                              store: Store):
+    before = commit_position(store)
+    committer.submit(SettleKey("late"), timeout_s=5)
+    assert commit_position(store) == before + 1  # a record of its own carries the mark

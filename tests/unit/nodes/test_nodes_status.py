@@ -95,3 +95,27 @@ def test_a_subclass_of_a_domain_error_maps_like_its_parent():
 def test_an_unknown_exception_maps_to_none(error: BaseException):
     """Anything that is not a listed domain error has no code (the guard makes it INTERNAL)."""
     assert code_for(error) is None
+
+
+def test_failed_precondition_and_resource_exhausted_tell_their_meanings_apart():
+    """Each FAILED_PRECONDITION and RESOURCE_EXHAUSTED error carries a reason of its own."""
+    from nodes.commit import KeyAbandoned
+    from nodes.status import detail_reason
+
+    cases = {
+        ConditionFailed("x"): "CONDITION_FAILED",
+        KeyAbandoned("x"): "KEY_ABANDONED",
+        WrongNode("x"): "WRONG_NODE",
+        ReadOnlyReplica("x"): "READ_ONLY",
+        ResourceExhausted("--max-streams", "x"): "LIMIT",
+        ReadersFull("x"): "READERS_FULL",
+        MapFull("x"): "VOLUME_FULL",
+    }
+    for err, reason in cases.items():
+        got = detail_reason(err)
+        assert got is not None and got[0] == reason, (err, got)
+        assert code_for(err) in (grpc.StatusCode.FAILED_PRECONDITION,
+                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert detail_reason(ResourceExhausted("--max-streams", "x"))[1] == {  # type: ignore[index]
+        "limit": "--max-streams"}
+    assert detail_reason(InvalidInput("x")) is None
