@@ -303,6 +303,9 @@ def _run_status(args: argparse.Namespace) -> int:
         print(f"replica {r.replica_id} at {r.address} ({r.mode}{state}"
               f"{'' if r.caught_up else ', catching up'}): position {r.position}, "
               f"lag {r.lag_positions} position(s), {r.lag_seconds:.3f} s")
+    for rd in st.readers:
+        print(f"read-only node {rd.node_id} at {rd.address} (on copy {rd.volume_id}): "
+              f"position {rd.position}, lag {rd.lag_positions} position(s)")
     print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
     print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
     for m in st.members:

@@ -31,7 +31,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
@@ -42,7 +42,14 @@ from nodes.epoch import EpochGuard, EpochRecord, Superseded
 from nodes.leader import Leader
 from nodes.limits import Admission
 from nodes.membership import Membership
-from nodes.replication import BarrierStore, SyncGate, lag, read_replicas, wait_for_position
+from nodes.replication import (
+    BarrierStore,
+    SyncGate,
+    lag,
+    read_readers,
+    read_replicas,
+    wait_for_position,
+)
 from nodes.status import DecodeGuard
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
@@ -160,6 +167,23 @@ class StorageFencer:
         """Write the fence record of ``lease_id`` (in its own, synced, write transaction)."""
         self._store.transact(lambda view: view.fence(lease_id, ts=time.time(),
                                                      by=self._node_id))
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection(srv: grpc.Server, services: list[str]) -> None:
+    """Server reflection under both names tools use: ``grpc.reflection.v1alpha`` (what
+    grpcio-reflection serves) and ``grpc.reflection.v1`` (what newer tools ask first, e.g.
+    grpcurl and grpc-js's clients). The two protocols are the same messages under another
+    package, so one servicer answers both."""
+    servicer = reflection.ReflectionServicer([*services, reflection.SERVICE_NAME, REFLECTION_V1])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, srv)
+    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)})])
 
 
 class Node:
@@ -315,9 +339,8 @@ class Node:
         rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
         rpc.add_ClusterServiceServicer_to_server(server.ClusterService(self), srv)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], srv)
+        _serve_reflection(srv, [*SERVICE_NAMES,
+                                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
         return srv
 
     @staticmethod
@@ -471,8 +494,9 @@ class Node:
         assert self.store is not None and self.membership is not None and self.etcd is not None
         try:
             replicas = read_replicas(self.etcd, self.cfg.cluster)
+            readers = read_readers(self.etcd, self.cfg.cluster)
         except EtcdUnavailable:
-            replicas = []
+            replicas, readers = [], []
         if self.sync_gate is not None:  # its reports reach the nodes before its record
             replicas = [dataclasses.replace(r, position=max(
                 r.position, self.sync_gate.position_of(r.replica_id))) for r in replicas]
@@ -495,6 +519,11 @@ class Node:
                             registered=True, volume_id=r.volume_id,
                             primary_last=r.primary_last)
             for r, lg in zip(replicas, lags, strict=True))
+        out.readers.extend(
+            api.ReaderInfo(node_id=r.node_id, address=r.address, volume_id=r.volume_id,
+                           position=r.position, lag_positions=max(0, position - r.position),
+                           updated_at=r.updated_at)
+            for r in readers)
         registered = {r.replica_id for r in replicas}
         out.replicas.extend(
             api.ReplicaInfo(replica_id=rid, mode="sync", sync_state=state, registered=False,

@@ -22,8 +22,9 @@ Life:
    (``nodes/epoch.py``), the node stops and its process serves the volume as a full node on
    the same address (``nodes/cli.py``): "nodes on the replica's host start serving writes".
 
-It does not register in etcd (clients reach it by its address; it is not a member of the
-primary, so the primary's nodes neither wait for it nor count it).
+It is not a member of the primary (the primary's nodes neither wait for it nor count it): it
+registers only a record under ``<cluster>/readers/<id>`` on a lease of its own, with its address
+and position, so that ``shardless status`` lists it; the record goes with its lease.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lockmgr import EtcdClient, EtcdUnavailable
+from lockmgr import EtcdClient, EtcdUnavailable, Session, SessionExpired
 from nodes import server as server_mod
 from nodes.commit import Unavailable
 from nodes.config import NodeConfig
 from nodes.epoch import PRIMARY, read_epoch
 from nodes.membership import read_members
 from nodes.readface import ReadFace
+from nodes.replication import ReaderRecord, reader_key
 from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -99,6 +101,7 @@ class ReaderNode:
         self._inode = 0
         self._addresses: list[str] = []
         self._members_at = 0.0
+        self.session: Session | None = None  # the lease its record in etcd is on
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
 
@@ -149,6 +152,8 @@ class ReaderNode:
             grace = 0.1 if self.promoted else self.cfg.grace_s
             self.server.stop(grace=grace).wait(grace + 1)
         self._close()
+        if self.session is not None:
+            self.session.close()  # its record goes with its lease
         if self.etcd is not None:
             self.etcd.close()
 
@@ -173,6 +178,7 @@ class ReaderNode:
                 self._addresses = sorted({m.address for m in read_members(
                     self.etcd, self.cfg.cluster) if m.volume_id != self.volume_id})
                 self._members_at = time.monotonic()
+                self._register()
             rec = read_epoch(self.etcd, self.cfg.cluster)
         except EtcdUnavailable as e:
             # A new client: the old one may refuse a member it saw fail (python3-etcd3 marks it
@@ -189,6 +195,22 @@ class ReaderNode:
                         self.cfg.listen)
             self.promoted = True
             self.stop_requested.set()
+
+    def _register(self) -> None:
+        """Publish its record (address, copy, position) on its own lease, for status."""
+        assert self.etcd is not None
+        try:
+            if self.session is None or not self.session.is_valid():
+                if self.session is not None:
+                    self.session.close()
+                self.session = Session(self.etcd, self.cfg.ttl_s,
+                                       etcd_timeout_s=self.cfg.etcd_timeout_s)
+            rec = ReaderRecord(self.cfg.node_id, self.cfg.listen, self.volume_id,
+                               self.position, time.time())
+            self.etcd.put(reader_key(self.cfg.cluster, self.cfg.node_id), rec.encode(),
+                          self.session.lease_id)
+        except SessionExpired as e:
+            log.info("read-only node %s: could not register: %s", self.cfg.node_id, e)
 
     # the copy
 

@@ -79,6 +79,45 @@ class ReplicaRecord:
             return None
 
 
+def reader_key(cluster: str, node_id: str) -> bytes:
+    """The etcd key of one read-only node's record (``nodes/reader.py``)."""
+    return cluster_prefix(cluster) + b"readers/" + node_id.encode()
+
+
+@dataclass(frozen=True)
+class ReaderRecord:
+    """A read-only node on a replica's copy, as it registers itself (on a lease)."""
+
+    node_id: str
+    address: str
+    volume_id: str
+    position: int
+    updated_at: float
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> ReaderRecord | None:
+        try:
+            d = json.loads(raw)
+            return ReaderRecord(str(d["node_id"]), str(d["address"]), str(d["volume_id"]),
+                                int(d["position"]), float(d["updated_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def read_readers(etcd: EtcdClient, cluster: str) -> list[ReaderRecord]:
+    """Every registered read-only node, by id.
+
+    Raises:
+        EtcdUnavailable: etcd did not answer.
+    """
+    got = (ReaderRecord.decode(kv.value)
+           for kv in etcd.get_prefix(cluster_prefix(cluster) + b"readers/"))
+    return sorted((r for r in got if r is not None), key=lambda r: r.node_id)
+
+
 def read_replicas(etcd: EtcdClient, cluster: str) -> list[ReplicaRecord]:
     """Every registered replica, by id.
 

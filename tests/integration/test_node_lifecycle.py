@@ -31,9 +31,24 @@ def test_health_and_reflection_answer_like_standard_grpc_tools_expect(cluster: C
         answers = list(refl.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
         names = {s.name for s in answers[0].list_services_response.service}
-    assert {"shardless.v1.TableService", "shardless.v1.RowService",
-            "shardless.v1.TransactionService", "shardless.v1.ClusterService",
-            "grpc.health.v1.Health"} <= names
+        # Reflection v1 (what newer tools ask first) answers too: the same messages under
+        # another package name.
+        v1 = ch.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        asked = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                 reflection_pb2.ServerReflectionRequest(
+                     file_containing_symbol="shardless.v1.RowService")]
+        got = list(v1(iter(asked), timeout=5))
+        names_v1 = {s.name for s in got[0].list_services_response.service}
+        assert got[1].file_descriptor_response.file_descriptor_proto, got[1]
+    wanted = {"shardless.v1.TableService", "shardless.v1.RowService",
+              "shardless.v1.TransactionService", "shardless.v1.ClusterService",
+              "grpc.health.v1.Health"}
+    assert wanted <= names
+    assert wanted | {"grpc.reflection.v1.ServerReflection",
+                     "grpc.reflection.v1alpha.ServerReflection"} <= names_v1
 
 
 def test_sigterm_finishes_in_flight_calls_and_leaves_the_member_list_at_once(

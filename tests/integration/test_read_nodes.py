@@ -5,19 +5,22 @@ writes naming a primary node, and serves writes once the replica is promoted."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
 
 from nodes.etcdserver import free_port
-from nodes.up import NodeProcess, ReplicaProcess
-from shardless import connect, to_key
+from nodes.up import NodeProcess, ReplicaProcess, node_env
+from shardless import connect, error_reason, to_key
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from tests.harness.cluster import Cluster, wait_for
 from tests.integration.test_promotion import (
     promote,
+    replica_info,
     rows_of,
     serving,
     start_replica,
@@ -76,8 +79,21 @@ def test_a_node_on_a_replicas_volume_reads_at_its_position_refuses_writes_and_ta
                 pytest.raises(grpc.RpcError) as e:
             reader.upsert("t", {"id": 5, "v": "no"})
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value
+        assert error_reason(e.value) == "READ_ONLY"
         assert cluster.addresses[0] in (e.value.details() or ""), e.value.details()
         assert db.get("t", 5)["v"] == "a5"
+
+        # The primary's status lists it, at the copy's position.
+        def listed() -> list[api.ReaderInfo]:
+            return [rd for rd in db.status().readers if rd.node_id == "b1"]
+
+        wait_for(lambda: listed() and listed()[0].position >= pos, 20,
+                 message="status to list b1 at the copy's position")
+        (rd,) = listed()
+        assert rd.address == b.address and rd.volume_id == replica_info(cluster, "r1").volume_id  # type: ignore[union-attr]
+        out = subprocess.run([sys.executable, "-m", "nodes", "status", cluster.addresses[0]],
+                             capture_output=True, text=True, timeout=30, env=node_env())
+        assert f"read-only node b1 at {b.address}" in out.stdout, out.stdout + out.stderr
 
     # The replica is promoted: the node on its volume turns into a node of the primary.
     got = promote(cluster, "r1")
@@ -107,6 +123,9 @@ def test_a_read_only_node_follows_its_replica_to_a_new_copy(
     # Meanwhile the node serves the old copy, as it was.
     with connect([b.address], refresh_s=None) as reader:
         assert [row["id"] for row in reader.scan("t")] == [-1]
+    # The leader trims the log in its own cycle: wait until the replica's place is gone.
+    wait_for(lambda: db.status().log_oldest_position > 3, 30,
+             message="the log trimmed past the replica's place")
     r.start()
     wait_for(lambda: "lost its place" in r.log_tail(400), 60, message="the replica notices")
 

@@ -367,7 +367,7 @@ class Member(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., session: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[float] = ..., session_ttl_remaining: _Optional[int] = ..., group: _Optional[str] = ..., public_address: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes", "replicas", "epoch", "primary_volume_id", "volume_id")
+    __slots__ = ("node_id", "members", "leader", "volume", "commit_position", "cluster", "version", "locks", "waits", "transactions", "leader_activity", "counters", "log_oldest_position", "log_bytes", "replicas", "epoch", "primary_volume_id", "volume_id", "readers")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +393,7 @@ class StatusResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    READERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     members: _containers.RepeatedCompositeFieldContainer[Member]
     leader: str
@@ -411,7 +412,24 @@ class StatusResponse(_message.Message):
     epoch: int
     primary_volume_id: str
     volume_id: str
-    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., epoch: _Optional[int] = ..., primary_volume_id: _Optional[str] = ..., volume_id: _Optional[str] = ...) -> None: ...
+    readers: _containers.RepeatedCompositeFieldContainer[ReaderInfo]
+    def __init__(self, node_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., leader: _Optional[str] = ..., volume: _Optional[str] = ..., commit_position: _Optional[int] = ..., cluster: _Optional[str] = ..., version: _Optional[str] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., waits: _Optional[_Iterable[_Union[WaitInfo, _Mapping]]] = ..., transactions: _Optional[_Iterable[_Union[TransactionInfo, _Mapping]]] = ..., leader_activity: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., log_oldest_position: _Optional[int] = ..., log_bytes: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., epoch: _Optional[int] = ..., primary_volume_id: _Optional[str] = ..., volume_id: _Optional[str] = ..., readers: _Optional[_Iterable[_Union[ReaderInfo, _Mapping]]] = ...) -> None: ...
+
+class ReaderInfo(_message.Message):
+    __slots__ = ("node_id", "address", "volume_id", "position", "lag_positions", "updated_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAG_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    volume_id: str
+    position: int
+    lag_positions: int
+    updated_at: float
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., volume_id: _Optional[str] = ..., position: _Optional[int] = ..., lag_positions: _Optional[int] = ..., updated_at: _Optional[float] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
     __slots__ = ("replica_id", "address", "mode", "position", "caught_up", "lag_positions", "lag_seconds", "updated_at", "sync_state", "registered", "volume_id", "primary_last")
