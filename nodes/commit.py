@@ -29,17 +29,14 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import msgpack
 
 from lockmgr import LockMode, Resource
 from nodes import faultpoints
@@ -112,25 +109,6 @@ REMEMBERED_FAILURES: dict[str, type[StorageError]] = {
 ABANDONED = "ABANDONED"
 
 
-def request_fingerprint(writes: Sequence[Write], checks: Sequence[Check] = (),
-                        reads: Sequence[Read] = ()) -> str:
-    """A digest of what a one-shot request asks (its writes, conditions and reads, in order):
-    stored with its idempotency key, so that the key reused for another request is refused."""
-
-    def row(r: dict[str, Value]) -> list[Any]:
-        return sorted([k, type(v).__name__, v] for k, v in r.items())
-
-    def key(k: tuple[Value, ...] | None) -> list[Any] | None:
-        return None if k is None else [[type(v).__name__, v] for v in k]
-
-    body = msgpack.packb([
-        [[w.table, w.kind, row(w.row), w.expected_version, key(w.key)] for w in writes],
-        [[c.table, key(c.key), c.kind, c.exists, c.version, c.column,
-          type(c.value).__name__, c.value] for c in checks],
-        [[r.table, key(r.key), list(r.columns)] for r in reads]], use_bin_type=True)
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
-
-
 def failure_record(e: Exception, fingerprint: str) -> dict[str, Any] | None:
     """What an idempotency record stores of a refusal decided by the data, or None if ``e``
     is not one (or is itself a replayed one)."""
@@ -161,6 +139,9 @@ class Write:
     row: dict[str, Value]
     expected_version: int | None = None
     key: tuple[Value, ...] | None = None  # a delete may name its row by key instead of row
+    # An insert or upsert of a packed row (``PackedRows``): the columns (one tuple object
+    # shared by the rows of a request) and the values in their order, instead of ``row``.
+    packed: tuple[tuple[str, ...], list[Value]] | None = None
 
 
 @dataclass(frozen=True)
@@ -352,8 +333,25 @@ def prepare(tables: Callable[[str], Schema], writes: list[Write]) -> list[Prepar
         InvalidInput, NotFound: a table is missing, or a key or row is malformed.
     """
     out = []
+    layouts: dict[tuple[int, int], Any] = {}  # (table id, id of the columns tuple) -> layout
     for i, w in enumerate(writes):
         schema = tables(w.table)
+        if w.packed is not None:  # the rows of a packed write: no dict, one layout
+            if w.kind not in (INSERT, UPSERT):
+                raise InvalidInput("packed rows are for Insert and Upsert")
+            cols, vals = w.packed
+            layout = layouts.get((schema.table_id, id(cols)))
+            if layout is None:
+                layout = layouts[(schema.table_id, id(cols))] = schema.layout(cols)
+            try:
+                values = schema.row_from(layout, vals)
+            except InvalidInput as e:
+                raise InvalidInput(f"row {i}: {e}") from e
+            key = schema.key_from(values)
+            pw = Prepared(i, w, schema, key, schema.check_key(key), values,
+                          encode_values(values))
+            out.append(pw)
+            continue
         key = w.key if w.key is not None else schema.key_of(w.row)
         pw = Prepared(i, w, schema, key, schema.check_key(key))
         if w.kind in (INSERT, UPSERT):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import msgpack
+
 from shardless.v1 import types_pb2 as pb
 from storage import Column, InvalidInput, Schema, Value
 from storage.keycode import INT64_BIAS, INT64_PACK, INT_TAG
@@ -123,6 +125,26 @@ def packed_array(parts: list[bytes]) -> bytes:
     else:
         head = b"\xdd" + n.to_bytes(4, "big")
     return head + b"".join(parts)
+
+
+def unpacked_rows(packed: pb.PackedRows) -> tuple[tuple[str, ...], list[list[Value]]]:
+    """The columns and the rows' values of packed rows sent to be written.
+
+    Raises:
+        InvalidInput: ``rows`` is not a MessagePack array of ``[version, [value, ...]]``.
+    """
+    try:
+        got = msgpack.unpackb(packed.rows, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise InvalidInput(f"packed rows are not valid MessagePack: {e}") from e
+    if not isinstance(got, list):
+        raise InvalidInput("packed rows must be a MessagePack array")
+    out = []
+    for i, r in enumerate(got):
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[1], list)):
+            raise InvalidInput(f"packed row {i} is not [version, [value, ...]]")
+        out.append(r[1])
+    return tuple(packed.columns), out
 
 
 def packed_row(version: int, values: list[Value]) -> bytes:

@@ -7,6 +7,7 @@ snapshot taken when the call starts; writes go through the node's group committe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -96,7 +97,8 @@ class _Base:
                                           is_active=context.is_active)
 
     def _write(self, writes: list[commit.Write], context: grpc.ServicerContext,
-               txn_id: str = "", idempotency_key: str = "") -> api.WriteResponse:
+               txn_id: str = "", idempotency_key: str = "", fingerprint: str = ""
+               ) -> api.WriteResponse:
         if not writes:
             raise InvalidInput("no rows given")
         if len(writes) > MAX_KEYS_PER_CALL:
@@ -111,8 +113,7 @@ class _Base:
         _check_idempotency_key(idempotency_key)
         out = self.node.txns.one_shot(
             commit.Transaction(writes, idempotency_key=idempotency_key,
-                               fingerprint=commit.request_fingerprint(writes)
-                               if idempotency_key else ""),
+                               fingerprint=fingerprint if idempotency_key else ""),
             _timeout(context), context.is_active)
         return api.WriteResponse(commit_position=out.commit_position,
                                  rows_affected=out.rows_affected, replayed=out.replayed)
@@ -267,9 +268,15 @@ class RowService(_Base, rpc.RowServiceServicer):
 
     def _rows(self, request: api.WriteRowsRequest, kind: str, context: grpc.ServicerContext
               ) -> api.WriteResponse:
-        return self._write([commit.Write(request.table, kind, convert.row(r))
-                            for r in request.rows], context, request.transaction_id,
-                           request.idempotency_key)
+        if request.HasField("packed"):
+            if request.rows:
+                raise InvalidInput("give either rows or packed, not both")
+            cols, rows = convert.unpacked_rows(request.packed)
+            writes = [commit.Write(request.table, kind, {}, packed=(cols, r)) for r in rows]
+        else:
+            writes = [commit.Write(request.table, kind, convert.row(r)) for r in request.rows]
+        return self._write(writes, context, request.transaction_id, request.idempotency_key,
+                           _fingerprint_if_keyed(kind, request))
 
     @unary
     def Insert(self, request: api.WriteRowsRequest, context: grpc.ServicerContext
@@ -291,13 +298,15 @@ class RowService(_Base, rpc.RowServiceServicer):
                ) -> api.WriteResponse:
         return self._write([commit.Write(request.table, commit.DELETE, {}, key=convert.key(k))
                             for k in request.keys], context, request.transaction_id,
-                           request.idempotency_key)
+                           request.idempotency_key,
+                           _fingerprint_if_keyed("Delete", request))
 
     @unary
     def Write(self, request: api.WriteRequest, context: grpc.ServicerContext
               ) -> api.WriteResponse:
         return self._write([_mutation(m) for m in request.mutations], context,
-                           request.transaction_id, request.idempotency_key)
+                           request.transaction_id, request.idempotency_key,
+                           _fingerprint_if_keyed("Write", request))
 
     @stream
     def Scan(self, request: api.ScanRequest, context: grpc.ServicerContext
@@ -426,7 +435,7 @@ class TransactionService(_Base, rpc.TransactionServiceServicer):
         key = request.idempotency_key
         out = self.node.txns.one_shot(
             commit.Transaction(writes, checks, reads, idempotency_key=key,
-                               fingerprint=commit.request_fingerprint(writes, checks, reads)
+                               fingerprint=request_fingerprint("Execute", request)
                                if key else ""),
             _timeout(context), context.is_active)
         resp = api.ExecuteResponse(commit_position=out.commit_position,
@@ -496,6 +505,20 @@ def _outcome(record: dict[str, Any] | None) -> api.GetOutcomeResponse:
     return api.GetOutcomeResponse(state=states.APPLIED,
                                   commit_position=int(record.get("pos", 0)),
                                   rows_affected=int(record.get("rows", 0)))
+
+
+def request_fingerprint(method: str, request: Any) -> str:
+    """A digest of what a request asks: stored with its idempotency key, so that the key
+    reused for another request is refused (``commit.replayed``). Of the request's bytes
+    (deterministic: map entries in key order) and its method, so one digest costs a
+    serialization in C, not a walk over the rows in Python; the key itself is in the bytes,
+    which is the same for every retry."""
+    body = request.SerializeToString(deterministic=True)
+    return hashlib.blake2b(method.encode() + b"\0" + body, digest_size=16).hexdigest()
+
+
+def _fingerprint_if_keyed(method: str, request: Any) -> str:
+    return request_fingerprint(method, request) if request.idempotency_key else ""
 
 
 def _check_idempotency_key(key: str) -> None:

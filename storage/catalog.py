@@ -12,7 +12,7 @@ at most ``keys.MAX_ENCODED_PK`` bytes; an encoded row of at most ``MAX_ROW_BYTES
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,10 @@ class Schema:
         object.__setattr__(self, "_pk_types",
                            tuple(_PY_TYPE.get(c.type) for c in self.pk_columns))
         object.__setattr__(self, "_index", {c.name: i for i, c in enumerate(self.columns)})
+        object.__setattr__(self, "_pk_index", tuple(self._index[c.name]  # type: ignore[attr-defined]
+                                                     for c in self.pk_columns))
+        object.__setattr__(self, "_not_null", tuple(i for i, c in enumerate(self.columns)
+                                                    if c.not_null))
 
     @staticmethod
     def build(name: str, columns: list[Column], primary_key: list[str]) -> Schema:
@@ -216,6 +220,53 @@ class Schema:
             if v is None and c.not_null:
                 raise InvalidInput(f"column {c.name!r} is NOT NULL and was not given")
         return values
+
+    def layout(self, columns: Sequence[str]) -> tuple[tuple[int, Column, type | None], ...]:
+        """For rows given as values in ``columns`` order (packed rows): each value's place in
+        a row, its column and that column's Python type.
+
+        Raises:
+            InvalidInput: a column is unknown or named twice.
+        """
+        seen: set[str] = set()
+        out = []
+        for name in columns:
+            col = self.by_name.get(name)
+            if col is None:
+                raise InvalidInput(f"table {self.name!r} has no column {name!r}")
+            if name in seen:
+                raise InvalidInput(f"column {name!r} is named twice")
+            seen.add(name)
+            out.append((self._index[name], col, _PY_TYPE.get(col.type)))  # type: ignore[attr-defined]
+        return tuple(out)
+
+    def row_from(self, layout: tuple[tuple[int, Column, type | None], ...],
+                 values: Sequence[Any]) -> list[Value]:
+        """A whole row, in column order, from values laid out by ``layout`` (absent columns
+        NULL), validated as ``full_row`` validates a row.
+
+        Raises:
+            InvalidInput: a wrong number of values, a wrong type, or NULL in a NOT NULL column.
+        """
+        if len(values) != len(layout):
+            raise InvalidInput(f"a packed row has {len(values)} value(s) for {len(layout)} "
+                               f"column(s)")
+        out: list[Value] = [None] * len(self.columns)
+        for (i, col, t), v in zip(layout, values, strict=True):
+            if v is None:
+                continue
+            if type(v) is not t or (t is int and not keycode.INT64_MIN <= v <= keycode.INT64_MAX):
+                check_value(col, v)  # raises with the column's name (or passes a subclass)
+            out[i] = v
+        for i in self._not_null:  # type: ignore[attr-defined]
+            if out[i] is None:
+                raise InvalidInput(f"column {self.columns[i].name!r} is NOT NULL and was not "
+                                   f"given")
+        return out
+
+    def key_from(self, values: list[Value]) -> tuple[Any, ...]:
+        """The primary key of a whole row given in column order."""
+        return tuple(values[i] for i in self._pk_index)  # type: ignore[attr-defined]
 
     def as_dict(self, values: list[Value], columns: list[str] | None = None) -> dict[str, Value]:
         """Row values (column order) as column -> value, projected onto ``columns`` if given."""

@@ -123,16 +123,18 @@ class BatchGetResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[GetResponse, _Mapping]]] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ..., begun: _Optional[_Union[BeginResponse, _Mapping]] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
-    __slots__ = ("table", "rows", "transaction_id", "idempotency_key")
+    __slots__ = ("table", "rows", "transaction_id", "idempotency_key", "packed")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     table: str
     rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.Row]
     transaction_id: str
     idempotency_key: str
-    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    packed: _types_pb2.PackedRows
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.Row, _Mapping]]] = ..., transaction_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., packed: _Optional[_Union[_types_pb2.PackedRows, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("table", "keys", "transaction_id", "idempotency_key")

@@ -352,3 +352,47 @@ def test_row_decode_of_a_non_list_value_part_raises_corrupt(data: bytes):
     """A stored row whose values part is not a list raises Corrupt, not a list of its pieces."""
     with pytest.raises(Corrupt):
         rows.decode(data)
+
+
+# -- packed rows: a layout per request, then values in its order --------------------------------
+
+
+def _packed_schema():
+    from storage import Column, Schema
+
+    return Schema.build("p", [Column("id", "int64"), Column("v", "string", True),
+                              Column("n", "int64"), Column("b", "bytes")], ["id"])
+
+
+def test_a_packed_row_becomes_the_row_a_dict_would_give():
+    s = _packed_schema()
+    layout = s.layout(["n", "id", "v"])  # any order, a column left out
+    assert s.row_from(layout, [3, 1, "a"]) == s.full_row({"id": 1, "v": "a", "n": 3}) == [
+        1, "a", 3, None]
+    assert s.key_from(s.row_from(layout, [3, 1, "a"])) == (1,)
+
+
+def test_a_packed_row_is_validated_as_a_dict_row_is():
+    import pytest
+
+    from storage import InvalidInput
+
+    s = _packed_schema()
+    layout = s.layout(["id", "v", "n"])
+    bad = [
+        ([1, "a"], "1 column|2 value"),
+        ([1, None, 2], "NOT NULL"),
+        ([1, 5, 2], "column 'v' is string"),
+        ([1, "a", True], "column 'n' is int64"),
+        ([1, "a", 2**63], "column 'n' is int64"),
+        (["1", "a", 2], "column 'id' is int64"),
+    ]
+    for values, message in bad:
+        with pytest.raises(InvalidInput, match=message):
+            s.row_from(layout, values)
+    with pytest.raises(InvalidInput, match="NOT NULL and was not given"):
+        s.row_from(s.layout(["id"]), [1])
+    with pytest.raises(InvalidInput, match="no column 'x'"):
+        s.layout(["id", "x"])
+    with pytest.raises(InvalidInput, match="named twice"):
+        s.layout(["id", "v", "id"])
