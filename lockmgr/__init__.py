@@ -14,7 +14,7 @@ from lockmgr.errors import (
     LockTimeout,
     SessionExpired,
 )
-from lockmgr.etcd import EtcdClient, KeyValue, parse_endpoints
+from lockmgr.etcd import EtcdClient, EtcdTls, KeyValue, parse_endpoints
 from lockmgr.manager import Fencer, LockManager, WaitRecord
 from lockmgr.modes import LockMode
 from lockmgr.resource import Resource
@@ -27,6 +27,7 @@ __all__ = [
     "Election",
     "Entry",
     "EtcdClient",
+    "EtcdTls",
     "EtcdUnavailable",
     "Fencer",
     "KeyValue",

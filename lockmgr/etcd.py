@@ -68,7 +68,7 @@ def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for item in items:
-        item = item.strip().removeprefix("http://")
+        item = item.strip().removeprefix("http://").removeprefix("https://")
         if not item:
             continue
         host, sep, port = item.rpartition(":")
@@ -80,13 +80,27 @@ def parse_endpoints(spec: str | Sequence[str]) -> list[tuple[str, int]]:
     return out
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS towards etcd: the CA (PEM) its certificate is checked against, and a client
+    certificate and key (PEM) for an etcd run with ``--client-cert-auth``."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+
 class EtcdClient:
     """A client over one or more etcd endpoints with per-call timeouts."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 2.0,
+                 tls: EtcdTls | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
-        eps = [etcd3.Endpoint(h, p, secure=False, time_retry=ENDPOINT_RETRY_S)
+        creds = None if tls is None else grpc.ssl_channel_credentials(
+            root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
+        eps = [etcd3.Endpoint(h, p, secure=creds is not None, creds=creds,
+                              time_retry=ENDPOINT_RETRY_S)
                for h, p in self.endpoints]
         self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout_s,
                                                       failover=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -16,6 +17,8 @@ from typing import Any
 
 from nodes import limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
+from nodes.security import Security, wants_etcd_tls
+from shardless.credentials import ENV_CERTS_DIR, ENV_TOKEN, ENV_USER, Credentials
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
 
@@ -34,6 +37,84 @@ def _add_process_args(p: argparse.ArgumentParser, *, volume: str, listen: str) -
                    help="timeout of each etcd call, seconds")
     p.add_argument("--map-size", type=int, default=DEFAULT_MAP_SIZE,
                    help="LMDB map size in bytes (the volume's size limit)")
+    g = p.add_argument_group("security (docs/security.md); one of --certs-dir and --insecure")
+    g.add_argument("--certs-dir", default="",
+                   help="serve TLS with node.crt and node.key from this directory, trusting "
+                        "its ca.crt ('shardless cert' makes them); etcd endpoints given as "
+                        "https://HOST:PORT are reached over TLS with the same certificate")
+    g.add_argument("--insecure", action="store_true",
+                   help="serve plaintext: anyone who reaches the port can connect, and tokens "
+                        "(when authentication is on) travel in the clear")
+    g.add_argument("--tls-client-auth", action="store_true",
+                   help="require a client certificate signed by the CA (mutual TLS); its "
+                        "common name is the caller's user name")
+
+
+def _security(args: argparse.Namespace) -> Security:
+    """The TLS settings of a node or replica from its arguments.
+
+    Raises:
+        ValueError: neither or both of --certs-dir and --insecure, or missing files.
+    """
+    if bool(args.certs_dir) == bool(args.insecure):
+        raise ValueError("pass --certs-dir DIR (TLS) or --insecure (plaintext)")
+    if args.insecure and args.tls_client_auth:
+        raise ValueError("--tls-client-auth needs TLS (--certs-dir)")
+    return Security(certs_dir=args.certs_dir, client_auth=args.tls_client_auth,
+                    etcd_tls=wants_etcd_tls(args.etcd)).validated()
+
+
+def _admin_etcd(args: argparse.Namespace) -> tuple[Any, Any]:
+    """For a command that works on etcd directly (``--etcd``, ``--cluster``, ``--certs-dir``):
+    an etcd client, and a function opening a channel to a node as the cluster's own.
+
+    Raises:
+        ValueError: bad endpoints, or TLS settings missing their files.
+    """
+    from nodes.security import Authority
+
+    sec = Security(certs_dir=args.certs_dir, etcd_tls=wants_etcd_tls(args.etcd)).validated()
+    etcd = sec.etcd(args.etcd, timeout_s=2.0)
+    authority = Authority(lambda: etcd, args.cluster)
+
+    def open_node(address: str) -> Any:
+        from lockmgr import EtcdUnavailable
+        from nodes.security import read_auth
+
+        if not authority.state.internal:
+            try:
+                authority.state = read_auth(etcd, args.cluster)
+            except EtcdUnavailable:
+                pass
+        return authority.channel(sec, address)
+    return etcd, open_node
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    """How a command that calls nodes proves who it is (docs/security.md)."""
+    g = p.add_argument_group("connection (default: from SHARDLESS_CERTS_DIR, SHARDLESS_USER, "
+                             "SHARDLESS_TOKEN; none: plaintext, anonymous)")
+    g.add_argument("--certs-dir", default=None,
+                   help="use TLS, trusting ca.crt of this directory (and presenting "
+                        "client.<user>.crt if there)")
+    g.add_argument("--user", default=None, help="the client certificate's user (root)")
+    g.add_argument("--token", default=None, help="an authentication token")
+
+
+def client_credentials(args: argparse.Namespace) -> Credentials:
+    """The credentials a command's arguments (or the environment) give.
+
+    Raises:
+        ValueError: a certificates directory without ca.crt.
+    """
+    env = dict(os.environ)
+    if getattr(args, "certs_dir", None) is not None:
+        env[ENV_CERTS_DIR] = args.certs_dir
+    if getattr(args, "user", None) is not None:
+        env[ENV_USER] = args.user
+    if getattr(args, "token", None) is not None:
+        env[ENV_TOKEN] = args.token
+    return Credentials.from_env(env)
 
 
 def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -96,7 +177,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          group=args.group,
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          kill_frozen_peers=not args.no_kill_frozen_peers,
-                         limits=limits.from_arguments(args),
+                         limits=limits.from_arguments(args), security=_security(args),
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
                                                  max_age_s=args.log_max_age))
@@ -174,7 +255,8 @@ def _run_replica(args: argparse.Namespace) -> int:
             etcd=args.etcd, volume=args.volume, listen=args.listen, mode=args.mode,
             replica_id=args.replica_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
             etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
-            auto_promote=not args.no_auto_promote, promote_after_s=args.promote_after))
+            auto_promote=not args.no_auto_promote, promote_after_s=args.promote_after,
+            security=_security(args)))
     except ValueError as e:
         print(f"shardless replica: {e}", file=sys.stderr)
         return 2
@@ -188,7 +270,8 @@ def _run_replica(args: argparse.Namespace) -> int:
              rc.listen)
     node = Node(NodeConfig(etcd=rc.etcd, volume=rc.volume, listen=rc.listen,
                            node_id=rc.replica_id, cluster=rc.cluster, ttl_s=rc.ttl_s,
-                           etcd_timeout_s=rc.etcd_timeout_s, map_size=rc.map_size))
+                           etcd_timeout_s=rc.etcd_timeout_s, map_size=rc.map_size,
+                           security=rc.security))
     return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError, Superseded))
 
 
@@ -210,6 +293,9 @@ def _add_promote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                         "(plus a margin) for the old primary's nodes to stop")
     p.add_argument("--wait", type=float, default=60.0,
                    help="seconds to wait for the promotion to finish")
+    p.add_argument("--certs-dir", default="",
+                   help="a secure cluster's certificates directory with node.crt and node.key "
+                        "(for etcd given as https:// and for the nodes' TLS)")
     p.set_defaults(func=_run_promote)
 
 
@@ -217,11 +303,15 @@ def _run_promote(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
 
-    from lockmgr import EtcdClient, EtcdUnavailable
+    from lockmgr import EtcdUnavailable
     from nodes import promotion
     from nodes.epoch import read_epoch
 
-    etcd = EtcdClient(args.etcd, timeout_s=2.0)
+    try:
+        etcd, open_node = _admin_etcd(args)
+    except ValueError as e:
+        print(f"shardless promote: {e}", file=sys.stderr)
+        return 2
     try:
         for attempt in range(10):  # find a live endpoint first (a lost host's is refused)
             try:
@@ -235,7 +325,8 @@ def _run_promote(args: argparse.Namespace) -> int:
             started = promotion.begin(etcd, args.cluster, args.replica,
                                       accept_loss=args.accept_loss,
                                       by=f"shardless promote on {socket.gethostname()}",
-                                      ttl_s=math.ceil(args.ttl), force=args.force)
+                                      ttl_s=math.ceil(args.ttl), force=args.force,
+                                      open_channel=open_node)
         except promotion.PromotionRefused as e:
             print(f"shardless promote: refused: {e}", file=sys.stderr)
             return 1
@@ -251,7 +342,8 @@ def _run_promote(args: argparse.Namespace) -> int:
         print(f"promoted: {done.describe()}; the new primary's log continues after position "
               f"{done.start_position}")
         if not started.synchronous:  # what the old primary's nodes committed meanwhile
-            again = promotion.known_last_position(etcd, args.cluster, done.previous_volume)
+            again = promotion.known_last_position(etcd, args.cluster, done.previous_volume,
+                                                  open_channel=open_node)
             if again[0] > started.known_last:
                 started = dataclasses.replace(started, known_last=again[0],
                                               known_from=again[1])
@@ -278,13 +370,14 @@ def _run_promote(args: argparse.Namespace) -> int:
 def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="print the status of a running cluster")
     p.add_argument("addresses", nargs="+", help="node addresses, HOST:PORT")
+    _add_client_args(p)
     p.set_defaults(func=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from shardless.client import Client
 
-    with Client(args.addresses) as c:
+    with Client(args.addresses, credentials=client_credentials(args)) as c:
         st = c.status()
     print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
     if st.epoch:
@@ -326,15 +419,18 @@ def _add_drain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="addresses of any nodes, HOST:PORT[,...], to find NODE by its id")
     p.add_argument("--wait", type=float, default=120.0,
                    help="seconds to wait until the node is gone (0: do not wait)")
+    _add_client_args(p)
     p.set_defaults(func=_run_drain)
 
 
-def _gone(address: str) -> bool:
+def _gone(address: str, credentials: Credentials) -> bool:
     """Whether nothing answers at ``address`` any more."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    from shardless.credentials import open_channel
+
+    with open_channel(address, credentials) as ch:
         try:
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
         except grpc.RpcError as e:
@@ -346,16 +442,18 @@ def _run_drain(args: argparse.Namespace) -> int:
     import grpc
 
     from shardless.client import Client
+    from shardless.credentials import open_channel
     from shardless.v1 import services_pb2 as api
     from shardless.v1 import services_pb2_grpc as rpc
 
+    creds = client_credentials(args)
     node_id, address = "", args.node
     if ":" not in args.node:
         if not args.via:
             print("shardless drain: give the node's address, or its id with --via",
                   file=sys.stderr)
             return 2
-        with Client(args.via, refresh_s=None) as c:
+        with Client(args.via, refresh_s=None, credentials=creds) as c:
             members = {m.node_id: m.address for m in c.status().members}
         if args.node not in members:
             print(f"shardless drain: no member {args.node!r} (members: "
@@ -364,7 +462,7 @@ def _run_drain(args: argparse.Namespace) -> int:
         node_id, address = args.node, members[args.node]
     start = time.monotonic()
     try:
-        with grpc.insecure_channel(address) as ch:
+        with open_channel(address, creds) as ch:
             resp = rpc.ClusterServiceStub(ch).Drain(api.DrainRequest(node_id=node_id),
                                                     timeout=10)
     except grpc.RpcError as e:
@@ -375,7 +473,7 @@ def _run_drain(args: argparse.Namespace) -> int:
     if args.wait <= 0:
         return 0
     while time.monotonic() - start < args.wait:
-        if _gone(address):
+        if _gone(address, creds):
             print(f"node {resp.node_id} has left after {time.monotonic() - start:.1f} s")
             return 0
         time.sleep(0.2)
@@ -411,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_drain(sub)
     _add_promote(sub)
     _add_bench(sub)
+    from nodes import secadmin
+
+    secadmin.add_commands(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lockmgr import check_timing, parse_endpoints
 from nodes.limits import DEFAULT_LIMITS, Limits
+from nodes.security import INSECURE, Security
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_RETENTION
 
@@ -45,6 +46,7 @@ class NodeConfig:
     sync_timeout_s: float = 5.0  # ... after this long (nodes/replication.py, SyncGate)
     kill_frozen_peers: bool = True  # SIGKILL a peer of the host past its lease (deathwatch.py)
     limits: Limits = DEFAULT_LIMITS  # what clients can hold open (nodes/limits.py, docs/limits.md)
+    security: Security = INSECURE  # TLS of its port and of etcd (nodes/security.py)
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -67,6 +69,7 @@ class NodeConfig:
         if self.sync_policy not in ("strict", "demote") or self.sync_timeout_s <= 0:
             raise ValueError("--sync-policy must be strict or demote, --sync-timeout positive")
         self.limits.validated()
+        self.security.validated()
         if self.limits.streams + self.limits.replication_streams > self.max_workers - 8:
             raise ValueError(f"--max-streams plus --max-replication-streams must leave at "
                              f"least 8 of the {self.max_workers} --workers to other calls")

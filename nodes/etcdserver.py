@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ENV_ETCD_BIN = "SHARDLESS_ETCD_BIN"
 """Environment variable naming the etcd binary to use when no explicit path is given."""
@@ -240,8 +242,14 @@ class EtcdServer:
         initial_cluster: str | None = None,
         initial_cluster_token: str | None = None,
         initial_cluster_state: str | None = None,
+        certs_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.certs_dir = Path(certs_dir).resolve() if certs_dir is not None else None
+        """With a certificates directory (``nodes/certs.py``): clients reach it over TLS and
+        must present a certificate signed by its CA (``--client-cert-auth``), so only the
+        cluster's own processes (node.crt) and holders of a client certificate reach etcd;
+        members talk to each other over TLS with the same certificate."""
         self.host = host
         self.client_port = client_port if client_port is not None else free_port(host)
         self.peer_port = peer_port if peer_port is not None else free_port(host)
@@ -271,13 +279,20 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        """The client URL, ``http://host:port``."""
-        return f"http://{self.host}:{self.client_port}"
+        """The client URL, ``http://host:port`` (``https://`` with TLS)."""
+        scheme = "https" if self.certs_dir is not None else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
+
+    @property
+    def client_endpoint(self) -> str:
+        """What a client is given: ``host:port``, or ``https://host:port`` with TLS."""
+        return self.client_url if self.certs_dir is not None else self.endpoint
 
     @property
     def peer_url(self) -> str:
-        """The peer URL, ``http://host:peer_port``."""
-        return f"http://{self.host}:{self.peer_port}"
+        """The peer URL, ``http://host:peer_port`` (``https://`` with TLS)."""
+        scheme = "https" if self.certs_dir is not None else "http"
+        return f"{scheme}://{self.host}:{self.peer_port}"
 
     # -- process state -----------------------------------------------------------------------
 
@@ -325,7 +340,22 @@ class EtcdServer:
         ]  # fmt: skip
         if self.initial_cluster_token:
             argv += ["--initial-cluster-token", self.initial_cluster_token]
+        if self.certs_dir is not None:
+            d = self.certs_dir
+            argv += ["--cert-file", str(d / "node.crt"), "--key-file", str(d / "node.key"),
+                     "--trusted-ca-file", str(d / "ca.crt"), "--client-cert-auth",
+                     "--peer-cert-file", str(d / "node.crt"),
+                     "--peer-key-file", str(d / "node.key"),
+                     "--peer-trusted-ca-file", str(d / "ca.crt"), "--peer-client-cert-auth"]
         return argv
+
+    def _open(self, request: str | urllib.request.Request, timeout_s: float) -> Any:
+        """``urlopen`` on the client URL, with the node certificate when TLS is on."""
+        if self.certs_dir is None:
+            return urllib.request.urlopen(request, timeout=timeout_s)
+        ctx = ssl.create_default_context(cafile=str(self.certs_dir / "ca.crt"))
+        ctx.load_cert_chain(str(self.certs_dir / "node.crt"), str(self.certs_dir / "node.key"))
+        return urllib.request.urlopen(request, timeout=timeout_s, context=ctx)
 
     def start(self) -> None:
         """Launch etcd in its own process group; return without waiting for it to be ready.
@@ -375,7 +405,7 @@ class EtcdServer:
             True if etcd answered ``{"health": "true"}``.
         """
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout_s) as resp:
+            with self._open(f"{self.client_url}/health", timeout_s) as resp:
                 body = json.loads(resp.read().decode("utf-8"))
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -398,7 +428,7 @@ class EtcdServer:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            with self._open(request, timeout_s) as resp:
                 body = json.loads(resp.read().decode("utf-8"))
             me = str(body["header"]["member_id"])
             members = body["members"]

@@ -50,6 +50,7 @@ from nodes.replication import (
     read_replicas,
     wait_for_position,
 )
+from nodes.security import AuthGuard, Authority
 from nodes.status import DecodeGuard
 from nodes.txn import FENCED, NODE_DRAINING, SESSION_LOST, TransactionManager, lock_free_check
 from shardless.v1 import services_pb2 as api
@@ -193,6 +194,7 @@ class Node:
         self.cfg = cfg.validated()
         self.store: Store | None = None
         self.etcd: EtcdClient | None = None
+        self.authority = Authority(self._etcd, cfg.cluster)
         self.membership: Membership | None = None
         self.committer: GroupCommitter | None = None
         self.sync_gate: SyncGate | None = None
@@ -226,7 +228,7 @@ class Node:
         self.store = open_volume(cfg.volume, map_size=cfg.map_size)
         identity = self._identity(self.store)
         self.volume_id = identity.volume_id
-        self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.etcd = cfg.security.etcd(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
         self.epoch = EpochGuard(self.etcd, cfg.cluster, identity.volume_id, node_id=cfg.node_id,
                                 on_superseded=self._superseded)
         self._start_epoch(identity)
@@ -262,6 +264,7 @@ class Node:
                                      lease_ttl=(self.etcd.time_to_live
                                                 if cfg.kill_frozen_peers else None))
         self.membership.start(cfg.etcd_wait_s)
+        self.authority.start()  # before serving: never open while authentication is on
         self.sync_gate.start()  # before serving: no commit is acknowledged before it knows the set
         self.deathwatch.start()
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
@@ -272,7 +275,7 @@ class Node:
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
         try:
-            self.port = srv.add_insecure_port(cfg.listen)
+            self.port = cfg.security.add_port(srv, cfg.listen)
         except RuntimeError as e:
             raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
         srv.start()
@@ -280,7 +283,7 @@ class Node:
         if cfg.public_listen:  # one of a node's processes: serve the node's address too
             shared = self._server(pool, reuse_port=True)
             try:
-                shared.add_insecure_port(cfg.public_listen)
+                cfg.security.add_port(shared, cfg.public_listen)
             except RuntimeError as e:
                 raise RuntimeError(f"cannot listen on {cfg.public_listen}: {e}") from e
             shared.start()
@@ -290,6 +293,10 @@ class Node:
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
                  cfg.volume, cfg.etcd)
+
+    def _etcd(self) -> EtcdClient:
+        assert self.etcd is not None
+        return self.etcd
 
     def _set_health(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -332,7 +339,8 @@ class Node:
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0)]
-        srv = grpc.server(pool, options=opts, interceptors=[DecodeGuard()],
+        srv = grpc.server(pool, options=opts,
+                          interceptors=[DecodeGuard(), AuthGuard(self.authority)],
                           maximum_concurrent_rpcs=self.cfg.limits.queued_calls)
         rpc.add_TableServiceServicer_to_server(server.TableService(self), srv)
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
@@ -557,7 +565,7 @@ class Node:
             if m.node_id == self.cfg.node_id:
                 continue
             try:
-                with grpc.insecure_channel(m.address) as ch:
+                with self.authority.channel(self.cfg.security, m.address) as ch:
                     peer = rpc.ClusterServiceStub(ch).Status(
                         api.StatusRequest(local_only=True), timeout=1.0)
                 out.transactions.extend(peer.transactions)
@@ -618,6 +626,7 @@ class Node:
         deadline = time.monotonic() + self.cfg.grace_s
         self.health.enter_graceful_shutdown()
         self.admission.stop()
+        self.authority.stop()
         self.gate.drain()
         if self.membership is not None:
             self.membership.withdraw()

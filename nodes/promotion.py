@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -61,7 +62,9 @@ class Started:
 
 
 def known_last_position(etcd: EtcdClient, cluster: str, primary_volume: str,
-                        timeout_s: float = 1.0) -> tuple[int, str]:
+                        timeout_s: float = 1.0,
+                        open_channel: Callable[[str], grpc.Channel] = grpc.insecure_channel
+                        ) -> tuple[int, str]:
     """The highest commit position known to exist on the primary volume: from the nodes on
     it that still answer, and from what every replica holds or was told (best effort: a
     primary whose nodes are all gone may have committed more).
@@ -79,7 +82,7 @@ def known_last_position(etcd: EtcdClient, cluster: str, primary_volume: str,
         if m.volume_id and m.volume_id != primary_volume:
             continue
         try:
-            with grpc.insecure_channel(m.address) as ch:
+            with open_channel(m.address) as ch:
                 st = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True),
                                                        timeout=timeout_s)
         except grpc.RpcError:
@@ -90,7 +93,8 @@ def known_last_position(etcd: EtcdClient, cluster: str, primary_volume: str,
 
 
 def begin(etcd: EtcdClient, cluster: str, replica_id: str, *, accept_loss: bool, by: str,
-          ttl_s: float, force: bool = False) -> Started:
+          ttl_s: float, force: bool = False,
+          open_channel: Callable[[str], grpc.Channel] = grpc.insecure_channel) -> Started:
     """Start promoting ``replica_id`` (step 1 of the module docstring).
 
     ``force`` takes over a promotion under way whose replica is lost for good (the record
@@ -133,7 +137,7 @@ def begin(etcd: EtcdClient, cluster: str, replica_id: str, *, accept_loss: bool,
     # A synchronous replica still in state ``sync`` holds every acknowledged commit, even
     # under a stuck promotion: demotions are conditional on the epoch, so none happened since.
     synchronous = state == SYNC
-    known, who = known_last_position(etcd, cluster, old_primary)
+    known, who = known_last_position(etcd, cluster, old_primary, open_channel=open_channel)
     if not synchronous and not accept_loss:
         why = {"": "it is asynchronous" if rec.mode == "async" else
                "it is not in the synchronous set",

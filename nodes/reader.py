@@ -46,6 +46,7 @@ from nodes.epoch import PRIMARY, read_epoch
 from nodes.membership import read_members
 from nodes.readface import ReadFace
 from nodes.replication import ReaderRecord, reader_key
+from nodes.security import AuthGuard, Authority
 from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -90,6 +91,7 @@ class ReaderNode:
         self.cfg = cfg.validated()
         self.store: Store | None = None
         self.etcd: EtcdClient | None = None
+        self.authority = Authority(self._etcd, self.cfg.cluster)
         self.volume_id = ""
         self.stop_requested = threading.Event()
         self.promoted = False  # the copy became the primary: a full node takes over
@@ -115,11 +117,12 @@ class ReaderNode:
             EtcdUnavailable: etcd did not answer.
         """
         cfg = self.cfg
-        self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.etcd = cfg.security.etcd(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.authority.start()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                         thread_name_prefix="rpc"),
                              maximum_concurrent_rpcs=cfg.limits.queued_calls,
-                             interceptors=[DecodeGuard()])
+                             interceptors=[DecodeGuard(), AuthGuard(self.authority)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
         rpc.add_RowServiceServicer_to_server(server_mod.RowService(self.face), server)  # type: ignore[arg-type]
@@ -127,7 +130,7 @@ class ReaderNode:
         rpc.add_TransactionServiceServicer_to_server(  # type: ignore[arg-type]
             server_mod.TransactionService(self.face), server)  # type: ignore[arg-type]
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            self.port = cfg.security.add_port(server, cfg.listen)
         except RuntimeError as e:
             raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
         if not self.port:
@@ -142,9 +145,14 @@ class ReaderNode:
                  cfg.volume, cfg.listen)
         self._thread.start()
 
+    def _etcd(self) -> EtcdClient:
+        assert self.etcd is not None
+        return self.etcd
+
     def stop(self) -> None:
         """Stop serving and close the copy."""
         self.stop_requested.set()
+        self.authority.stop()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -184,8 +192,8 @@ class ReaderNode:
             # A new client: the old one may refuse a member it saw fail (python3-etcd3 marks it
             # failed for minutes) while the others answer.
             log.warning("read-only node %s: etcd: %s; reconnecting", self.cfg.node_id, e)
-            old, self.etcd = self.etcd, EtcdClient(self.cfg.etcd,
-                                                   timeout_s=self.cfg.etcd_timeout_s)
+            old, self.etcd = self.etcd, self.cfg.security.etcd(
+                self.cfg.etcd, timeout_s=self.cfg.etcd_timeout_s)
             old.close()
             return
         if rec is not None and self.volume_id and rec.volume_id == self.volume_id and \

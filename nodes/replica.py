@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,7 @@ from nodes.replication import (
     sync_key,
     sync_value,
 )
+from nodes.security import INSECURE, AuthGuard, Authority, Security
 from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -98,6 +100,7 @@ REPLICA_LIMITS = Limits(transactions=256, transactions_per_client=64, snapshots=
                         replication_streams=1, queued_calls=256)
 STREAM_STALL_S = 3.0  # a log stream silent this long is given up (the node heartbeats at 1 s)
 RETRY_S = 0.5
+START_ETCD_WAIT_S = 30.0  # for etcd at start (to read the cluster's users)
 COPY_DIR = ".copy"
 
 
@@ -116,6 +119,7 @@ class ReplicaConfig:
     map_size: int = DEFAULT_MAP_SIZE
     auto_promote: bool = True  # sync mode: promote itself when the primary is lost
     promote_after_s: float = DEFAULT_PROMOTE_AFTER_S
+    security: Security = INSECURE  # TLS of its port, its calls and etcd (nodes/security.py)
 
     def validated(self) -> ReplicaConfig:
         """Check the settings; fill in the replica id from the listen address if empty.
@@ -132,6 +136,7 @@ class ReplicaConfig:
         if not self.volume:
             raise ValueError("--volume is required")
         check_timing(self.ttl_s, self.ttl_s / 6, self.etcd_timeout_s, self.ttl_s / 3)
+        self.security.validated()
         if self.promote_after_s <= 0:
             raise ValueError("--promote-after must be positive")
         rid = self.replica_id or f"replica-{socket.gethostname()}-{port}"
@@ -148,6 +153,7 @@ class Replica:
         self.cfg = cfg.validated()
         self.store: Store | None = None
         self.etcd: EtcdClient | None = None
+        self.authority = Authority(self._etcd, cfg.cluster)
         self.session: Session | None = None
         self.position = 0
         self.position_ts = 0.0
@@ -192,11 +198,12 @@ class Replica:
             RuntimeError: the listen address could not be bound.
         """
         cfg = self.cfg
-        self.etcd = EtcdClient(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.etcd = cfg.security.etcd(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self._start_authority()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=REPLICA_WORKERS,
                                                         thread_name_prefix="rpc"),
                              maximum_concurrent_rpcs=REPLICA_LIMITS.queued_calls,
-                             interceptors=[DecodeGuard()])
+                             interceptors=[DecodeGuard(), AuthGuard(self.authority)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         rpc.add_ClusterServiceServicer_to_server(_StatusServicer(self), server)
         face = self._face = ReadFace(self, cfg.replica_id, cfg.listen, REPLICA_LIMITS)
@@ -205,7 +212,7 @@ class Replica:
         rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]
                                                      server)
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            self.port = cfg.security.add_port(server, cfg.listen)
         except RuntimeError as e:
             raise RuntimeError(f"cannot listen on {cfg.listen}: {e}") from e
         if not self.port:
@@ -231,9 +238,31 @@ class Replica:
             self._epoch_cancel = self.etcd.watch_prefix(epoch_key(self.cfg.cluster), rev + 1,
                                                         self._on_epoch)
 
+    def _etcd(self) -> EtcdClient:
+        assert self.etcd is not None
+        return self.etcd
+
+    def _start_authority(self) -> None:
+        """Read the cluster's users, waiting for etcd up to its start bound."""
+        deadline = time.monotonic() + START_ETCD_WAIT_S
+        while True:
+            try:
+                self.authority.start()
+                return
+            except EtcdUnavailable:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("etcd did not answer: cannot read the cluster's "
+                                       "users") from None
+                time.sleep(0.2)
+
+    def _open(self, address: str) -> grpc.Channel:
+        """A channel to a node, as one of the cluster's own processes."""
+        return self.authority.channel(self.cfg.security, address)
+
     def stop(self) -> None:
         """Stop following, withdraw the record, close everything."""
         self.stop_requested.set()
+        self.authority.stop()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self._close_reporters()
@@ -385,7 +414,7 @@ class Replica:
         assert self.etcd is not None
         for m in self._primary_members():
             try:
-                with grpc.insecure_channel(m.address) as ch:
+                with self._open(m.address) as ch:
                     got = health_pb2_grpc.HealthStub(ch).Check(
                         health_pb2.HealthCheckRequest(), timeout=0.3)
                 if got.status == health_pb2.HealthCheckResponse.SERVING:
@@ -483,7 +512,7 @@ class Replica:
 
     def _copy_into(self, store: Store) -> tuple[int, int]:
         address = self._pick_node()
-        with grpc.insecure_channel(address) as channel:
+        with self._open(address) as channel:
             stream = rpc.ClusterServiceStub(channel).CopyVolume(api.CopyVolumeRequest())
             heard, finished = [time.monotonic()], threading.Event()
 
@@ -543,7 +572,7 @@ class Replica:
         upkeep = threading.Thread(target=self._upkeep, args=(upkeep_done,), daemon=True,
                                   name="upkeep")
         upkeep.start()
-        with grpc.insecure_channel(address) as channel:
+        with self._open(address) as channel:
             stream = rpc.ClusterServiceStub(channel).ReadLog(api.ReadLogRequest(
                 start_position=self.position + 1, follow=True, batch_records=1000))
             self._stream = stream
@@ -769,7 +798,7 @@ class Replica:
         none answers)."""
         for m in self._primary_members():
             try:
-                with grpc.insecure_channel(m.address) as ch:
+                with self._open(m.address) as ch:
                     st = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True),
                                                            timeout=REPORT_TIMEOUT_S)
                 return max(1, int(st.commit_position))
@@ -786,8 +815,8 @@ class Replica:
             with self._lock:
                 reporter = self._reporters.get(address)
                 if reporter is None:
-                    reporter = self._reporters[address] = _Reporter(address,
-                                                                    self.cfg.replica_id)
+                    reporter = self._reporters[address] = _Reporter(
+                        address, self.cfg.replica_id, self._open)
             reporter.offer(position)
 
     def _close_reporters(self, keep: frozenset[str] = frozenset()) -> None:
@@ -856,13 +885,14 @@ class _Reporter:
     broken stream is opened again after ``RETRY_S``, starting with the latest position
     (positions only grow, so nothing is missed that matters)."""
 
-    def __init__(self, address: str, replica_id: str) -> None:
+    def __init__(self, address: str, replica_id: str,
+                 open_channel: Callable[[str], grpc.Channel]) -> None:
         self.address = address
         self._replica_id = replica_id
         self._cond = threading.Condition()
         self._latest = 0
         self._closed = False
-        self._channel = grpc.insecure_channel(address)
+        self._channel = open_channel(address)
         self._stub = rpc.ClusterServiceStub(self._channel)
         self._thread = threading.Thread(target=self._run, daemon=True, name="report")
         self._thread.start()

@@ -48,6 +48,7 @@ from lockmgr import (
 from nodes import commit, query
 from nodes.commit import ReadResult
 from nodes.limits import Admission
+from nodes.security import caller
 from storage import (
     Fenced,
     InvalidInput,
@@ -133,6 +134,7 @@ class Txn:
     pending_abort: tuple[str, str] | None = None  # asked while a call was running
     client: str = ""  # the connection that began it (its budgets: nodes/limits.py)
     expires_at: float | None = None  # its lifetime's end (BeginRequest.lifetime_ms), if any
+    owner: str = ""  # the user that began it, when authentication is on (nodes/security.py)
 
 
 class TransactionManager:
@@ -185,7 +187,8 @@ class TransactionManager:
             txn_id = self._next_id()
             now = self._clock()
             txn = Txn(txn_id, read_only, time.time(), now, client=client,
-                      expires_at=now + lifetime_s if lifetime_s > 0 else None)
+                      expires_at=now + lifetime_s if lifetime_s > 0 else None,
+                      owner=caller())
             if read_only:
                 try:
                     ctx = self.store.read()
@@ -210,6 +213,9 @@ class TransactionManager:
             WrongNode, UnknownTransaction, TxnAborted: see the module docstring.
         """
         txn = self._lookup(txn_id)
+        if txn.owner and txn.owner != caller():  # another user's: as if it did not exist
+            raise UnknownTransaction(f"transaction {txn_id} is not open (committed, rolled "
+                                     f"back or never begun)")
         with txn.mutex:
             self._apply_pending_abort(txn)
             if txn.done:

@@ -42,6 +42,7 @@ from nodes.etcdserver import (
     free_port,
     port_is_free,
 )
+from shardless.credentials import ENV_CERTS_DIR, ENV_TOKEN, Credentials, open_channel
 
 DEFAULT_DATA_DIR = "./shardless-data"
 DEFAULT_NODES = 3
@@ -142,6 +143,8 @@ def _command(kind: str, identity: list[str], *, etcd: str, volume: str | os.Path
         argv += ["--ttl", _format_seconds(ttl_s)]
     if cluster is not None:
         argv += ["--cluster", cluster]
+    if "--certs-dir" not in extra_args and "--insecure" not in extra_args:
+        argv.append("--insecure")
     argv += list(extra_args)
     return argv
 
@@ -157,17 +160,19 @@ def replica_command(node_id: str | None, *, etcd: str, volume: str | os.PathLike
                     cluster=cluster, extra_args=extra_args, python=python)
 
 
-def health_status(address: str, timeout_s: float = 1.0) -> str:
+def health_status(address: str, timeout_s: float = 1.0,
+                  credentials: Credentials | None = None) -> str:
     """Ask a node's gRPC health service (service ``""``) once.
 
     Args:
         address: ``host:port`` of the node.
         timeout_s: RPC deadline.
+        credentials: For a node serving TLS (None: plaintext).
 
     Returns:
         ``SERVING``, ``NOT_SERVING``, ``UNKNOWN``, or ``UNREACHABLE`` (the call failed).
     """
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, credentials or Credentials()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
@@ -293,7 +298,18 @@ class NodeProcess:
 
     def health(self, timeout_s: float = 1.0) -> str:
         """Return the node's health status (see :func:`health_status`)."""
-        return health_status(self.address, timeout_s)
+        return health_status(self.address, timeout_s, self.credentials)
+
+    @property
+    def credentials(self) -> Credentials:
+        """How this process calls the node: as the cluster's own (the node certificate) when
+        it serves TLS (``--certs-dir`` among its arguments), else plaintext."""
+        args = list(self.extra_args)
+        if "--certs-dir" not in args:
+            return Credentials()
+        d = Path(args[args.index("--certs-dir") + 1])
+        return Credentials(ca=(d / "ca.crt").read_bytes(), cert=(d / "node.crt").read_bytes(),
+                           key=(d / "node.key").read_bytes())
 
     def state(self) -> str:
         """Describe the process for a status table: ``EXITED(rc)``, or its health status."""
@@ -505,6 +521,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "after the nodes' (docs/replication.md)",
     )  # fmt: skip
     parser.add_argument(
+        "--insecure", action="store_true",
+        help="no TLS and no authentication (anyone who reaches a port may do anything); by "
+        "default up makes a CA and certificates in DIR/certs, serves TLS, closes etcd to "
+        "clients without a certificate and turns authentication on with an admin user root",
+    )  # fmt: skip
+    parser.add_argument(
         "--ready-timeout", type=float, default=60.0, metavar="SECONDS",
         help="how long to wait for etcd and each node to be ready (default 60)",
     )  # fmt: skip
@@ -526,12 +548,64 @@ def _status_table(nodes: Sequence[NodeProcess], states: dict[str, str] | None = 
     )
 
 
-def _connect_hint(addresses: Sequence[str]) -> str:
+def _connect_hint(addresses: Sequence[str], certs: Path | None, token: str) -> str:
     listed = ", ".join(f'"{a}"' for a in addresses)
-    return (
+    hint = (
         f"connect: from shardless import connect; client = connect([{listed}])"
         f"  # or: shardless status {' '.join(addresses)}"
     )
+    if certs is None:
+        return hint
+    return (
+        f"secure: TLS (CA {certs / 'ca.crt'}), authentication on (user root, role admin); "
+        "in the shell you connect from, first:\n"
+        f"  export {ENV_CERTS_DIR}={certs} {ENV_TOKEN}={token}\n{hint}"
+    )
+
+
+def _make_certs(data_dir: Path) -> Path:
+    """The local cluster's CA and certificates, made once: DIR/certs (ca.crt, node.crt and
+    .key, client.root.crt and .key), the CA's key at DIR/ca.key."""
+    from nodes import certs as mk
+
+    certs, ca_key = data_dir / "certs", data_dir / "ca.key"
+    if not (certs / "ca.crt").is_file():
+        if ca_key.exists():  # a CA key without its certificate: do not guess
+            raise EtcdServerError(f"{ca_key} exists but {certs / 'ca.crt'} does not; move the "
+                                  f"key away to make a new CA")
+        mk.create_ca(certs, ca_key)
+    if not (certs / "node.crt").is_file():
+        mk.create_node_cert(certs, ca_key)
+    if not (certs / "client.root.crt").is_file():
+        mk.create_client_cert(certs, ca_key, "root")
+    return certs
+
+
+def _root_token(endpoints: str, certs: Path, cluster: str, data_dir: Path) -> str:
+    """Turn authentication on with an admin user ``root``; return its token (kept in
+    DIR/root.token, mode 0600, so that a restarted up prints it again)."""
+    from lockmgr import EtcdUnavailable
+    from nodes import security
+
+    sec = security.Security(str(certs), etcd_tls=security.wants_etcd_tls(endpoints))
+    etcd = sec.etcd(endpoints, timeout_s=2.0)
+    token_file = data_dir / "root.token"
+    try:
+        state = security.read_auth(etcd, cluster)
+        root = state.users.get("root")
+        token = token_file.read_text().strip() if token_file.is_file() else ""
+        if root is None or root.role != "admin" or not token or \
+                state.by_token.get(security.token_digest(token)) is not root:
+            token = security.put_user(etcd, cluster, "root", "admin")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+        security.enable(etcd, cluster)
+        return token
+    except EtcdUnavailable as e:
+        raise EtcdServerError(f"cannot turn authentication on: {e}") from e
+    finally:
+        etcd.close()
 
 
 def _install_signal_handlers(
@@ -578,7 +652,12 @@ def run(args: argparse.Namespace) -> int:
     etcd: EtcdServer | None = None
     nodes: list[NodeProcess] = []
     previous = _install_signal_handlers(on_signal)
+    certs: Path | None = None
+    token = ""
     try:
+        if not args.insecure:
+            certs = _make_certs(data_dir)
+        security_args = ("--insecure",) if certs is None else ("--certs-dir", str(certs))
         ports = [args.base_port + i for i in range(args.nodes + (1 if args.replica else 0))]
         busy = [p for p in ports if not port_is_free(p, host)]
         if busy:
@@ -617,13 +696,16 @@ def run(args: argparse.Namespace) -> int:
                 binary=binary,
                 host=host,
                 log_path=logs_dir / "etcd.log",
+                certs_dir=certs,
             )
             etcd.die_with_parent = True  # killed with this process, even by SIGKILL
             _say(f"etcd: starting {binary} on {etcd.endpoint} (log {etcd.log_path})")
             etcd.start()
             etcd.wait_ready(timeout_s=args.ready_timeout, cancel=stop)
-            endpoints = etcd.endpoint
+            endpoints = etcd.client_endpoint
             _say(f"etcd: ready at {endpoints} (pid {etcd.pid})")
+        if certs is not None:
+            token = _root_token(endpoints, certs, args.cluster or "shardless", data_dir)
 
         for i, port in enumerate(ports[:args.nodes], start=1):
             node = NodeProcess(
@@ -635,7 +717,8 @@ def run(args: argparse.Namespace) -> int:
                 host=host,
                 ttl_s=args.ttl,
                 cluster=args.cluster,
-                extra_args=("--processes", str(args.processes)) if args.processes > 1 else (),
+                extra_args=(*security_args, *(("--processes", str(args.processes))
+                                              if args.processes > 1 else ())),
             )
             nodes.append(node)
             node.die_with_parent = True
@@ -650,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
                 "replica-1", mode=args.replica, etcd=endpoints,
                 volume=data_dir / "replica" / "volume", port=ports[-1],
                 log_path=logs_dir / "replica-1.log", host=host, ttl_s=args.ttl,
-                cluster=args.cluster,
+                cluster=args.cluster, extra_args=security_args,
             )
             nodes.append(replica)
             replica.die_with_parent = True
@@ -667,7 +750,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"volume: {volume}")
         _say(_status_table(nodes))
         _say("ready")
-        _say(_connect_hint(addresses))
+        _say(_connect_hint(addresses, certs, token))
 
         reported: set[str] = set()
         while not stop.is_set():

@@ -24,10 +24,12 @@ from shardless.client import (
     to_row,
     to_value,
 )
+from shardless.credentials import Credentials, open_channel
 
 __all__ = [
     "Client",
     "Condition",
+    "Credentials",
     "ExecuteResult",
     "Mutation",
     "Record",
@@ -39,6 +41,7 @@ __all__ = [
     "from_key",
     "from_row",
     "from_value",
+    "open_channel",
     "to_filter",
     "to_key",
     "to_row",

@@ -67,6 +67,7 @@ from typing import Any, TypeAlias
 import grpc
 import msgpack
 
+from shardless.credentials import Credentials, open_channel
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
 from shardless.v1 import types_pb2 as pb
@@ -541,7 +542,8 @@ class Client:
     def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0,
                  attempts: int = 8, idempotent_writes: bool = True,
                  refresh_s: float | None = 2.0,
-                 txn_lifetime_s: float | None = DEFAULT_TXN_LIFETIME_S) -> None:
+                 txn_lifetime_s: float | None = DEFAULT_TXN_LIFETIME_S,
+                 credentials: Credentials | None = None) -> None:
         """Open the channel (lazily: nothing connects until the first call).
 
         Args:
@@ -554,6 +556,9 @@ class Client:
                 node rolls it back after that (ABORTED ``EXPIRED``), so that one whose client
                 died or whose Commit was lost frees its locks that soon (None: no bound but the
                 node's idle timeout).
+            credentials: TLS and a token (:class:`shardless.credentials.Credentials`); None:
+                from the environment (``SHARDLESS_CERTS_DIR``, ``SHARDLESS_TOKEN``; none set:
+                plaintext, anonymous).
 
         Raises:
             ValueError: bad addresses or a non-positive timeout.
@@ -564,6 +569,7 @@ class Client:
         self.txn_lifetime_s = txn_lifetime_s
         self.attempts = max(1, attempts)
         self.idempotent_writes = idempotent_writes
+        self.credentials = Credentials.from_env() if credentials is None else credentials
         self._old_channels: list[grpc.Channel] = []
         self._node_channels: dict[str, grpc.Channel] = {}
         self._use(addresses)
@@ -577,7 +583,7 @@ class Client:
         self.addresses = sorted(addresses.split(",") if isinstance(addresses, str)
                                 else addresses)
         self.target = channel_target(self.addresses)
-        channel = grpc.insecure_channel(self.target, options=channel_options())
+        channel = open_channel(self.target, self.credentials, channel_options())
         old = getattr(self, "_channel", None)
         self._channel = channel
         self._tables = api_grpc.TableServiceStub(channel)
@@ -674,12 +680,12 @@ class Client:
         ch = self._node_channels.get(address)
         if ch is None:
             first, longest = RECONNECT_BACKOFF_MS
-            ch = self._node_channels[address] = grpc.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 64 << 20),
-                                  ("grpc.max_send_message_length", 64 << 20),
-                                  ("grpc.initial_reconnect_backoff_ms", first),
-                                  ("grpc.min_reconnect_backoff_ms", first),
-                                  ("grpc.max_reconnect_backoff_ms", longest)])
+            ch = self._node_channels[address] = open_channel(
+                address, self.credentials, [("grpc.max_receive_message_length", 64 << 20),
+                                            ("grpc.max_send_message_length", 64 << 20),
+                                            ("grpc.initial_reconnect_backoff_ms", first),
+                                            ("grpc.min_reconnect_backoff_ms", first),
+                                            ("grpc.max_reconnect_backoff_ms", longest)])
         return ch
 
     def begin(self, read_only: bool = False) -> Transaction:

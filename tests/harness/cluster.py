@@ -307,7 +307,7 @@ class Cluster:
         """The etcd endpoints as the nodes get them (``host:port[,...]``)."""
         if self.etcd is None:
             raise RuntimeError("cluster has no etcd")
-        return self.etcd.endpoint
+        return getattr(self.etcd, "client_endpoint", self.etcd.endpoint)  # https:// with TLS
 
     @property
     def addresses(self) -> list[str]:

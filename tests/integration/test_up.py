@@ -9,11 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
 from nodes.etcdserver import free_port, port_is_free
 from nodes.up import node_env
-from shardless import connect
+from shardless import Credentials, connect
 from tests.harness.cluster import wait_for
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,16 @@ def _start_up(cmd: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
     return proc, lines
 
 
+def _credentials(lines: list[str]) -> Credentials:
+    """What a user gets by running the ``export`` line a secure up prints."""
+    for ln in lines:
+        if ln.strip().startswith("export "):
+            env = dict(kv.split("=", 1) for kv in ln.split()[1:])
+            assert set(env) == {"SHARDLESS_CERTS_DIR", "SHARDLESS_TOKEN"}, ln
+            return Credentials.from_env(env)
+    raise AssertionError("up printed no export line:\n" + "".join(lines))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -44,7 +55,8 @@ def _pid_alive(pid: int) -> bool:
 
 def test_shardless_up_starts_answers_a_client_and_stops_leaving_nothing_behind(
         tmp_path: Path) -> None:
-    """up starts etcd and nodes, a client writes and reads, SIGINT stops every process."""
+    """up starts etcd and nodes, secure by default (TLS, authentication on): a client with
+    what up prints writes and reads, one without it is refused; SIGINT stops every process."""
     base = free_port()
     while not all(port_is_free(base + i) for i in range(2)):
         base = free_port()
@@ -57,7 +69,13 @@ def test_shardless_up_starts_answers_a_client_and_stops_leaving_nothing_behind(
         wait_for(lambda: "ready" in [ln.strip() for ln in lines], 60,
                  message=lambda: "up to print ready; output:\n" + "".join(lines))
         addresses = [f"127.0.0.1:{base + i}" for i in range(2)]
-        with connect(addresses) as db:
+        creds = _credentials(lines)
+        assert creds.tls and creds.token
+        with connect(addresses, credentials=Credentials(ca=creds.ca), attempts=1) as anon:
+            with pytest.raises(grpc.RpcError) as refused:
+                anon.get("hello", 1)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with connect(addresses, credentials=creds) as db:
             db.create_table("hello", {"id": "int64", "msg": "string"}, primary_key="id")
             db.insert("hello", {"id": 1, "msg": "world"})
             assert db.get("hello", 1)["msg"] == "world"
@@ -103,7 +121,8 @@ def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
         wait_for(lambda: "ready" in [ln.strip() for ln in lines], 90,
                  message=lambda: "up to print ready; output:\n" + "".join(lines))
         assert any(ln.startswith("replica: started replica-1 (sync)") for ln in lines)
-        with connect([f"127.0.0.1:{base}"]) as db:
+        # Secure (the default): the replica follows as one of the cluster's own.
+        with connect([f"127.0.0.1:{base}"], credentials=_credentials(lines)) as db:
             db.create_table("t", {"id": "int64"}, primary_key="id")
             wait_for(lambda: any(r.sync_state == "sync" for r in db.status().replicas), 30,
                      message="the replica in the synchronous set")
@@ -127,18 +146,20 @@ def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
 
 def test_shardless_up_killed_with_sigkill_leaves_no_orphans(tmp_path: Path) -> None:
     """up cannot clean up after a SIGKILL, so its etcd and nodes die with it (their parent-
-    death signal) instead of living on as orphans that hold the ports and the data directory."""
+    death signal) instead of living on as orphans that hold the ports and the data directory.
+    Run --insecure, the old plaintext behaviour: a client with no credentials is served."""
     base = free_port()
     while not all(port_is_free(base + i) for i in range(2)):
         base = free_port()
     cmd = [sys.executable, "-m", "nodes", "up", "--nodes", "2", "--base-port", str(base),
-           "--etcd-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--ttl", "3"]
+           "--etcd-port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--ttl", "3",
+           "--insecure"]
     proc, lines = _start_up(cmd)
     pids: list[int] = []
     try:
         wait_for(lambda: "ready" in [ln.strip() for ln in lines], 60,
                  message=lambda: "up to print ready; output:\n" + "".join(lines))
-        with connect([f"127.0.0.1:{base}"]) as db:
+        with connect([f"127.0.0.1:{base}"], credentials=Credentials()) as db:
             pids = [m.pid for m in db.status().members]
         pids.append(_etcd_pid(lines))
         assert len(pids) == 3 and all(_pid_alive(p) for p in pids)
