@@ -442,14 +442,18 @@ class Replica:
             store = open_volume(volume, map_size=self.cfg.map_size)
             try:
                 self._adopt_identity(store)
+            except _Superseded as old:
+                store.close()
+                self._set_aside(old)  # then copy the primary's, below
             except BaseException:
                 store.close()
                 raise
-            with store.read() as view:
-                self.position = view.commit_position()
-            log.info("replica %s: volume %s holds position %d; following from there",
-                     self.cfg.replica_id, volume, self.position)
-            return store
+            else:
+                with store.read() as view:
+                    self.position = view.commit_position()
+                log.info("replica %s: volume %s holds position %d; following from there",
+                         self.cfg.replica_id, volume, self.position)
+                return store
         # Registered at position 0 while copying, the leader keeps the whole log meanwhile
         # (within its bounds), so that the records after the copy are still there after it.
         self.position, self.caught_up = 0, False
@@ -485,6 +489,37 @@ class Replica:
         self.position = position
         return store
 
+    def _set_aside(self, old: _Superseded) -> None:
+        """An old primary's volume rejoins as a replica: its data (which may hold commits the
+        promotion left out, never acknowledged after it) is moved aside, whole, to
+        ``VOLUME/superseded/<volume id>-epoch<N>/``, and a copy of the primary's takes its
+        place. Only when no node process still has the volume open (their lock files in
+        ``VOLUME/nodes`` are all free): a node still on it is fenced, but its files are its own.
+
+        Raises:
+            _Fatal: a process still holds the volume.
+        """
+        volume = self.cfg.volume
+        held = _held_lock_files(os.path.join(volume, "nodes"))
+        if held:
+            raise _Fatal(f"{volume} is an old primary's volume ({old.identity.volume_id}, "
+                         f"superseded by {old.record.volume_id} at epoch {old.record.epoch}) "
+                         f"but processes still have it open ({', '.join(held)}): stop them, "
+                         f"then start the replica again")
+        aside = os.path.join(volume, "superseded",
+                             f"{old.identity.volume_id}-epoch{old.record.epoch}")
+        n = 1
+        while os.path.exists(aside if n == 1 else f"{aside}.{n}"):
+            n += 1
+        aside = aside if n == 1 else f"{aside}.{n}"
+        os.makedirs(aside)
+        os.replace(os.path.join(volume, "lmdb"), os.path.join(aside, "lmdb"))
+        log.warning("replica %s: %s held the old primary's volume %s (superseded at epoch %d "
+                    "by %s); its data is kept in %s (delete it when you no longer need what "
+                    "it may hold past the promotion); copying the primary's volume",
+                    self.cfg.replica_id, volume, old.identity.volume_id, old.record.epoch,
+                    old.record.volume_id, aside)
+
     def _adopt_identity(self, store: Store) -> None:
         """Take the identity of an existing copy (a copy made before identities gets one).
 
@@ -504,6 +539,8 @@ class Replica:
                 self.promoted = rec  # promoted before this process stopped: a node runs it
                 self.stop_requested.set()
                 raise _NoPrimary("this replica was promoted; a node takes the volume over")
+            if rec is not None and rec.state == PRIMARY and rec.volume_id != ident.volume_id:
+                raise _Superseded(ident, rec)
             raise _Fatal(f"{self.cfg.volume} holds a primary's volume ({ident.volume_id}), "
                          f"not a replica's copy: start a node on it, or give the replica an "
                          f"empty directory")
@@ -953,6 +990,40 @@ class _NoPrimary(Exception):
 
 class _Fatal(Exception):
     """The replica cannot run on this volume at all."""
+
+
+class _Superseded(Exception):
+    """The volume is an old primary's, which a promotion superseded."""
+
+    def __init__(self, identity: Identity, record: EpochRecord) -> None:
+        super().__init__(f"volume {identity.volume_id} was superseded by {record.volume_id}")
+        self.identity, self.record = identity, record
+
+
+def _held_lock_files(directory: str) -> list[str]:
+    """The node lock files in ``directory`` that a live process holds (``flock``; see
+    ``nodes/deathwatch.py``)."""
+    import fcntl
+
+    held = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held.append(name)
+        finally:
+            os.close(fd)
+    return held
 
 
 def _describe(e: BaseException) -> str:

@@ -228,7 +228,27 @@ def test_the_old_primary_stops_when_a_sync_replica_is_promoted_under_it(
     assert start.epoch == 2
     late = [i for i, pos in w.acked.items() if pos > 0 and i not in rows]
     assert not late
-    print(f"old volume ends at {old_last}")
+    # The old primary's volume rejoins as a replica in place: its data is set aside whole
+    # (it may hold commits past the promotion, never acknowledged), a copy of the new
+    # primary's takes its place and follows it.
+    again = ReplicaProcess("old", mode="async", etcd=cluster.etcd_endpoints,
+                           volume=cluster.volume, port=free_port(),
+                           log_path=tmp_path / "old-replica.log", ttl_s=3)
+    replicas.append(again)
+    again.start()
+    again.wait_serving(60)
+    with connect([r.address], refresh_s=None) as db:
+        pos = db.upsert("t", {"id": 10**9, "v": "after"})
+
+    def follows() -> bool:
+        got = next((i for i in status(r.address).replicas if i.replica_id == "old"), None)
+        return got is not None and got.position >= pos
+    wait_for(follows, 60, message=lambda: "the old volume to follow the new primary:\n"
+             + again.log_tail(30))
+    assert rows_of(again.address).get(10**9) == "after"
+    (aside,) = (cluster.volume / "superseded").iterdir()
+    assert aside.name.endswith("-epoch2")
+    assert volume_position(aside) == old_last  # the old data, untouched
 
 
 def test_an_async_replica_is_promoted_only_with_accept_loss_and_the_loss_is_named(

@@ -331,3 +331,24 @@ def test_a_replica_whose_entry_goes_is_waited_for_until_the_epoch_is_read_again(
     superseded[0] = False  # (a replica that left on its own: the epoch is unchanged)
     gate._let_go()
     assert done == ["ok"] and gate.held() == float("inf")
+
+
+def test_an_old_primary_is_set_aside_only_when_no_process_holds_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The lock files of live node processes (flock held) keep a superseded volume in place."""
+    import fcntl
+    import os
+
+    from nodes.replica import _held_lock_files
+
+    d = tmp_path / "nodes"
+    assert _held_lock_files(str(d)) == []  # no directory: nothing holds it
+    d.mkdir()
+    (d / "gone.1.lock").write_text("# pid 1\n")
+    fd = os.open(d / "live.2.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        # flock is per open file description: a second open in this process is refused too.
+        assert _held_lock_files(str(d)) == ["live.2.lock"]
+    finally:
+        os.close(fd)
+    assert _held_lock_files(str(d)) == []
