@@ -20,9 +20,9 @@ Users live in etcd, under ``<cluster>/auth/``:
 Roles, each with everything of the ones before: ``reader`` (Get, BatchGet, Scan, read-only
 transactions, ListTables, DescribeTable, Status, GetOutcome), ``writer`` (row writes, Execute,
 read-write transactions, reads ``for_update``, GetOutcome with ``settle``), ``admin`` (CreateTable,
-DropTable, Drain). The replication methods (ReadLog, CopyVolume, ReportPosition,
-StreamPositions) are the cluster's own (``system``): a forged position report could make a node
-acknowledge a commit no replica holds. A user with ``tables`` may touch only those tables.
+DropTable, Drain, and the log and volume copies backups read: ReadLog, CopyVolume). Position
+reports (ReportPosition, StreamPositions) are the cluster's own (``system``): a forged one
+could make a node acknowledge a commit no replica holds. A user with ``tables`` may touch only those tables.
 
 A caller is known by a bearer token (``authorization: Bearer <token>``) or, on a node run with
 ``--tls-client-auth``, by its verified client certificate (common name: the user's name;
@@ -317,7 +317,7 @@ _NEEDS: dict[str, int] = {
     _S + "TransactionService/Commit": READ, _S + "TransactionService/Rollback": READ,
     _S + "TransactionService/GetOutcome": READ,
     _S + "ClusterService/Status": READ, _S + "ClusterService/Drain": ADMIN,
-    _S + "ClusterService/ReadLog": SYSTEM, _S + "ClusterService/CopyVolume": SYSTEM,
+    _S + "ClusterService/ReadLog": ADMIN, _S + "ClusterService/CopyVolume": ADMIN,
     _S + "ClusterService/ReportPosition": SYSTEM,
     _S + "ClusterService/StreamPositions": SYSTEM,
 }
