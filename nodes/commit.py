@@ -708,7 +708,10 @@ class DropTable:
         def ddl(v: WriteView) -> None:
             outcome.rows_affected = v.drop_table(schema)
 
-        return Plan(outcome, changes=[Change(self.name, "drop_table", ())], ddl=ddl)
+        # The dropped schema rides in the record, so that a change stream that began before
+        # the drop can still decode the table's rows (storage/changes.py).
+        return Plan(outcome, changes=[Change(self.name, "drop_table", (schema.encode(),))],
+                    ddl=ddl)
 
 
 @dataclass

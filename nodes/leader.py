@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lockmgr import Election, EtcdUnavailable, LockManager, SessionExpired
+from nodes.changes import needed_by_holds
 from nodes.membership import Membership
 from nodes.replication import ReplicaRecord, needed_from
 from storage import Retention, StorageError, Store
@@ -46,13 +47,15 @@ class Leader:
     def __init__(self, election: Election, membership: Membership, locks: LockManager,
                  store: Store, *, node_id: str, address: str,
                  log_retention: Retention = DEFAULT_RETENTION,
-                 replicas: Callable[[], Sequence[ReplicaRecord]] = list) -> None:
+                 replicas: Callable[[], Sequence[ReplicaRecord]] = list,
+                 holds: Callable[[], Sequence[tuple[str, int]]] = list) -> None:
         self._election = election
         self._membership = membership
         self._locks = locks
         self._store = store
         self._retention = log_retention
         self._replicas = replicas
+        self._holds = holds  # change-stream consumers' retention holds (nodes/changes.py)
         self.node_id = node_id
         self.address = address
         self.lease_id = 0  # the session under which we lead (0: not leader)
@@ -139,7 +142,9 @@ class Leader:
         """Remove the commit-log records that the retention rule lets go; return how many."""
         # Read before trimming, and never trimmed without: a replica that registered since
         # is then still needed (it registers before it copies).
-        needed = needed_from(self._replicas())
+        needed = min((p for p in (needed_from(self._replicas()),
+                                  needed_by_holds(self._holds())) if p is not None),
+                     default=None)
         n = 0
         for _ in range(TRIM_ROUNDS):
             cut = self._store.trim_log(self._retention, now=time.time(), needed_from=needed,

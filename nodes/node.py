@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
+from nodes.changes import ChangeService, read_holds
 from nodes.commit import AckWithheld, GroupCommitter, NoValidSession, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
@@ -64,7 +65,8 @@ DRAIN_S = 0.5
 HEALTH_CHECK_S = 0.5  # how often health is checked; NOT_SERVING after two bad checks in a row
 ADMIT_WAIT_S = 1.0  # how long a batch waits for a valid session before it is refused
 SERVICE_NAMES = [api.DESCRIPTOR.services_by_name[n].full_name for n in
-                 ("TableService", "RowService", "TransactionService", "ClusterService")]
+                 ("TableService", "RowService", "TransactionService", "ClusterService",
+                  "ChangeService")]
 
 
 class Gate:
@@ -270,7 +272,8 @@ class Node:
         self.leader = Leader(Election(self.etcd, cfg.cluster), self.membership, self.locks,
                              self.store, node_id=cfg.node_id, address=cfg.listen,
                              log_retention=cfg.log_retention,
-                             replicas=lambda: read_replicas(self.etcd, cfg.cluster))
+                             replicas=lambda: read_replicas(self.etcd, cfg.cluster),
+                             holds=lambda: read_holds(self._etcd(), cfg.cluster))
         self.leader.start()
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
@@ -346,6 +349,7 @@ class Node:
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
         rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
         rpc.add_ClusterServiceServicer_to_server(server.ClusterService(self), srv)
+        rpc.add_ChangeServiceServicer_to_server(ChangeService(self), srv)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
         _serve_reflection(srv, [*SERVICE_NAMES,
                                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])

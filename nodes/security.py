@@ -22,7 +22,8 @@ transactions, ListTables, DescribeTable, Status, GetOutcome), ``writer`` (row wr
 read-write transactions, reads ``for_update``, GetOutcome with ``settle``), ``admin`` (CreateTable,
 DropTable, Drain, and the log and volume copies backups read: ReadLog, CopyVolume). Position
 reports (ReportPosition, StreamPositions) are the cluster's own (``system``): a forged one
-could make a node acknowledge a commit no replica holds. A user with ``tables`` may touch only those tables.
+could make a node acknowledge a commit no replica holds. A user with ``tables`` may touch
+only those tables.
 
 A caller is known by a bearer token (``authorization: Bearer <token>``) or, on a node run with
 ``--tls-client-auth``, by its verified client certificate (common name: the user's name;
@@ -316,6 +317,8 @@ _NEEDS: dict[str, int] = {
     _S + "TransactionService/Execute": READ, _S + "TransactionService/Begin": READ,
     _S + "TransactionService/Commit": READ, _S + "TransactionService/Rollback": READ,
     _S + "TransactionService/GetOutcome": READ,
+    _S + "ChangeService/Watch": READ, _S + "ChangeService/Hold": READ,
+    _S + "ChangeService/Release": READ,
     _S + "ClusterService/Status": READ, _S + "ClusterService/Drain": ADMIN,
     _S + "ClusterService/ReadLog": ADMIN, _S + "ClusterService/CopyVolume": ADMIN,
     _S + "ClusterService/ReportPosition": SYSTEM,

@@ -9,7 +9,9 @@ the last one lives in the meta key ``log_pos``. Each record is::
              "ops": [[0, key, value] | [1, key] | [2, lo, hi], ...]})   # how to replay it
 
 ``changes`` names the rows (op ``put``/``del``, or ``create_table``/``drop_table``) for readers
-such as the change stream. ``ops`` are the commit's changes to the *replicated* key space
+such as the change stream; a ``drop_table`` change's key is ``(the dropped schema record,)``
+(``changes.py`` decodes the rows of a table dropped since a stream began with it). ``ops``
+are the commit's changes to the *replicated* key space
 (``keys.is_replicated``: catalog, rows, idempotency records, the table-id counter), in the order
 they were made: a put of the new bytes, a delete, or a delete of the range ``lo <= key < hi``.
 Applying the ops of every record after position P, in position order, to a consistent copy of

@@ -6,6 +6,7 @@ it retries and that errors are the stubs' ``grpc.RpcError``).
 """
 
 from shardless.client import (
+    ChangeEvent,
     Client,
     Condition,
     ExecuteResult,
@@ -27,6 +28,7 @@ from shardless.client import (
 from shardless.credentials import Credentials, open_channel
 
 __all__ = [
+    "ChangeEvent",
     "Client",
     "Condition",
     "Credentials",

@@ -71,6 +71,7 @@ from shardless.credentials import Credentials, open_channel
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
 from shardless.v1 import types_pb2 as pb
+from shardless.v1.services_pb2 import Change as api_pb_change
 
 Scalar: TypeAlias = bool | int | float | str | bytes | bytearray | memoryview | None
 """A Python value that maps to one ``Value`` (``None`` is SQL NULL)."""
@@ -590,6 +591,7 @@ class Client:
         self._rows = api_grpc.RowServiceStub(channel)
         self._txns = api_grpc.TransactionServiceStub(channel)
         self._cluster = api_grpc.ClusterServiceStub(channel)
+        self._changes = api_grpc.ChangeServiceStub(channel)
         if old is not None:
             self._old_channels.append(old)
 
@@ -855,6 +857,42 @@ class Client:
         if end is not None:
             request.end.CopyFrom(pb.Bound(key=to_key(end), exclusive=end_exclusive))
         return self._scan(request, self.timeout_s if timeout_s is None else timeout_s)
+
+    def watch(self, table: str, start: KeyLike = None, end: KeyLike = None, *,
+              position: int = 0, index: int = 0, from_now: bool = False,
+              hold: str = "", hold_ttl_s: float = 60.0, max_changes: int = 0
+              ) -> Watch:
+        """The committed changes of ``table`` (or of a key range, bounds as :meth:`scan`'s,
+        inclusive), in commit order, then new ones as they commit: an iterator that never ends
+        by itself (call :meth:`Watch.close`, or leave a ``with`` block).
+
+        It resumes by itself after a node's death or a broken stream, on any node, from the
+        place after the last change it gave (``Watch.place``): every change comes once, in
+        order. With ``hold``, it keeps the commit log from its place on for ``hold_ttl_s``
+        and renews that every third of it (from a thread), so that a consumer that falls behind
+        or reconnects finds its changes still there; a consumer that dies stops holding when
+        the TTL runs out. Start from ``(position, index)`` (0: the oldest held) or
+        ``from_now``.
+
+        Yields:
+            :class:`ChangeEvent`.
+
+        Raises:
+            grpc.RpcError: OUT_OF_RANGE when the place is older than the log holds (its message
+                names the oldest position); NOT_FOUND for an unknown table; what is not worth
+                retrying.
+        """
+        if from_now:  # now, not when the first change is asked for
+            now = self._cluster.Status(api.StatusRequest(local_only=True),
+                                       timeout=self.timeout_s).commit_position
+            position, index = now + 1, 0
+        request = api.WatchRequest(table=table, start_position=position, start_index=index,
+                                   max_changes=max_changes)
+        if start is not None:
+            request.start.CopyFrom(pb.Bound(key=to_key(start)))
+        if end is not None:
+            request.end.CopyFrom(pb.Bound(key=to_key(end)))
+        return Watch(self, request, hold=hold, hold_ttl_s=hold_ttl_s)
 
     def _scan(self, request: api.ScanRequest, timeout_s: float) -> Iterator[Record]:
         call = self._rows.Scan(request, timeout=timeout_s)
@@ -1139,6 +1177,108 @@ class Transaction:
         self.done = True
         self._txns.Rollback(api.RollbackRequest(transaction_id=self.id),
                             **self._opts())
+
+
+_CHANGE_KINDS = {api_pb_change.PUT: "put", api_pb_change.DELETE: "delete",
+                 api_pb_change.CREATE_TABLE: "create_table",
+                 api_pb_change.DROP_TABLE: "drop_table"}
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One committed change: ``kind`` is ``put`` (``row`` the new row), ``delete``,
+    ``create_table`` or ``drop_table``; ``(position, index)`` is its place in the log."""
+
+    position: int
+    index: int
+    kind: str
+    table: str
+    key: tuple[Scalar, ...]
+    row: Record | None
+    ts: float
+
+
+class Watch:
+    """The iterator :meth:`Client.watch` returns; see there. ``place`` is where it would
+    resume: the place after the last change it gave, or after the last position a message
+    said was complete."""
+
+    RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                 grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+                 grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                 grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def __init__(self, client: Client, request: api.WatchRequest, *, hold: str,
+                 hold_ttl_s: float) -> None:
+        self._client, self._request = client, request
+        self.place = (request.start_position, request.start_index)
+        self.hold, self._hold_ttl_s = hold, hold_ttl_s
+        self.reconnects = 0
+        self._call: Any = None
+        self._closed = threading.Event()
+        self._iter = self._run()
+        if hold:
+            self._renew()  # before the first message: nothing may go meanwhile
+            threading.Thread(target=self._hold_loop, daemon=True, name="shardless-hold").start()
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> ChangeEvent:
+        return next(self._iter)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, release: bool = False) -> None:
+        """End the stream (and, with ``release``, give up the hold)."""
+        self._closed.set()
+        if self._call is not None:
+            self._call.cancel()
+        if release and self.hold:
+            self._client._changes.Release(api.ReleaseRequest(name=self.hold),
+                                          timeout=self._client.timeout_s)
+
+    def _renew(self) -> None:
+        self._client._changes.Hold(api.HoldRequest(name=self.hold, position=self.place[0],
+                                                   ttl_seconds=self._hold_ttl_s),
+                                   timeout=self._client.timeout_s)
+
+    def _hold_loop(self) -> None:
+        while not self._closed.wait(self._hold_ttl_s / 3):
+            try:
+                self._renew()
+            except grpc.RpcError:
+                continue  # again soon; the TTL leaves two more tries
+
+    def _run(self) -> Iterator[ChangeEvent]:
+        attempt = 0
+        while not self._closed.is_set():
+            request = api.WatchRequest()
+            request.CopyFrom(self._request)
+            request.start_position, request.start_index = self.place
+            self._call = self._client._changes.Watch(request)
+            try:
+                for response in self._call:
+                    attempt = 0
+                    for c in response.changes:
+                        self.place = (c.position, c.index + 1)
+                        yield ChangeEvent(c.position, c.index, _CHANGE_KINDS.get(c.kind, "?"),
+                                          c.table, from_key(c.key),
+                                          from_row(c.row) if c.HasField("row") else None, c.ts)
+                    if response.position and (response.position + 1, 0) > self.place:
+                        self.place = (response.position + 1, 0)
+            except grpc.RpcError as e:
+                if self._closed.is_set():
+                    return
+                if e.code() not in self.RETRYABLE or attempt >= 50:
+                    raise
+                self.reconnects += 1
+                attempt += 1
+                time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
 
 
 def connect(addresses: str | Sequence[str], *, timeout_s: float = 10.0, **options: Any

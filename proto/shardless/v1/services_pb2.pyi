@@ -564,3 +564,93 @@ class ReportPositionRequest(_message.Message):
 class ReportPositionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("table", "start", "end", "start_position", "start_index", "from_now", "max_changes")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    START_POSITION_FIELD_NUMBER: _ClassVar[int]
+    START_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FROM_NOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    start: _types_pb2.Bound
+    end: _types_pb2.Bound
+    start_position: int
+    start_index: int
+    from_now: bool
+    max_changes: int
+    def __init__(self, table: _Optional[str] = ..., start: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., end: _Optional[_Union[_types_pb2.Bound, _Mapping]] = ..., start_position: _Optional[int] = ..., start_index: _Optional[int] = ..., from_now: _Optional[bool] = ..., max_changes: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("position", "index", "kind", "ts", "key", "row", "schema", "table")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[Change.Kind]
+        PUT: _ClassVar[Change.Kind]
+        DELETE: _ClassVar[Change.Kind]
+        CREATE_TABLE: _ClassVar[Change.Kind]
+        DROP_TABLE: _ClassVar[Change.Kind]
+    KIND_UNSPECIFIED: Change.Kind
+    PUT: Change.Kind
+    DELETE: Change.Kind
+    CREATE_TABLE: Change.Kind
+    DROP_TABLE: Change.Kind
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    index: int
+    kind: Change.Kind
+    ts: float
+    key: _types_pb2.Key
+    row: _types_pb2.Row
+    schema: _types_pb2.TableSchema
+    table: str
+    def __init__(self, position: _Optional[int] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[Change.Kind, str]] = ..., ts: _Optional[float] = ..., key: _Optional[_Union[_types_pb2.Key, _Mapping]] = ..., row: _Optional[_Union[_types_pb2.Row, _Mapping]] = ..., schema: _Optional[_Union[_types_pb2.TableSchema, _Mapping]] = ..., table: _Optional[str] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("changes", "position", "oldest_position", "last_position")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    position: int
+    oldest_position: int
+    last_position: int
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., position: _Optional[int] = ..., oldest_position: _Optional[int] = ..., last_position: _Optional[int] = ...) -> None: ...
+
+class HoldRequest(_message.Message):
+    __slots__ = ("name", "position", "ttl_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    position: int
+    ttl_seconds: float
+    def __init__(self, name: _Optional[str] = ..., position: _Optional[int] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class HoldResponse(_message.Message):
+    __slots__ = ("oldest_position",)
+    OLDEST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    oldest_position: int
+    def __init__(self, oldest_position: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

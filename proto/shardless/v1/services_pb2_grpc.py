@@ -1163,3 +1163,177 @@ class ClusterService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ChangeServiceStub:
+    """The change stream (docs/changes.md): the committed changes of a table, in commit order, each
+    at its place (position, index), which no other change shares and which never changes.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.unary_stream(
+                '/shardless.v1.ChangeService/Watch',
+                request_serializer=shardless_dot_v1_dot_services__pb2.WatchRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.Hold = channel.unary_unary(
+                '/shardless.v1.ChangeService/Hold',
+                request_serializer=shardless_dot_v1_dot_services__pb2.HoldRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.HoldResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/shardless.v1.ChangeService/Release',
+                request_serializer=shardless_dot_v1_dot_services__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=shardless_dot_v1_dot_services__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+
+
+class ChangeServiceServicer:
+    """The change stream (docs/changes.md): the committed changes of a table, in commit order, each
+    at its place (position, index), which no other change shares and which never changes.
+    """
+
+    def Watch(self, request, context):
+        """The changes of a table (or a key range of it) from a place in the log, then new ones as
+        they commit, until the call is cancelled or the node leaves. Every change is delivered
+        once per stream, in order, with no gap: a consumer that resumes from the place after the
+        last change it took (or after a message's `position`) gets every later change once, from
+        any node. A place older than the log still holds fails with OUT_OF_RANGE naming the
+        oldest position held (keep the log with Hold). Nothing is delivered that the synchronous
+        replicas do not hold yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Hold(self, request, context):
+        """Keep the commit log from `position` on for the consumer `name`, for `ttl_seconds` (call
+        again before then to renew it and move it forward). A consumer that stops renewing stops
+        holding the log when its TTL runs out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ChangeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.WatchRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.WatchResponse.SerializeToString,
+            ),
+            'Hold': grpc.unary_unary_rpc_method_handler(
+                    servicer.Hold,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.HoldRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.HoldResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=shardless_dot_v1_dot_services__pb2.ReleaseRequest.FromString,
+                    response_serializer=shardless_dot_v1_dot_services__pb2.ReleaseResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shardless.v1.ChangeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shardless.v1.ChangeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ChangeService:
+    """The change stream (docs/changes.md): the committed changes of a table, in commit order, each
+    at its place (position, index), which no other change shares and which never changes.
+    """
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardless.v1.ChangeService/Watch',
+            shardless_dot_v1_dot_services__pb2.WatchRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Hold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.ChangeService/Hold',
+            shardless_dot_v1_dot_services__pb2.HoldRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.HoldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardless.v1.ChangeService/Release',
+            shardless_dot_v1_dot_services__pb2.ReleaseRequest.SerializeToString,
+            shardless_dot_v1_dot_services__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

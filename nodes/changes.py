@@ -1,0 +1,206 @@
+"""The change stream: ``ChangeService`` (Watch, Hold, Release) and the retention holds.
+
+Owns: serving a table's committed changes in log order (``storage/changes.py`` turns records
+into changes), and the holds that keep the commit log for consumers. docs/changes.md is the
+user's account.
+
+Watch reads the log one snapshot per message (the records before a position never change, and
+a long snapshot would pin the pages truncation frees), through the node's read barrier, so it
+never delivers a commit the synchronous replicas do not hold. It produces a message only when
+gRPC has taken the last one (a generator: flow control reaches back to the log), so a slow
+consumer costs one worker thread and one message of memory, never slows commits or other
+streams, and is ended by the stream watch (``--stream-stall-timeout``) when it takes nothing
+for that long; one whose place the log no longer holds gets OUT_OF_RANGE naming the oldest
+position, as every Watch from a place that is gone does.
+
+Holds: ``<cluster>/holds/<name>`` in etcd, ``{"position", "ts", "node"}`` on a lease of the hold's
+TTL, granted by the node that took the Hold call (a renewal puts it again on a new lease and
+revokes the old one). The leader keeps every position from the smallest hold on (as it does for
+replicas, ``nodes/leader.py``), within the log's hard bounds (``--log-max-mb``,
+``--log-max-age``), which no consumer can lift: a consumer that dies stops holding within its
+TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from lockmgr import EtcdClient
+from nodes import convert, query
+from nodes.status import stream, unary
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from shardless.v1 import types_pb2 as pb
+from storage import InvalidInput, NotFound, commitlog, keys
+from storage.changes import CREATE_TABLE, DELETE_ROW, DROP_TABLE, PUT_ROW, Schemas, record_changes
+
+if TYPE_CHECKING:
+    from nodes.node import Node
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHANGES, MAX_CHANGES = 256, 10_000
+RECORDS_PER_READ = 256
+HEARTBEAT_S = 1.0
+POLL_S = 0.05  # how often other nodes' commits are looked for
+DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S = 60.0, 86_400.0
+_KINDS = {PUT_ROW: api.Change.PUT, DELETE_ROW: api.Change.DELETE,
+          CREATE_TABLE: api.Change.CREATE_TABLE, DROP_TABLE: api.Change.DROP_TABLE}
+
+
+def holds_prefix(cluster: str) -> bytes:
+    return f"{cluster}/holds/".encode()
+
+
+def read_holds(etcd: EtcdClient, cluster: str) -> list[tuple[str, int]]:
+    """Every hold, (name, position). Raises EtcdUnavailable."""
+    prefix = holds_prefix(cluster)
+    out = []
+    for kv in etcd.get_prefix(prefix):
+        try:
+            out.append((kv.key[len(prefix):].decode(), int(json.loads(kv.value)["position"])))
+        except (ValueError, KeyError, TypeError):
+            log.warning("hold %r is malformed; ignored", kv.key)
+    return out
+
+
+def needed_by_holds(holds: Sequence[tuple[str, int]]) -> int | None:
+    """The oldest position a hold keeps (None: no hold)."""
+    return min((p for _, p in holds), default=None)
+
+
+class ChangeService(rpc.ChangeServiceServicer):
+    """Watch, Hold and Release on a node of the primary."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    @stream
+    def Watch(self, request: api.WatchRequest, context: grpc.ServicerContext
+              ) -> Iterator[api.WatchResponse]:
+        per_message = request.max_changes or DEFAULT_MAX_CHANGES
+        if per_message > MAX_CHANGES:
+            raise InvalidInput(f"max_changes is at most {MAX_CHANGES}")
+        if not request.table:
+            raise InvalidInput("table is required")
+        node = self.node
+        reads, committer = node.reads, node.committer
+        with reads.read() as view:
+            oldest, last, _ = view.log_bounds()
+            current = view.tables()
+        schemas = Schemas(current)
+        schema = schemas.named(request.table)
+        from_now = request.from_now
+        if schema is None and (from_now or request.HasField("start")
+                               or request.HasField("end")):
+            raise NotFound(f"table {request.table!r} does not exist")
+        lo = hi = None
+        if schema is not None:
+            start = convert.key(request.start.key) if request.HasField("start") else None
+            end = convert.key(request.end.key) if request.HasField("end") else None
+            lo, hi = query.byte_range(schema, start, request.start.exclusive, end,
+                                      request.end.exclusive)
+        position = last + 1 if from_now else (request.start_position or oldest)
+        skip = 0 if from_now else request.start_index
+
+        def wanted(c: Any) -> bool:
+            if c.table != request.table:
+                return False
+            if c.kind in (CREATE_TABLE, DROP_TABLE):
+                return True
+            return (lo is None or c.encoded_key >= lo) and (hi is None or c.encoded_key < hi)
+
+        seen, quiet_since = committer.batches, time.monotonic()
+        out = api.WatchResponse()
+        while context.is_active() and not node.gate.draining:
+            with reads.read() as view:
+                oldest, last, _ = view.log_bounds()
+                records = [commitlog.decode(keys.log(p), raw)
+                           for p, raw in view.log_stored(position, RECORDS_PER_READ)] \
+                    if position <= last else []
+
+                def find_dropped(table_id: int, view: Any = view, after: int = position
+                                 ) -> None:
+                    for r in view.log(after):
+                        if any(c.op == DROP_TABLE for c in r.changes):
+                            schemas.learn_dropped(r)
+                            if schemas.get(table_id) is not None:
+                                return
+
+                decoded = [(r, record_changes(r, schemas, find_dropped=find_dropped))
+                           for r in records]
+            for record, changes in decoded:
+                for c in changes:
+                    if (record.position == position and c.index < skip) or not wanted(c):
+                        continue
+                    out.changes.append(_change(c))
+                    if len(out.changes) >= per_message:
+                        out.oldest_position, out.last_position = oldest, last
+                        yield out
+                        out = api.WatchResponse()
+                out.position = record.position
+                position, skip = record.position + 1, 0
+            if out.changes or (time.monotonic() - quiet_since >= HEARTBEAT_S):
+                out.position = position - 1
+                out.oldest_position, out.last_position = oldest, last
+                yield out
+                out = api.WatchResponse()
+                quiet_since = time.monotonic()
+            if not records:
+                seen = committer.wait_for_commit(seen, POLL_S)
+
+    @unary
+    def Hold(self, request: api.HoldRequest, context: grpc.ServicerContext
+             ) -> api.HoldResponse:
+        name = request.name
+        if not name or "/" in name or not name.isprintable() or len(name) > 200:
+            raise InvalidInput("name must be 1 to 200 printable characters without '/'")
+        ttl = request.ttl_seconds or DEFAULT_HOLD_TTL_S
+        if not 1 <= ttl <= MAX_HOLD_TTL_S:
+            raise InvalidInput(f"ttl_seconds must be between 1 and {MAX_HOLD_TTL_S:g}")
+        node = self.node
+        assert node.etcd is not None and node.store is not None
+        key = holds_prefix(node.cfg.cluster) + name.encode()
+        old = node.etcd.get(key)
+        lease, _granted = node.etcd.grant(int(ttl + 0.999))
+        node.etcd.put(key, json.dumps({"position": request.position, "ts": time.time(),
+                                       "node": node.cfg.node_id,
+                                       "lease": lease}).encode(), lease)
+        if old is not None:
+            try:
+                prev = int(json.loads(old.value)["lease"])
+                if prev != lease:
+                    node.etcd.revoke(prev)
+            except (ValueError, KeyError, TypeError):
+                pass
+            except Exception as e:  # the old lease may be gone already
+                log.info("hold %s: old lease not revoked: %s", name, e)
+        with node.store.read() as view:
+            oldest = view.log_bounds()[0]
+        return api.HoldResponse(oldest_position=oldest)
+
+    @unary
+    def Release(self, request: api.ReleaseRequest, context: grpc.ServicerContext
+                ) -> api.ReleaseResponse:
+        node = self.node
+        assert node.etcd is not None
+        key = holds_prefix(node.cfg.cluster) + request.name.encode()
+        return api.ReleaseResponse(released=node.etcd.delete(key))
+
+
+def _change(c: Any) -> api.Change:
+    out = api.Change(position=c.position, index=c.index, kind=_KINDS[c.kind], ts=c.ts,
+                    table=c.table)
+    if c.kind in (PUT_ROW, DELETE_ROW) and c.key:
+        out.key.CopyFrom(pb.Key(parts=[convert.to_value(v) for v in c.key]))
+    if c.kind == PUT_ROW and c.values is not None:
+        convert.fill_row(out.row, c.values, c.position)
+    if c.kind == CREATE_TABLE and c.schema is not None:
+        out.schema.CopyFrom(convert.to_schema(c.schema))
+    return out

@@ -1,0 +1,220 @@
+"""The change stream on real nodes: what a consumer gets, once each and in order, across node
+deaths and its own restarts; and the holds that keep the commit log for it."""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from shardless import connect
+from shardless.client import ChangeEvent
+from shardless.v1 import services_pb2 as api
+from shardless.v1 import services_pb2_grpc as rpc
+from tests.harness.cluster import Cluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def take(watch: Any, n: int, timeout_s: float = 30) -> list[ChangeEvent]:
+    """The next ``n`` changes of a watch (in a thread, so a hang fails the test)."""
+    out: list[ChangeEvent] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            for c in watch:
+                out.append(c)
+                if len(out) >= n:
+                    break
+        finally:
+            done.set()
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout_s), f"got {len(out)} of {n} changes: {out[-3:]}"
+    return out
+
+
+def test_a_watch_delivers_each_change_with_its_image_in_commit_order(cluster: Cluster) -> None:
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("acct", {"id": "int64", "owner": "string", "n": "int64"}, primary_key="id")
+    db.create_table("other", {"id": "int64"}, primary_key="id")
+    watch = db.watch("acct", from_now=True)
+    ranged = db.watch("acct", start=10, end=19, from_now=True)
+    p1 = db.upsert("acct", [{"id": 1, "owner": "ada", "n": 5}, {"id": 12, "owner": "bo", "n": 1}])
+    db.upsert("other", {"id": 1})  # another table: not delivered
+    with db.begin() as t:
+        t.update("acct", {"id": 1, "owner": "ada", "n": 6})
+        t.delete("acct", [12])
+    p3 = db.upsert("acct", {"id": 13, "owner": "cy", "n": 0})
+    got = take(watch, 5)
+    assert [(c.kind, c.key) for c in got] == [("put", (1,)), ("put", (12,)), ("put", (1,)),
+                                              ("delete", (12,)), ("put", (13,))]
+    assert got[0].position == got[1].position == p1 and got[-1].position == p3
+    assert got[2].position == got[3].position < p3
+    assert got[2].row is not None and got[2].row["n"] == 6 and got[2].row.version == got[2].position
+    places = [(c.position, c.index) for c in got]
+    assert places == sorted(set(places))
+    # The key range [10, 19]; and a watch from the start begins with the table's creation.
+    assert [(c.kind, c.key) for c in take(ranged, 3)] == [("put", (12,)), ("delete", (12,)),
+                                                          ("put", (13,))]
+    first = take(db.watch("acct"), 1)[0]
+    assert first.kind == "create_table" and first.table == "acct"
+    db.drop_table("acct")
+    assert take(watch, 1)[0].kind == "drop_table"
+    for w in (watch, ranged):
+        w.close()
+    # Bad input: a clear status, the node goes on.
+    stub = rpc.ChangeServiceStub(grpc.insecure_channel(cluster.addresses[0]))
+    for request, code in ((api.WatchRequest(table="nope", from_now=True),
+                           grpc.StatusCode.NOT_FOUND),
+                          (api.WatchRequest(table="other", max_changes=10**6),
+                           grpc.StatusCode.INVALID_ARGUMENT),
+                          (api.WatchRequest(), grpc.StatusCode.INVALID_ARGUMENT)):
+        with pytest.raises(grpc.RpcError) as e:
+            next(iter(stub.Watch(request, timeout=5)))
+        assert e.value.code() == code, e.value
+    db.close()
+
+
+@pytest.mark.fault
+def test_exactly_once_in_order_through_node_kills_and_consumer_restarts(
+        cluster: Cluster) -> None:
+    """Writers upsert and delete while nodes are killed -9 and restarted, and the consumer is
+    stopped and started again from the place it saved: what it saw, with nothing removed, is
+    the log's changes of the table in order, each once; replayed from empty it gives the
+    table's final state; every acknowledged write is in it."""
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "int64"}, primary_key="id")
+    stop = threading.Event()
+    acked: dict[int, int] = {}  # commit position -> how many row changes it made
+    errors: list[BaseException] = []
+
+    def write(k: int) -> None:
+        with connect(cluster.addresses, refresh_s=None) as w:
+            rng = random.Random(k)
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if rng.random() < 0.2:
+                        w.delete("t", [rng.randrange(40)])  # (of a missing row: no change)
+                    else:
+                        rows = [{"id": i, "v": n} for i in rng.sample(range(40), rng.randint(1, 3))]
+                        acked[w.upsert("t", rows)] = len(rows)
+                except grpc.RpcError:
+                    time.sleep(0.05)  # a node died under the call: the helper retried and gave up
+                except BaseException as e:
+                    errors.append(e)
+                    return
+
+    writers = [threading.Thread(target=write, args=(k,), daemon=True) for k in range(3)]
+    seen: list[ChangeEvent] = []
+    place = (0, 0)
+    consumer_restarts = 0
+
+    def consume(deadline: float) -> None:
+        nonlocal place
+        with db.watch("t", position=place[0], index=place[1], hold="test-consumer",
+                      hold_ttl_s=10) as w:
+            for c in w:
+                seen.append(c)
+                place = w.place
+                if time.monotonic() > deadline:
+                    break
+            place = w.place
+
+    for t in writers:
+        t.start()
+    end = time.monotonic() + 20
+    rng = random.Random(7)
+    killer_stop = threading.Event()
+
+    kills: list[str] = []
+
+    def kill_nodes() -> None:
+        while not killer_stop.wait(rng.uniform(1.5, 3)):
+            victim = rng.choice(cluster.live_nodes)
+            victim.kill9()
+            kills.append(victim.name)
+            victim.restart(wait=True)
+
+    killer = threading.Thread(target=kill_nodes, daemon=True)
+    killer.start()
+    try:
+        while time.monotonic() < end:
+            consume(time.monotonic() + rng.uniform(0.5, 2.5))  # then "restart" the consumer
+            consumer_restarts += 1
+    finally:
+        killer_stop.set()
+        killer.join(60)
+        stop.set()
+        for t in writers:
+            t.join(30)
+    assert not errors, errors
+    # The rest of the stream, up to a last write made after everything else.
+    sentinel = db.upsert("t", {"id": 1000, "v": 0})
+    acked[sentinel] = 1
+    with db.watch("t", position=place[0], index=place[1]) as w:
+        for c in w:
+            seen.append(c)
+            if c.position == sentinel:
+                break
+    places = [(c.position, c.index) for c in seen]
+    assert places == sorted(places), "out of order"
+    assert len(places) == len(set(places)), "a change seen twice"
+    # What a single uninterrupted watch from the start sees is exactly the same.
+    assert seen[0].kind == "create_table"  # the first consumer began at the oldest held
+    whole = take(db.watch("t"), len(seen), timeout_s=60)
+    assert [(c.position, c.index) for c in whole] == places
+    # Every acknowledged write is there, with as many row changes as it made.
+    by_position: dict[int, int] = {}
+    for c in seen:
+        by_position[c.position] = by_position.get(c.position, 0) + 1
+    missing = [p for p in acked if p not in by_position]
+    assert not missing, f"acknowledged commits missing from the stream: {missing[:10]}"
+    assert all(by_position[p] == n for p, n in acked.items())
+    # Replayed from empty, the stream gives the final state.
+    state: dict[int, int] = {}
+    for c in seen:
+        if c.kind == "put":
+            state[c.key[0]] = c.row["v"]  # type: ignore[index]
+        elif c.kind == "delete":
+            state.pop(c.key[0], None)
+    assert state == {r["id"]: r["v"] for r in db.scan("t")}
+    assert consumer_restarts >= 5 and len(kills) >= 3 and len(acked) > 50, (
+        consumer_restarts, kills, len(acked))
+    db.close()
+
+
+def test_a_hold_keeps_the_log_and_an_expired_one_frees_it(make_cluster) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = make_cluster("--log-keep", "1", n=1)
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64"}, primary_key="id")
+    held = db.upsert("t", {"id": 1})
+    stub = rpc.ChangeServiceStub(grpc.insecure_channel(cluster.addresses[0]))
+    stub.Hold(api.HoldRequest(name="consumer-a", position=held, ttl_seconds=3), timeout=5)
+    for i in range(2, 30):
+        db.upsert("t", {"id": i})
+    time.sleep(3.5)  # past --log-keep, several leader cycles: only the hold keeps `held`
+    status = db.status()
+    assert status.log_oldest_position <= held < status.commit_position
+    got = take(db.watch("t", position=held), 3)
+    assert got[0].position == held and got[0].key == (1,)
+    # Not renewed, the hold ends with its TTL, and the log moves on past it.
+    wait_for(lambda: db.status().log_oldest_position > held, 20, message="the log trimmed")
+    with pytest.raises(grpc.RpcError) as gone:
+        next(iter(db.watch("t", position=held)))
+    assert gone.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    oldest = re.search(r"oldest position held is (\d+)", gone.value.details() or "")
+    assert oldest and int(oldest.group(1)) > held
+    # Release ends a hold at once.
+    stub.Hold(api.HoldRequest(name="consumer-b", position=db.status().commit_position,
+                              ttl_seconds=60), timeout=5)
+    assert stub.Release(api.ReleaseRequest(name="consumer-b"), timeout=5).released
+    assert not stub.Release(api.ReleaseRequest(name="consumer-b"), timeout=5).released
+    db.close()
