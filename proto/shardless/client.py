@@ -530,6 +530,14 @@ def channel_options() -> list[tuple[str, Any]]:
 
 # --- client -------------------------------------------------------------------------------------
 
+ChannelFactory: TypeAlias = Callable[[str, list[tuple[str, Any]]], grpc.Channel]
+"""Opens a channel: (target, channel options) -> channel."""
+
+
+def _insecure_channel(target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+    return grpc.insecure_channel(target, options=options)
+
+
 
 class Client:
     """A connection to a Shardless cluster: one channel, every service, Python values.
@@ -541,7 +549,8 @@ class Client:
     def __init__(self, addresses: str | Sequence[str], *, timeout_s: float = 10.0,
                  attempts: int = 8, idempotent_writes: bool = True,
                  refresh_s: float | None = 2.0,
-                 txn_lifetime_s: float | None = DEFAULT_TXN_LIFETIME_S) -> None:
+                 txn_lifetime_s: float | None = DEFAULT_TXN_LIFETIME_S,
+                 channel_factory: ChannelFactory | None = None) -> None:
         """Open the channel (lazily: nothing connects until the first call).
 
         Args:
@@ -554,6 +563,9 @@ class Client:
                 node rolls it back after that (ABORTED ``EXPIRED``), so that one whose client
                 died or whose Commit was lost frees its locks that soon (None: no bound but the
                 node's idle timeout).
+            channel_factory: Opens each channel from a target and its options (default
+                ``grpc.insecure_channel``); a program that opens all its channels in one place
+                (``nodes/admin.py``) passes its own.
 
         Raises:
             ValueError: bad addresses or a non-positive timeout.
@@ -564,6 +576,7 @@ class Client:
         self.txn_lifetime_s = txn_lifetime_s
         self.attempts = max(1, attempts)
         self.idempotent_writes = idempotent_writes
+        self._open_channel: ChannelFactory = channel_factory or _insecure_channel
         self._old_channels: list[grpc.Channel] = []
         self._node_channels: dict[str, grpc.Channel] = {}
         self._use(addresses)
@@ -577,7 +590,7 @@ class Client:
         self.addresses = sorted(addresses.split(",") if isinstance(addresses, str)
                                 else addresses)
         self.target = channel_target(self.addresses)
-        channel = grpc.insecure_channel(self.target, options=channel_options())
+        channel = self._open_channel(self.target, channel_options())
         old = getattr(self, "_channel", None)
         self._channel = channel
         self._tables = api_grpc.TableServiceStub(channel)
@@ -674,8 +687,8 @@ class Client:
         ch = self._node_channels.get(address)
         if ch is None:
             first, longest = RECONNECT_BACKOFF_MS
-            ch = self._node_channels[address] = grpc.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 64 << 20),
+            ch = self._node_channels[address] = self._open_channel(
+                address, [("grpc.max_receive_message_length", 64 << 20),
                                   ("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.initial_reconnect_backoff_ms", first),
                                   ("grpc.min_reconnect_backoff_ms", first),
