@@ -17,6 +17,7 @@ from lockmgr.errors import (
 from lockmgr.etcd import EtcdClient, EtcdTls, KeyValue, parse_endpoints
 from lockmgr.manager import Fencer, LockManager, WaitRecord
 from lockmgr.modes import LockMode
+from lockmgr.queues import LockQueue, Waiter, queues, read_locks
 from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
 from lockmgr.table import TxnLocks, plan
@@ -35,6 +36,7 @@ __all__ = [
     "LockError",
     "LockManager",
     "LockMode",
+    "LockQueue",
     "LockTimeout",
     "Request",
     "Resource",
@@ -42,8 +44,11 @@ __all__ = [
     "SessionExpired",
     "TxnLocks",
     "WaitRecord",
+    "Waiter",
     "check_timing",
     "parse_endpoints",
     "plan",
+    "queues",
+    "read_locks",
     "victims",
 ]

@@ -93,6 +93,21 @@ class WaitRecord:
     waits_for: tuple[str, ...]
 
 
+def parse_waits(kvs: Iterable[KeyValue]) -> list[WaitRecord]:
+    """The wait records among ``kvs`` (keys read from under ``resource.waits_prefix``); a
+    record that does not parse (written by another version) is skipped."""
+    out = []
+    for kv in kvs:
+        try:
+            d = json.loads(kv.value)
+            out.append(WaitRecord(kv.key.decode().rsplit("/", 1)[1], str(d["node"]),
+                                  float(d["started_at"]), str(d["resource"]),
+                                  str(d["mode"]), tuple(d["waits_for"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 class LockManager:
     """Locks for the transactions of one process, over the process's session."""
 
@@ -429,16 +444,7 @@ class LockManager:
 
     def waits(self) -> list[WaitRecord]:
         """Every published wait record of the cluster."""
-        out = []
-        for kv in self._client.get_prefix(resource.waits_prefix(self.cluster)):
-            try:
-                d = json.loads(kv.value)
-                out.append(WaitRecord(kv.key.decode().rsplit("/", 1)[1], str(d["node"]),
-                                      float(d["started_at"]), str(d["resource"]),
-                                      str(d["mode"]), tuple(d["waits_for"])))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return out
+        return parse_waits(self._client.get_prefix(resource.waits_prefix(self.cluster)))
 
     def detect_once(self) -> list[str]:
         """Look for deadlocks now; abort this node's victims; return every victim found."""

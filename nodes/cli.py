@@ -1,24 +1,25 @@
 """The ``shardless`` command: ``node`` runs one node, ``replica`` keeps a copy of the volume,
-``up`` runs a local cluster, ``status`` prints a cluster's status, ``drain`` makes one node
-leave without failing a client call, ``promote`` makes a replica the primary, ``bench``
-measures a cluster against baselines."""
+``up`` runs a local cluster, ``drain`` makes one node leave without failing a client call,
+``promote`` makes a replica the primary, ``bench`` measures a cluster against baselines; the
+operator's commands (``status``, ``members``, ``health``, ``locks``, ``get``, ``put``) live in
+``nodes/admin.py``. This module registers arguments and dispatches; ``DESCRIPTION`` is the plain
+text ``--help`` shows."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import math
-import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from nodes import limits
+from nodes import admin, limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from nodes.security import Security, wants_etcd_tls
-from shardless.credentials import ENV_CERTS_DIR, ENV_TOKEN, ENV_USER, Credentials
+from shardless.credentials import Credentials
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
 
@@ -90,31 +91,6 @@ def _admin_etcd(args: argparse.Namespace) -> tuple[Any, Any]:
     return etcd, open_node
 
 
-def _add_client_args(p: argparse.ArgumentParser) -> None:
-    """How a command that calls nodes proves who it is (docs/security.md)."""
-    g = p.add_argument_group("connection (default: from SHARDLESS_CERTS_DIR, SHARDLESS_USER, "
-                             "SHARDLESS_TOKEN; none: plaintext, anonymous)")
-    g.add_argument("--certs-dir", default=None,
-                   help="use TLS, trusting ca.crt of this directory (and presenting "
-                        "client.<user>.crt if there)")
-    g.add_argument("--user", default=None, help="the client certificate's user (root)")
-    g.add_argument("--token", default=None, help="an authentication token")
-
-
-def client_credentials(args: argparse.Namespace) -> Credentials:
-    """The credentials a command's arguments (or the environment) give.
-
-    Raises:
-        ValueError: a certificates directory without ca.crt.
-    """
-    env = dict(os.environ)
-    if getattr(args, "certs_dir", None) is not None:
-        env[ENV_CERTS_DIR] = args.certs_dir
-    if getattr(args, "user", None) is not None:
-        env[ENV_USER] = args.user
-    if getattr(args, "token", None) is not None:
-        env[ENV_TOKEN] = args.token
-    return Credentials.from_env(env)
 
 
 def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -279,7 +255,8 @@ def _add_promote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = sub.add_parser("promote", help="make a replica's volume the primary, fencing the old "
                                        "one (docs/replication.md, 'Promotion')")
     p.add_argument("replica", help="the replica's id (shardless status lists them)")
-    p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--etcd", required=True, type=admin.parse_etcd,
+                   help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
     p.add_argument("--cluster", default="shardless", help="cluster name (etcd key prefix)")
     p.add_argument("--accept-loss", action="store_true",
                    help="promote a replica that may lack acknowledged commits (asynchronous, "
@@ -367,59 +344,15 @@ def _run_promote(args: argparse.Namespace) -> int:
         etcd.close()
 
 
-def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("status", help="print the status of a running cluster")
-    p.add_argument("addresses", nargs="+", help="node addresses, HOST:PORT")
-    _add_client_args(p)
-    p.set_defaults(func=_run_status)
-
-
-def _run_status(args: argparse.Namespace) -> int:
-    from shardless.client import Client
-
-    with Client(args.addresses, credentials=client_credentials(args)) as c:
-        st = c.status()
-    print(f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}")
-    if st.epoch:
-        here = "" if st.volume_id == st.primary_volume_id else f" (this node's: {st.volume_id})"
-        print(f"epoch {st.epoch}: primary volume {st.primary_volume_id}{here}")
-    print(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
-          f"{st.log_bytes / (1 << 20):.1f} MiB")
-    for r in st.replicas:
-        if not r.registered:
-            print(f"replica {r.replica_id}: in the synchronous set ({r.sync_state}) but not "
-                  f"running")
-            continue
-        state = f", {r.sync_state}" if r.sync_state and r.sync_state != r.mode else ""
-        if r.mode == "sync" and r.sync_state == "sync":
-            state = ", may be promoted"
-        print(f"replica {r.replica_id} at {r.address} ({r.mode}{state}"
-              f"{'' if r.caught_up else ', catching up'}): position {r.position}, "
-              f"lag {r.lag_positions} position(s), {r.lag_seconds:.3f} s")
-    for rd in st.readers:
-        print(f"read-only node {rd.node_id} at {rd.address} (on copy {rd.volume_id}): "
-              f"position {rd.position}, lag {rd.lag_positions} position(s)")
-    print(f"leader {st.leader or '(none)'}: {st.leader_activity}")
-    print(f"{'node':<24} {'address':<22} {'pid':>7}  session           ttl")
-    for m in st.members:
-        of = f"  (process of {m.group} at {m.public_address})" if m.group else ""
-        print(f"{m.node_id:<24} {m.address:<22} {m.pid:>7}  {m.session:<16} "
-              f"{m.session_ttl_remaining:>4}{of}")
-    if st.transactions:
-        print(f"{len(st.transactions)} open transaction(s), {len(st.locks)} lock entr(ies), "
-              f"{len(st.waits)} waiting")
-    return 0
-
-
 def _add_drain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("drain", help="make one node leave the cluster without failing a "
                                      "client call")
     p.add_argument("node", help="the node's address HOST:PORT, or its node id (with --via)")
-    p.add_argument("--via", default="",
+    p.add_argument("--via", default=None, type=admin.parse_addresses,
                    help="addresses of any nodes, HOST:PORT[,...], to find NODE by its id")
     p.add_argument("--wait", type=float, default=120.0,
                    help="seconds to wait until the node is gone (0: do not wait)")
-    _add_client_args(p)
+    admin.add_client_args(p)
     p.set_defaults(func=_run_drain)
 
 
@@ -446,15 +379,26 @@ def _run_drain(args: argparse.Namespace) -> int:
     from shardless.v1 import services_pb2 as api
     from shardless.v1 import services_pb2_grpc as rpc
 
-    creds = client_credentials(args)
+    creds = admin.client_credentials(args)
     node_id, address = "", args.node
-    if ":" not in args.node:
+    if ":" in args.node:
+        try:
+            admin.parse_addresses(args.node)
+        except argparse.ArgumentTypeError as e:
+            print(f"shardless drain: {e}", file=sys.stderr)
+            return 2
+    else:
         if not args.via:
             print("shardless drain: give the node's address, or its id with --via",
                   file=sys.stderr)
             return 2
-        with Client(args.via, refresh_s=None, credentials=creds) as c:
-            members = {m.node_id: m.address for m in c.status().members}
+        try:
+            with Client(args.via, refresh_s=None, credentials=creds) as c:
+                members = {m.node_id: m.address for m in c.status().members}
+        except grpc.RpcError as e:
+            print(f"shardless drain: {admin.describe_rpc_error(e, ','.join(args.via), 10)}",
+                  file=sys.stderr)
+            return 1
         if args.node not in members:
             print(f"shardless drain: no member {args.node!r} (members: "
                   f"{', '.join(sorted(members)) or 'none'})", file=sys.stderr)
@@ -494,9 +438,24 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=bench.run)
 
 
+DESCRIPTION = ("Shardless: a shared-storage clustered database. Run nodes, a local cluster or "
+               "replicas; look at a running cluster (status, members, health, locks, get, "
+               "put); drain or promote; measure it.")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shardless")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``shardless`` command."""
-    parser = argparse.ArgumentParser(prog="shardless", description=__doc__)
+    parser = argparse.ArgumentParser(prog="shardless", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"shardless {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_node(sub)
     _add_replica(sub)
@@ -505,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("up", help="run a local cluster: an embedded etcd and N nodes")
     up.add_arguments(p)
     p.set_defaults(func=up.run)
-    _add_status(sub)
+    admin.add_commands(sub)
     _add_drain(sub)
     _add_promote(sub)
     _add_bench(sub)

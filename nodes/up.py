@@ -12,13 +12,20 @@ subparser), or talking to etcd as a client.
 
 Invariant: every child process (etcd and nodes) runs in its own process group and is stopped in a
 ``finally`` (nodes: SIGTERM, up to 15 s, then SIGKILL; then etcd), so an error or a signal inside
-``up`` leaves no process behind. Children are signalled by pid only.
-NB: if ``up`` itself is killed with SIGKILL its children survive; stop them by the pids it printed.
+``up`` leaves no process behind; ``stopped`` is printed once they all have exited. Children are
+signalled by pid only, and die with ``up`` if it is killed with SIGKILL (their parent-death
+signal).
+
+One ``up`` per data directory: ``up`` holds an exclusive ``flock`` on ``DIR/up.lock`` (which
+records its pid) while it runs; a second ``up`` on the same directory says which process holds it
+and exits with code 2 before it starts anything. The kernel drops the lock when the holder exits,
+however it exits, so a stale lock file never blocks a later ``up``.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import os
 import signal
@@ -54,8 +61,50 @@ LOG_TAIL_LINES = 40
 _SERVING = health_pb2.HealthCheckResponse.ServingStatus
 
 
+LOCK_FILE = "up.lock"
+
+
 class NodeStartError(RuntimeError):
     """A node process exited or did not become SERVING in time; read its log, fix, start again."""
+
+
+class DataDirLocked(RuntimeError):
+    """Another ``shardless up`` runs on this data directory; stop it or choose another one."""
+
+    def __init__(self, data_dir: Path, holder_pid: int | None) -> None:
+        holder = f" (pid {holder_pid})" if holder_pid else ""
+        super().__init__(
+            f"data directory {data_dir} is in use by another shardless up{holder}; stop that "
+            f"one first (Ctrl-C in its terminal"
+            f"{f', or kill -TERM {holder_pid}' if holder_pid else ''}), or give this one "
+            "another --data-dir")
+        self.holder_pid = holder_pid
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the exclusive lock of ``data_dir`` for this process, creating the directory.
+
+    Args:
+        data_dir: The data directory of ``up``.
+
+    Returns:
+        The file descriptor holding the lock; it is not inherited by children. Close it to
+        release the lock (the kernel does when the process exits).
+
+    Raises:
+        DataDirLocked: Another process holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise DataDirLocked(data_dir, int(raw) if raw.isdigit() else None) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 # -- launching a node --------------------------------------------------------------------------
@@ -631,12 +680,29 @@ def run(args: argparse.Namespace) -> int:
         args: Parsed options (see :func:`add_arguments`).
 
     Returns:
-        0 after a clean stop on a signal; 1 if startup failed; 2 for bad options or busy ports.
+        0 after a clean stop on a signal; 1 if startup failed; 2 for bad options, busy ports or
+        a data directory in use by another ``up``.
     """
     if args.nodes < 1:
         _say("shardless up: --nodes must be at least 1", err=True)
         return 2
     data_dir = Path(args.data_dir).expanduser().resolve()
+    try:
+        lock_fd = lock_data_dir(data_dir)
+    except DataDirLocked as e:
+        _say(f"shardless up: {e}", err=True)
+        return 2
+    except OSError as e:
+        _say(f"shardless up: cannot use data directory {data_dir}: {e.strerror}", err=True)
+        return 2
+    try:
+        return _run_locked(args, data_dir)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
+    """Run ``up`` once ``data_dir`` is locked (see :func:`run`)."""
     logs_dir = data_dir / "logs"
     volume = data_dir / "volume"
     host = "127.0.0.1"
@@ -778,6 +844,8 @@ def run(args: argparse.Namespace) -> int:
             if etcd is not None:
                 etcd.stop()
             _restore_signal_handlers(previous)
+        if nodes or etcd is not None:
+            _say("stopped")
 
 
 def build_parser() -> argparse.ArgumentParser:

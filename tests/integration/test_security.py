@@ -264,3 +264,10 @@ def test_the_readme_examples_run_as_written_against_a_secure_cluster(
     with connect(c.addresses, credentials=Credentials(ca=(d / "ca.crt").read_bytes()),
                  attempts=1) as anon:
         assert _code(lambda: anon.get("users", 1)) == grpc.StatusCode.UNAUTHENTICATED
+    # The operator's commands connect the same way (flags, or the environment).
+    for cmd in (["members", c.addresses[0]], ["health", c.addresses[0]],
+                ["get", c.addresses[0], "users", "1"]):
+        ok = _cli(*cmd, "--certs-dir", str(d), "--token", token)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    refused = _cli("members", c.addresses[0], "--certs-dir", str(d), "--token", "")
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr, refused.stderr
