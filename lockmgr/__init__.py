@@ -14,8 +14,8 @@ from lockmgr.errors import (
     LockTimeout,
     SessionExpired,
 )
-from lockmgr.etcd import EtcdClient, KeyValue, parse_endpoints
-from lockmgr.manager import Fencer, LockManager, WaitRecord
+from lockmgr.etcd import CallObserver, EtcdClient, KeyValue, parse_endpoints
+from lockmgr.manager import Fencer, LockManager, WaitObserver, WaitRecord
 from lockmgr.modes import LockMode
 from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
@@ -23,6 +23,7 @@ from lockmgr.table import TxnLocks, plan
 
 __all__ = [
     "Aborted",
+    "CallObserver",
     "Deadlock",
     "Election",
     "Entry",
@@ -40,6 +41,7 @@ __all__ = [
     "Session",
     "SessionExpired",
     "TxnLocks",
+    "WaitObserver",
     "WaitRecord",
     "check_timing",
     "parse_endpoints",
