@@ -119,6 +119,9 @@ def _run_node(args: argparse.Namespace) -> int:
                               metrics_listen=valid.metrics_listen).run()
         if is_replica_volume(cfg.volume, cfg.map_size):
             # A replica's copy: a read-only node, until the copy becomes the primary.
+            if cfg.metrics_listen:
+                log.warning("a read-only node serves no metrics yet; --metrics-listen applies "
+                            "once its copy is promoted")
             reader = ReaderNode(cfg)
             code = _serve(reader, "read-only node leaving", (EtcdUnavailable, RuntimeError))
             if not reader.promoted:

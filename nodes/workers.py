@@ -114,7 +114,11 @@ class Supervisor:
             if self.metrics_listen:
                 from nodes.metrics import serve_workers
 
-                metrics = serve_workers(self.metrics_listen, self._worker_metrics)
+                try:
+                    metrics = serve_workers(self.metrics_listen, self._worker_metrics)
+                except RuntimeError as e:
+                    log.error("node %s: %s", self.node_id, e)
+                    return 1
                 log.info("node %s: metrics of its %d workers at %s", self.node_id,
                          self.processes, metrics.url)
             for k in range(self.processes):
