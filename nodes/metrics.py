@@ -186,20 +186,16 @@ class CallMetrics(grpc.ServerInterceptor):
         # method and code; a race fills one twice with the same children, which is harmless.
         self._by_method: dict[str, tuple[Any, dict[Any, Any]]] = {}
 
-    def _instruments(self, method: str) -> tuple[Any, dict[Any, Any]]:
+    def _record(self, method: str, code: Any, seconds: float) -> None:
         got = self._by_method.get(method)
         if got is None:
             service, _, name = method.lstrip("/").rpartition("/")
             got = self._by_method[method] = (self._seconds.labels(service, name), {})
-        return got
-
-    def _record(self, method: str, code: Any, seconds: float) -> None:
-        timer, counters = self._instruments(method)
-        timer.observe(seconds)
-        counter = counters.get(code)
+        got[0].observe(seconds)
+        counter = got[1].get(code)
         if counter is None:
             service, _, name = method.lstrip("/").rpartition("/")
-            counter = counters[code] = self._calls.labels(service, name, code.name)
+            counter = got[1][code] = self._calls.labels(service, name, code.name)
         counter.inc()
 
     def intercept_service(self, continuation: Callable[[Any], Any],
@@ -208,46 +204,56 @@ class CallMetrics(grpc.ServerInterceptor):
         if handler is None:  # no such method: gRPC answers UNIMPLEMENTED (not counted)
             return None
         method = handler_call_details.method
-        record = self._record
-        ok, unknown, cancelled = (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN,
-                                  grpc.StatusCode.CANCELLED)
-
-        def unary(inner: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-            def call(request: Any, context: grpc.ServicerContext) -> Any:
-                start = time.perf_counter()
-                try:
-                    out = inner(request, context)
-                except BaseException:
-                    record(method, context.code() or unknown, time.perf_counter() - start)
-                    raise
-                record(method, context.code() or ok, time.perf_counter() - start)
-                return out
-            return call
-
-        def streaming(inner: Callable[[Any, Any], Iterator[Any]]
-                      ) -> Callable[[Any, Any], Iterator[Any]]:
-            def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                start = time.perf_counter()
-                code = None
-                try:
-                    yield from inner(request, context)
-                except GeneratorExit:
-                    code = cancelled
-                    raise
-                except BaseException:
-                    code = unknown
-                    raise
-                finally:
-                    record(method, context.code() or code or ok, time.perf_counter() - start)
-            return call
-
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=unary(handler.unary_unary))
+            return handler._replace(unary_unary=_unary(handler.unary_unary, self._record,
+                                                       method))
         if handler.stream_unary is not None:
-            return handler._replace(stream_unary=unary(handler.stream_unary))
+            return handler._replace(stream_unary=_unary(handler.stream_unary, self._record,
+                                                        method))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=streaming(handler.unary_stream))
-        return handler._replace(stream_stream=streaming(handler.stream_stream))
+            return handler._replace(unary_stream=_streaming(handler.unary_stream,
+                                                            self._record, method))
+        return handler._replace(stream_stream=_streaming(handler.stream_stream, self._record,
+                                                         method))
+
+
+_OK, _UNKNOWN, _CANCELLED = (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN,
+                             grpc.StatusCode.CANCELLED)
+_Record = Callable[[str, Any, float], None]
+
+
+def _unary(inner: Callable[[Any, Any], Any], record: _Record, method: str
+           ) -> Callable[[Any, Any], Any]:
+    """``inner`` (a unary-response handler), recorded when it answers."""
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            out = inner(request, context)
+        except BaseException:
+            record(method, context.code() or _UNKNOWN, time.perf_counter() - start)
+            raise
+        record(method, context.code() or _OK, time.perf_counter() - start)
+        return out
+    return call
+
+
+def _streaming(inner: Callable[[Any, Any], Iterator[Any]], record: _Record, method: str
+               ) -> Callable[[Any, Any], Iterator[Any]]:
+    """``inner`` (a streaming-response handler), recorded when its stream ends."""
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        start = time.perf_counter()
+        code = None
+        try:
+            yield from inner(request, context)
+        except GeneratorExit:
+            code = _CANCELLED
+            raise
+        except BaseException:
+            code = _UNKNOWN
+            raise
+        finally:
+            record(method, context.code() or code or _OK, time.perf_counter() - start)
+    return call
 
 
 # -- figures read when scraped ----------------------------------------------------------------
