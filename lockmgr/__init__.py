@@ -14,8 +14,8 @@ from lockmgr.errors import (
     LockTimeout,
     SessionExpired,
 )
-from lockmgr.etcd import EtcdClient, EtcdTls, KeyValue, parse_endpoints
-from lockmgr.manager import Fencer, LockManager, WaitRecord
+from lockmgr.etcd import CallObserver, EtcdClient, EtcdTls, KeyValue, parse_endpoints
+from lockmgr.manager import Fencer, LockManager, WaitObserver, WaitRecord
 from lockmgr.modes import LockMode
 from lockmgr.queues import LockQueue, Waiter, queues, read_locks
 from lockmgr.resource import Resource
@@ -24,6 +24,7 @@ from lockmgr.table import TxnLocks, plan
 
 __all__ = [
     "Aborted",
+    "CallObserver",
     "Deadlock",
     "Election",
     "Entry",
@@ -43,6 +44,7 @@ __all__ = [
     "Session",
     "SessionExpired",
     "TxnLocks",
+    "WaitObserver",
     "WaitRecord",
     "Waiter",
     "check_timing",

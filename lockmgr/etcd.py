@@ -17,10 +17,12 @@ member that comes back is used again at once.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import etcd3
 import grpc
@@ -46,6 +48,35 @@ def _patch_watch_module() -> None:
 
 _patch_watch_module()
 _ERRORS = (etcd_exceptions.Etcd3Exception, grpc.RpcError, ValueError)
+
+CallObserver = Callable[[str, float, bool], None]
+"""``on_call(op, seconds, failed)``: told of every etcd round trip as it ends (``op`` names the
+client method: ``txn``, ``put``, ``keepalive``...). Called on the calling thread; keep it cheap
+(``nodes/metrics.py`` observes a histogram). Watches are streams, not round trips: not told."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timed(op: str) -> Callable[[F], F]:
+    """Tell the client's ``on_call`` (if any) how long each call of the method took."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def timed(self: EtcdClient, *args: Any, **kwargs: Any) -> Any:
+            observe = self.on_call
+            if observe is None:
+                return fn(self, *args, **kwargs)
+            start, failed = time.perf_counter(), True
+            try:
+                out = fn(self, *args, **kwargs)
+                failed = False
+                return out
+            finally:
+                observe(op, time.perf_counter() - start, failed)
+
+        return timed  # type: ignore[return-value]
+
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -91,12 +122,14 @@ class EtcdTls:
 
 
 class EtcdClient:
-    """A client over one or more etcd endpoints with per-call timeouts."""
+    """A client over one or more etcd endpoints with per-call timeouts; ``on_call`` (a
+    :data:`CallObserver`, settable later) hears of every round trip."""
 
     def __init__(self, endpoints: str | Sequence[str], *, timeout_s: float = 2.0,
-                 tls: EtcdTls | None = None) -> None:
+                 tls: EtcdTls | None = None, on_call: CallObserver | None = None) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout_s = timeout_s
+        self.on_call = on_call
         creds = None if tls is None else grpc.ssl_channel_credentials(
             root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
         eps = [etcd3.Endpoint(h, p, secure=creds is not None, creds=creds,
@@ -105,6 +138,7 @@ class EtcdClient:
         self._client = etcd3.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout_s,
                                                       failover=True)
 
+    @_timed("grant")
     def grant(self, ttl_s: int) -> tuple[int, int]:
         """Grant a lease; return (lease id, granted TTL in seconds)."""
         try:
@@ -113,6 +147,7 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd lease grant failed: {e!r}") from e
 
+    @_timed("keepalive")
     def keepalive(self, lease_id: int) -> int:
         """Refresh a lease once; return its remaining TTL (<= 0: the lease is gone)."""
         try:
@@ -122,6 +157,7 @@ class EtcdClient:
             raise EtcdUnavailable(f"etcd lease keepalive failed: {e!r}") from e
         raise EtcdUnavailable("etcd lease keepalive got no answer")
 
+    @_timed("time_to_live")
     def time_to_live(self, lease_id: int) -> int:
         """Remaining TTL of a lease as etcd sees it (-1: the lease is gone)."""
         try:
@@ -129,6 +165,7 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd lease lookup failed: {e!r}") from e
 
+    @_timed("revoke")
     def revoke(self, lease_id: int) -> None:
         """Revoke a lease; every key attached to it is deleted."""
         try:
@@ -136,6 +173,7 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd lease revoke failed: {e!r}") from e
 
+    @_timed("put")
     def put(self, key: bytes, value: bytes, lease_id: int = 0) -> None:
         """Write a key, attached to a lease when ``lease_id`` is set."""
         try:
@@ -143,6 +181,7 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd put failed: {e!r}") from e
 
+    @_timed("delete")
     def delete(self, key: bytes) -> bool:
         """Delete a key; return whether it existed."""
         try:
@@ -150,6 +189,7 @@ class EtcdClient:
         except _ERRORS as e:
             raise EtcdUnavailable(f"etcd delete failed: {e!r}") from e
 
+    @_timed("get_prefix")
     def get_prefix(self, prefix: bytes) -> list[KeyValue]:
         """Every key under ``prefix``, in key order."""
         try:
@@ -186,6 +226,7 @@ class EtcdClient:
         return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(
             key=prefix, range_end=_prefix_end(prefix), keys_only=keys_only))
 
+    @_timed("txn")
     def txn(self, ops: list[Any]) -> tuple[int, list[list[KeyValue] | None]]:
         """Run ``ops`` in one etcd transaction (no compare).
 
@@ -212,6 +253,7 @@ class EtcdClient:
                 out.append(None)
         return int(resp.header.revision), out
 
+    @_timed("create_if_absent")
     def create_if_absent(self, key: bytes, value: bytes, lease_id: int) -> tuple[bool, KeyValue]:
         """Create ``key`` on ``lease_id`` unless it exists; return (created, the key as it is).
 
@@ -237,6 +279,7 @@ class EtcdClient:
         return bool(resp.succeeded), KeyValue(kv.key, kv.value, kv.lease, kv.create_revision,
                                               kv.mod_revision)
 
+    @_timed("get")
     def get(self, key: bytes) -> KeyValue | None:
         """One key, or None."""
         try:
@@ -319,6 +362,7 @@ class EtcdClient:
         """A read of exactly ``key`` with its value, for :meth:`txn`."""
         return etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=key))
 
+    @_timed("range")
     def range(self, start: bytes, end: bytes, limit: int = 0) -> list[KeyValue]:
         """Keys from ``start`` (inclusive) to ``end`` (exclusive) in key order, at most
         ``limit`` of them (0: all), with their values, read at one revision.
@@ -336,6 +380,7 @@ class EtcdClient:
         return [KeyValue(kv.key, kv.value, kv.lease, kv.create_revision, kv.mod_revision)
                 for kv in resp.kvs]
 
+    @_timed("txn_if_unchanged")
     def txn_if_unchanged(self, revisions: Mapping[bytes, int], ops: list[Any]) -> bool:
         """Run ``ops`` in one etcd transaction only if every key in ``revisions`` still has
         that mod revision (0: the key does not exist); return whether they ran.

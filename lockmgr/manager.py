@@ -106,10 +106,17 @@ def parse_waits(kvs: Iterable[KeyValue]) -> list[WaitRecord]:
         except (ValueError, KeyError, TypeError):
             continue
     return out
+WaitObserver = Callable[[float, str], None]
+"""``on_wait(seconds, outcome)``: told of every lock wait as it ends, with how long it lasted
+and how it ended: ``granted``, an abort's reason (``lock_timeout``, ``deadlock``, ...),
+``session_expired``, ``etcd_unavailable`` or ``error``. Called on the waiting thread; keep it
+cheap (``nodes/metrics.py`` observes a histogram)."""
 
 
 class LockManager:
-    """Locks for the transactions of one process, over the process's session."""
+    """Locks for the transactions of one process, over the process's session.
+
+    ``on_wait`` (a :data:`WaitObserver`) hears of every wait for a conflicting entry."""
 
     def __init__(self, client: EtcdClient, cluster: str, node_id: str, fencer: Fencer, *,
                  wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
@@ -117,8 +124,10 @@ class LockManager:
                  max_ops: int = DEFAULT_MAX_OPS,
                  table_affinity: bool = True,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 on_wait: WaitObserver | None = None) -> None:
         self._client = client
+        self._on_wait = on_wait
         self.cluster = cluster
         self.node_id = node_id
         self._fencer = fencer
@@ -310,6 +319,27 @@ class LockManager:
 
     def _wait(self, txn: TxnLocks, req: Request, conflicts: list[Entry], seen_rev: int,
               deadline: float) -> None:
+        """Wait until ``req`` is granted (see :meth:`_wait_for_grant`), telling ``on_wait``."""
+        if self._on_wait is None:
+            return self._wait_for_grant(txn, req, conflicts, seen_rev, deadline)
+        start, outcome = self._clock(), "error"
+        try:
+            self._wait_for_grant(txn, req, conflicts, seen_rev, deadline)
+            outcome = "granted"
+        except Aborted as e:
+            outcome = str(e.reason)
+            raise
+        except SessionExpired:
+            outcome = "session_expired"
+            raise
+        except EtcdUnavailable:
+            outcome = "etcd_unavailable"
+            raise
+        finally:
+            self._on_wait(self._clock() - start, outcome)
+
+    def _wait_for_grant(self, txn: TxnLocks, req: Request, conflicts: list[Entry],
+                        seen_rev: int, deadline: float) -> None:
         wkey = resource.wait_key(self.cluster, txn.txn_id)
         with self._lock:
             self._waiting[txn.txn_id] = txn

@@ -131,6 +131,11 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "session ended (frozen): fencing alone then keeps it harmless, but "
                         "one holding LMDB's writer lock stalls every write until it wakes "
                         "(nodes/deathwatch.py)")
+    p.add_argument("--metrics-listen", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics "
+                        "(default: none; port 0: any free one, logged). With --processes, "
+                        "this address serves every process's, labelled worker "
+                        "(docs/operations.md, 'Metrics')")
     limits.add_arguments(p)
     p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
     p.add_argument("--group", default="", help=argparse.SUPPRESS)
@@ -154,6 +159,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          kill_frozen_peers=not args.no_kill_frozen_peers,
                          limits=limits.from_arguments(args), security=_security(args),
+                         metrics_listen=args.metrics_listen,
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
                                                  max_age_s=args.log_max_age))
@@ -166,9 +172,13 @@ def _run_node(args: argparse.Namespace) -> int:
             raw = list(args.raw_argv)
             node_argv = strip_listen_and_id(raw[raw.index("node") + 1:])
             return Supervisor(node_argv, node_id=valid.node_id, listen=valid.listen,
-                              processes=args.processes, grace_s=valid.grace_s).run()
+                              processes=args.processes, grace_s=valid.grace_s,
+                              metrics_listen=valid.metrics_listen).run()
         if is_replica_volume(cfg.volume, cfg.map_size):
             # A replica's copy: a read-only node, until the copy becomes the primary.
+            if cfg.metrics_listen:
+                log.warning("a read-only node serves no metrics yet; --metrics-listen applies "
+                            "once its copy is promoted")
             reader = ReaderNode(cfg)
             code = _serve(reader, "read-only node leaving", (EtcdUnavailable, RuntimeError))
             if not reader.promoted:

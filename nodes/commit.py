@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from lockmgr import LockMode, Resource
 from nodes import faultpoints
@@ -230,7 +230,9 @@ class Plan:
 
 
 class Work(Protocol):
-    """A request the group committer can run: plan against the state, at a position."""
+    """A request the group committer can run: plan against the state, at a position. Its
+    class may name its ``commit_kind`` (``one_shot``, ``interactive``, ``ddl``, ``settle``,
+    ``grants``), under which the committer counts it (``commits_by_kind``; "other" if none)."""
 
     def plan(self, view: WriteView, position: int) -> Plan: ...
 
@@ -566,6 +568,8 @@ class Transaction:
     no current row; ``plan`` does the rest (or all of it, if nothing was prepared).
     """
 
+    commit_kind: ClassVar[str] = "one_shot"
+
     writes: list[Write]
     checks: list[Check] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
@@ -649,6 +653,8 @@ class Transaction:
 class CreateTable:
     """Create a table (or, with ``if_not_exists``, return the existing one)."""
 
+    commit_kind: ClassVar[str] = "ddl"
+
     schema: Schema
     if_not_exists: bool = False
 
@@ -672,6 +678,8 @@ class SettleKey:
     none, a new one that marks it abandoned, so that the write, arriving later, is refused. In
     the commit order, like the writes: an answer after it is final."""
 
+    commit_kind: ClassVar[str] = "settle"
+
     key: str
     wall_clock: Callable[[], float] = time.time
 
@@ -690,6 +698,8 @@ class SettleKey:
 @dataclass
 class DropTable:
     """Drop a table and its rows (or, with ``if_exists``, do nothing when it is missing)."""
+
+    commit_kind: ClassVar[str] = "ddl"
 
     name: str
     if_exists: bool = False
@@ -719,6 +729,8 @@ class PublishGrants:
     """Publish locks just granted to an interactive transaction, before it reads under them
     (``storage/grants.py``)."""
 
+    commit_kind: ClassVar[str] = "grants"
+
     session: SessionCheck
     grants: list[tuple[str, str, bytes]]
 
@@ -730,6 +742,8 @@ class PublishGrants:
 @dataclass
 class WithdrawGrants:
     """Remove the published grants of a transaction that ended without committing."""
+
+    commit_kind: ClassVar[str] = "grants"
 
     grants: list[tuple[str, str]]
 
@@ -763,15 +777,21 @@ class GroupCommitter:
     superseded); the batch then fails whole, nothing applied. ``confirm`` (if given) runs when
     the batch is answered and raises ``AckWithheld`` if the node may no longer acknowledge
     what it committed (a freeze since ``admit`` past the lease): the applied requests then get
-    that instead of their outcome."""
+    that instead of their outcome. ``on_group`` (if given) is told the size of each group
+    whose write transaction committed (the requests planned in it, applied or refused), on the
+    committer's thread."""
 
     def __init__(self, store: Store, node_id: str, *, max_batch: int = 256,
                  lock_free_check: LockFreeCheck | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  ack_after: AckGate | None = None,
                  admit: Callable[[], None] | None = None,
-                 confirm: Callable[[], None] | None = None) -> None:
+                 confirm: Callable[[], None] | None = None,
+                 on_group: Callable[[int], None] | None = None) -> None:
         self._store = store
+        self._on_group = on_group
+        self.commits_by_kind: dict[str, int] = {}
+        """Requests applied, by ``commit_kind`` (only the committer's thread writes it)."""
         self._admit = admit
         self._confirm = confirm
         self._ack_after = ack_after
@@ -938,6 +958,12 @@ class GroupCommitter:
             self.batches += 1
             self._committed.notify_all()
         self.commits += len(done)
+        by_kind = self.commits_by_kind
+        for p, _ in done:
+            kind = getattr(p.work, "commit_kind", "other")
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        if self._on_group is not None:
+            self._on_group(len(done) + len(refused))
 
         def answer(failure: Exception | None = None) -> None:
             """Tell each request its outcome (or, for the applied ones, ``failure``)."""

@@ -47,6 +47,7 @@ class NodeConfig:
     kill_frozen_peers: bool = True  # SIGKILL a peer of the host past its lease (deathwatch.py)
     limits: Limits = DEFAULT_LIMITS  # what clients can hold open (nodes/limits.py, docs/limits.md)
     security: Security = INSECURE  # TLS of its port and of etcd (nodes/security.py)
+    metrics_listen: str = ""  # HOST:PORT serving /metrics over HTTP ("": none; nodes/metrics.py)
 
     def validated(self) -> NodeConfig:
         """Check the settings; fill in the node id from the listen address if empty.
@@ -82,5 +83,9 @@ class NodeConfig:
             _h, sep, p = self.public_listen.rpartition(":")
             if not sep or not p.isdigit():
                 raise ValueError(f"--public-listen {self.public_listen!r} is not HOST:PORT")
+        if self.metrics_listen:
+            from nodes.metrics import parse_listen
+
+            parse_listen(self.metrics_listen)
         return NodeConfig(**{**self.__dict__, "node_id": node_id,
                              "volume": os.path.abspath(self.volume)})

@@ -43,6 +43,7 @@ from nodes.epoch import EpochGuard, EpochRecord, Superseded
 from nodes.leader import Leader
 from nodes.limits import Admission
 from nodes.membership import Membership
+from nodes.metrics import NodeMetrics
 from nodes.replication import (
     BarrierStore,
     SyncGate,
@@ -209,6 +210,9 @@ class Node:
         self.shared_server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.admission = Admission(self.cfg.limits)
+        self.metrics = NodeMetrics() if self.cfg.metrics_listen else None
+        """The process's metrics (``--metrics-listen``; None: off), served from ``start``."""
+        self.metrics_url = ""
         self.port = 0
         self.gate = Gate()
         self.epoch: EpochGuard | None = None
@@ -227,17 +231,24 @@ class Node:
             Superseded: the volume is not the cluster's primary (``nodes/epoch.py``).
         """
         cfg = self.cfg
+        m = self.metrics
+        if m is not None:  # first: a node that waits for etcd can be watched doing so
+            m.watch(self)
+            self.metrics_url = m.serve(cfg.metrics_listen)
+            log.info("node %s: metrics at %s", cfg.node_id, self.metrics_url)
         self.store = open_volume(cfg.volume, map_size=cfg.map_size)
         identity = self._identity(self.store)
         self.volume_id = identity.volume_id
-        self.etcd = cfg.security.etcd(cfg.etcd, timeout_s=cfg.etcd_timeout_s)
+        self.etcd = cfg.security.etcd(cfg.etcd, timeout_s=cfg.etcd_timeout_s,
+                                      on_call=m.observe_etcd_call if m is not None else None)
         self.epoch = EpochGuard(self.etcd, cfg.cluster, identity.volume_id, node_id=cfg.node_id,
                                 on_superseded=self._superseded)
         self._start_epoch(identity)
         self.locks = LockManager(self.etcd, cfg.cluster, cfg.node_id,
                                  StorageFencer(self.store, cfg.node_id),
                                  wait_timeout_s=cfg.lock_timeout_s,
-                                 escalate_after=cfg.escalate_after)
+                                 escalate_after=cfg.escalate_after,
+                                 on_wait=m.observe_lock_wait if m is not None else None)
         self.sync_gate = SyncGate(self.etcd, cfg.cluster, node_id=cfg.node_id,
                                   policy=cfg.sync_policy, timeout_s=cfg.sync_timeout_s,
                                   lease=self._lease_id, epoch_compare=self.epoch.compare,
@@ -246,7 +257,8 @@ class Node:
         self.committer = GroupCommitter(self.store, cfg.node_id,
                                         lock_free_check=lock_free_check(cfg.escalate_after),
                                         ack_after=self.sync_gate.after, admit=self._admit,
-                                        confirm=self._confirm)
+                                        confirm=self._confirm,
+                                        on_group=m.observe_group if m is not None else None)
         self.membership = Membership(self.etcd, cluster=cfg.cluster, node_id=cfg.node_id,
                                      address=cfg.listen, ttl_s=cfg.ttl_s,
                                      etcd_timeout_s=cfg.etcd_timeout_s, group=cfg.group,
@@ -342,8 +354,12 @@ class Node:
         opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0)]
-        srv = grpc.server(pool, options=opts,
-                          interceptors=[DecodeGuard(), AuthGuard(self.authority)],
+        # The metrics' interceptor first, so that it counts what DecodeGuard and AuthGuard
+        # refuse too.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuard(), AuthGuard(self.authority)]
+        if self.metrics is not None:
+            interceptors.insert(0, self.metrics.interceptor())
+        srv = grpc.server(pool, options=opts, interceptors=interceptors,
                           maximum_concurrent_rpcs=self.cfg.limits.queued_calls)
         rpc.add_TableServiceServicer_to_server(server.TableService(self), srv)
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
@@ -668,4 +684,6 @@ class Node:
             self.etcd.close()
         if self.store is not None:
             self.store.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("node %s stopped", self.cfg.node_id)

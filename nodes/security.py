@@ -51,7 +51,7 @@ from typing import Any
 
 import grpc
 
-from lockmgr import EtcdClient, EtcdTls, EtcdUnavailable
+from lockmgr import CallObserver, EtcdClient, EtcdTls, EtcdUnavailable
 from shardless.credentials import AUTH_HEADER, Credentials, open_channel
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,12 @@ class Security:
             root_certificates=self._read("ca.crt"), require_client_auth=self.client_auth)
         return server.add_secure_port(address, creds)
 
-    def etcd(self, endpoints: str, *, timeout_s: float) -> EtcdClient:
+    def etcd(self, endpoints: str, *, timeout_s: float,
+             on_call: CallObserver | None = None) -> EtcdClient:
         """An etcd client, over TLS with the node certificate when ``etcd_tls``."""
         tls = EtcdTls(self._read("ca.crt"), self._read("node.crt"),
                       self._read("node.key")) if self.etcd_tls else None
-        return EtcdClient(endpoints, timeout_s=timeout_s, tls=tls)
+        return EtcdClient(endpoints, timeout_s=timeout_s, tls=tls, on_call=on_call)
 
     def peer_credentials(self) -> Credentials:
         """What this process presents to other nodes: the CA and its node certificate."""

@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lockmgr import (
     Aborted,
@@ -167,7 +167,9 @@ class TransactionManager:
         self._open: dict[str, Txn] = {}
         self._tombstones: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._stop = threading.Event()
-        self.aborts: dict[str, int] = {}
+        self.aborts: dict[tuple[str, str], int] = {}
+        """Transactions aborted, by (kind, reason): kind ``interactive`` or ``one_shot`` (a
+        one-shot write or a drop under locks of its own), reason one of ``REASONS``."""
         self._reaper = threading.Thread(target=self._reap_loop, name="txn-reaper", daemon=True)
         self._reaper.start()
 
@@ -344,10 +346,13 @@ class TransactionManager:
     def _abort_locked(self, txn: Txn, reason: str, detail: str) -> None:
         if txn.done:
             return
-        with self._mu:
-            self.aborts[reason] = self.aborts.get(reason, 0) + 1
+        self._count_abort("interactive", reason)
         log.info("transaction %s aborted: %s (%s)", txn.txn_id, reason, detail)
         self._finish(txn, reason, detail)
+
+    def _count_abort(self, kind: str, reason: str) -> None:
+        with self._mu:
+            self.aborts[kind, reason] = self.aborts.get((kind, reason), 0) + 1
 
     def abort(self, txn_id: str, reason: str, detail: str) -> None:
         """Abort an open transaction from outside (idle timeout, session loss, fencing).
@@ -591,7 +596,9 @@ class TransactionManager:
             fut = self.committer.enqueue(make_work(locks), is_active=is_active)
             return self.committer.wait(fut, timeout_s)
         except (Aborted, Fenced, SessionExpired, commit.TableChanged) as e:
-            raise self._as_abort(e, locks.lease_id) from e
+            aborted = self._as_abort(e, locks.lease_id)
+            self._count_abort("one_shot", aborted.reason)
+            raise aborted from e
         finally:
             if fut is not None and not fut.done():
                 fut.add_done_callback(lambda _: self.locks.release(locks))
@@ -660,6 +667,8 @@ def _merge(stored: Iterator[tuple[bytes, int, list[Value]]],
 @dataclass
 class _StagedCommit:
     """The commit of an interactive transaction: its buffered writes, after the fence check."""
+
+    commit_kind: ClassVar[str] = "interactive"
 
     txn: Txn
     session: commit.SessionCheck

@@ -252,6 +252,7 @@ class NodeProcess:
         cluster: Cluster name passed as ``--cluster`` (None: not passed).
         extra_args: More node arguments.
         extra_env: More environment variables for the process (e.g. fault points in tests).
+        metrics_port: Where it serves its metrics (``--metrics-listen host:port``; None: off).
     """
 
     def __init__(
@@ -267,8 +268,10 @@ class NodeProcess:
         cluster: str | None = None,
         extra_args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.node_id = node_id
+        self.metrics_port = metrics_port
         self.etcd = etcd
         self.volume = Path(volume)
         self.host = host
@@ -309,8 +312,17 @@ class NodeProcess:
         """The exit code once exited (negative: killed by that signal), else None."""
         return self._proc.poll() if self._proc is not None else None
 
+    @property
+    def metrics_url(self) -> str:
+        """Where the node serves its metrics (``""``: it does not)."""
+        if self.metrics_port is None:
+            return ""
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
     def command(self) -> list[str]:
         """Return the argv this node is started with."""
+        metrics = ([] if self.metrics_port is None
+                   else ["--metrics-listen", f"{self.host}:{self.metrics_port}"])
         return node_command(
             node_id=self.node_id,
             etcd=self.etcd,
@@ -318,7 +330,7 @@ class NodeProcess:
             listen=self.address,
             ttl_s=self.ttl_s,
             cluster=self.cluster,
-            extra_args=self.extra_args,
+            extra_args=(*self.extra_args, *metrics),
         )
 
     def start(self) -> None:
@@ -785,6 +797,7 @@ def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
                 cluster=args.cluster,
                 extra_args=(*security_args, *(("--processes", str(args.processes))
                                               if args.processes > 1 else ())),
+                metrics_port=free_port(host),
             )
             nodes.append(node)
             node.die_with_parent = True
@@ -792,6 +805,7 @@ def _run_locked(args: argparse.Namespace, data_dir: Path) -> int:
             _say(
                 f"node: started {node.name} on {node.address} (pid {node.pid}, log {node.log_path})"
             )
+            _say(f"node: {node.name} metrics at {node.metrics_url}")
         for node in nodes:
             node.wait_serving(timeout_s=args.ready_timeout, cancel=stop)
         if args.replica:

@@ -26,6 +26,9 @@ What "a node" means with several processes (the supervisor is the node's process
   Workers die with the supervisor (``PR_SET_PDEATHSIG``), so ``kill -9`` of the node's process
   is the death of the whole node.
 * **sessions**: one per worker. ``shardless status`` shows them under their node.
+* **metrics** (``--metrics-listen``): each worker serves its own on a loopback port of its own;
+  the supervisor serves the node's address, where one scrape reads every worker and the
+  supervisor itself, each series labelled ``worker`` (``nodes/metrics.py``).
 
 Measured on the 2-core machine of the development notes (``docs/benchmarks.md``); a node of one
 process stays the default.
@@ -61,7 +64,7 @@ class Supervisor:
     """Runs the worker processes of one node; see the module docstring."""
 
     def __init__(self, node_argv: Sequence[str], *, node_id: str, listen: str,
-                 processes: int, grace_s: float) -> None:
+                 processes: int, grace_s: float, metrics_listen: str = "") -> None:
         self.node_argv = list(node_argv)
         self.node_id = node_id
         self.listen = listen
@@ -69,14 +72,26 @@ class Supervisor:
         self.grace_s = grace_s
         self.host = listen.rpartition(":")[0]
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.metrics_listen = metrics_listen
+        self.metrics_urls: dict[int, str] = {}  # worker -> where its own metrics are
         self._deaths: list[float] = []
         self._stopping = False
 
     def _argv(self, k: int) -> list[str]:
         own = f"{self.host}:{free_port(self.host or '127.0.0.1')}"
+        metrics = []
+        if self.metrics_listen:  # scraped by this process only: loopback
+            port = free_port("127.0.0.1")
+            self.metrics_urls[k] = f"http://127.0.0.1:{port}/metrics"
+            metrics = ["--metrics-listen", f"127.0.0.1:{port}"]
         return [sys.executable, "-m", "nodes", "node", *self.node_argv,
                 "--processes", "1", "--node-id", worker_id(self.node_id, k),
-                "--listen", own, "--public-listen", self.listen, "--group", self.node_id]
+                "--listen", own, "--public-listen", self.listen, "--group", self.node_id,
+                *metrics]
+
+    def _worker_metrics(self) -> list[tuple[str, str]]:
+        """(worker id, its metrics URL) of every worker, as they are now."""
+        return [(worker_id(self.node_id, k), url) for k, url in sorted(self.metrics_urls.items())]
 
     def _start(self, k: int) -> None:
         proc = subprocess.Popen(self._argv(k), preexec_fn=die_with_parent)
@@ -94,7 +109,18 @@ class Supervisor:
         the exit code (0: stopped when asked; 1: workers kept dying)."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         code = 0
+        metrics = None
         try:
+            if self.metrics_listen:
+                from nodes.metrics import serve_workers
+
+                try:
+                    metrics = serve_workers(self.metrics_listen, self._worker_metrics)
+                except RuntimeError as e:
+                    log.error("node %s: %s", self.node_id, e)
+                    return 1
+                log.info("node %s: metrics of its %d workers at %s", self.node_id,
+                         self.processes, metrics.url)
             for k in range(self.processes):
                 self._start(k)
             while not self._stopping:
@@ -121,6 +147,8 @@ class Supervisor:
                     self._start(k)
         finally:
             self._stop_all()
+            if metrics is not None:
+                metrics.close()
             for s, h in previous.items():
                 signal.signal(s, h)
         return code
@@ -149,7 +177,8 @@ def strip_listen_and_id(argv: Sequence[str]) -> list[str]:
     """``shardless node`` arguments without the ones each worker gets its own value of."""
     out: list[str] = []
     skip = False
-    own = {"--listen", "--node-id", "--processes", "--public-listen", "--group"}
+    own = {"--listen", "--node-id", "--processes", "--public-listen", "--group",
+           "--metrics-listen"}
     for a in argv:
         if skip:
             skip = False

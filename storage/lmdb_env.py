@@ -159,8 +159,23 @@ class LmdbEngine:
         return {"stale reader slots freed": self.reader_check()}
 
     def info(self) -> dict[str, int]:
-        """LMDB's environment info (map size, last page, readers in use...)."""
-        return {k: int(v) for k, v in self._env.info().items()}
+        """LMDB's environment info (``map_size``, ``last_pgno``, ``max_readers``...), and:
+        ``map_used_bytes`` (pages in use up to the last one), ``file_bytes`` and
+        ``disk_bytes`` (the data file's length and the blocks it takes on disk: LMDB's file
+        is sparse), and the reader table's slots (``reader_slots_held``: bound to a process,
+        reading or not; ``reader_slots_reading``: in a snapshot now; each also ``_here``, for
+        this process). NB: reading the reader table walks every slot ever used; cheap for a
+        scrape, not for every call."""
+        out = {k: int(v) for k, v in self._env.info().items()}
+        out["page_size"] = int(self._env.stat()["psize"])
+        out["map_used_bytes"] = (out["last_pgno"] + 1) * out["page_size"]
+        try:
+            st = os.stat(os.path.join(self.path, "data.mdb"))
+            out["file_bytes"], out["disk_bytes"] = st.st_size, st.st_blocks * 512
+        except OSError:
+            pass
+        out.update(reader_slots(self._env.readers(), os.getpid()))
+        return out
 
     def close(self) -> None:
         """Close the environment; no transaction may be open."""
@@ -223,6 +238,25 @@ class LmdbEngine:
     def _full_message(self) -> str:
         return (f"the volume is full (LMDB map of {self.map_size() >> 20} MiB); restart a node "
                 f"with a bigger --map-size (the others take it up) or free space")
+
+
+def reader_slots(table: str, pid: int) -> dict[str, int]:
+    """Count the slots of LMDB's reader table as ``Environment.readers()`` prints it (a head
+    line, then ``pid thread txnid`` per slot bound to a process, txnid ``-`` when the slot is
+    idle): held and reading, in all and for ``pid``."""
+    held = reading = held_here = reading_here = 0
+    for line in table.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue  # "(no active readers)"
+        mine = int(parts[0]) == pid
+        busy = parts[2] != "-"
+        held += 1
+        reading += busy
+        held_here += mine
+        reading_here += mine and busy
+    return {"reader_slots_held": held, "reader_slots_reading": reading,
+            "reader_slots_held_here": held_here, "reader_slots_reading_here": reading_here}
 
 
 class _Snapshot:

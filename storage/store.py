@@ -483,6 +483,11 @@ class Store:
         """The engine's periodic upkeep (see ``kv.Engine.housekeeping``)."""
         return self.engine.housekeeping()
 
+    def info(self) -> dict[str, int]:
+        """Figures about the engine, by name (see ``kv.Engine.info``; LMDB's in
+        ``LmdbEngine.info``): what a node's metrics report of its volume."""
+        return self.engine.info()
+
     def close(self) -> None:
         """Close the engine."""
         self.engine.close()

@@ -104,9 +104,10 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest
     """A factory of clusters started with extra node flags; all stopped, logs on failure."""
     made: list[Cluster] = []
 
-    def make(*node_args: str, n: int = 3, etcd_members: int = 1, ttl_s: float = 3) -> Cluster:
+    def make(*node_args: str, n: int = 3, etcd_members: int = 1, ttl_s: float = 3,
+             metrics: bool = False) -> Cluster:
         c = Cluster(tmp_path / f"cluster-{len(made)}", n=n, ttl_s=ttl_s, node_args=node_args,
-                    etcd_members=etcd_members, start=False)
+                    etcd_members=etcd_members, start=False, metrics=metrics)
         made.append(c)
         c.start(n)
         return c

@@ -162,6 +162,7 @@ class Cluster:
         node_args: Extra arguments for every node.
         start: Start etcd and the nodes now (and wait until every node is SERVING).
         ready_timeout_s: How long to wait for each node to be SERVING.
+        metrics: Give every node a metrics port (``--metrics-listen``; ``node.metrics_url``).
 
     Raises:
         EtcdServerError | NodeStartError: If starting fails; everything already started is
@@ -180,7 +181,9 @@ class Cluster:
         node_args: tuple[str, ...] = (),
         start: bool = True,
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        metrics: bool = False,
     ) -> None:
+        self.metrics = metrics
         self.base_dir = Path(tmp_path).resolve()
         self.volume = self.base_dir / "volume"
         self.logs_dir = self.base_dir / "logs"
@@ -251,6 +254,7 @@ class Cluster:
             cluster=self.cluster_name,
             extra_args=self.node_args,
             extra_env=env,
+            metrics_port=free_port() if self.metrics else None,
         )
         self.nodes.append(node)
         node.start()
@@ -263,10 +267,13 @@ class Cluster:
                 node.wait_serving(self.ready_timeout_s)
                 return
             except NodeStartError:
-                lost_race = not node.is_alive and not port_is_free(node.port)
+                taken = [node.port] + ([node.metrics_port] if node.metrics_port else [])
+                lost_race = not node.is_alive and not all(port_is_free(p) for p in taken)
                 if attempt == attempts or not lost_race:
                     raise
                 node.port = free_port()
+                if node.metrics_port is not None:
+                    node.metrics_port = free_port()
                 node.start()
 
     def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:

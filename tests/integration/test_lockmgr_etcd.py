@@ -8,7 +8,7 @@ from collections.abc import Generator
 
 import pytest
 
-from lockmgr import EtcdClient, LockManager, LockMode, Resource, Session
+from lockmgr import EtcdClient, EtcdUnavailable, LockManager, LockMode, Resource, Session
 from tests.harness.calls import Call, in_thread, join
 from tests.harness.etcd import EtcdServer
 
@@ -123,3 +123,51 @@ def test_a_request_beyond_etcds_operation_limit_goes_in_batches_one_entry_per_pa
     lm.release(t)
     assert lm.flush_releases()
     assert not [e for e in lm.entries() if e.txn_id == t.txn_id]
+
+
+def test_lock_waits_and_etcd_round_trips_are_told_to_their_observers(
+        etcd: EtcdServer) -> None:
+    """``on_wait`` hears one wait per conflict with its length and outcome (granted, then a
+    timeout), and ``on_call`` every etcd round trip, by client method."""
+    calls: list[tuple[str, float, bool]] = []
+    waits: list[tuple[float, str]] = []
+    client = EtcdClient(etcd.endpoint, on_call=lambda *c: calls.append(c))
+    session = Session(client, 5)
+    m = LockManager(client, "t", "n1", _NoFence(), wait_timeout_s=5,
+                    on_wait=lambda s, how: waits.append((s, how)))
+    m.attach(session)
+    try:
+        assert {op for op, _, _ in calls} >= {"grant", "txn"}
+        assert all(s >= 0 and not failed for _, s, failed in calls)
+        holder = m.begin("h@n1")
+        m.acquire(holder, _rows(range(1)))
+        assert waits == []  # granted at once: no wait
+        waiter = m.begin("w@n1")
+        t, take = in_thread(m.acquire, waiter, _rows(range(1)))
+        time.sleep(0.3)
+        m.release(holder)
+        join(t, take, 5, "the waiter's acquire after the release")
+        assert len(waits) == 1 and waits[0][1] == "granted" and waits[0][0] >= 0.25
+        late = m.begin("l@n1")
+        with pytest.raises(Exception, match="lock_timeout"):
+            m.acquire(late, _rows(range(1)), timeout_s=0.3)
+        assert [how for _, how in waits] == ["granted", "lock_timeout"]
+        assert 0.25 <= waits[1][0] < 3
+        m.release(late)
+        m.release(waiter)
+    finally:
+        m.close()
+        session.close()
+        client.close()
+
+
+def test_a_failed_etcd_call_is_told_as_failed() -> None:
+    """A round trip to an etcd that is not there is told with ``failed`` set."""
+    calls: list[tuple[str, float, bool]] = []
+    client = EtcdClient("127.0.0.1:1", timeout_s=0.2, on_call=lambda *c: calls.append(c))
+    try:
+        with pytest.raises(EtcdUnavailable):
+            client.put(b"k", b"v")
+    finally:
+        client.close()
+    assert [(op, failed) for op, _, failed in calls] == [("put", True)]

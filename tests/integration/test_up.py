@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -83,6 +84,14 @@ def test_shardless_up_starts_answers_a_client_and_stops_leaving_nothing_behind(
             assert sorted(m.address for m in status.members) == addresses
             child_pids = [m.pid for m in status.members]
         child_pids.append(_etcd_pid(lines))
+        urls = [ln.split(" metrics at ", 1)[1].strip() for ln in lines if " metrics at " in ln]
+        assert len(urls) == 2, "".join(lines)
+        scraped = []
+        for url in urls:  # each node's metrics answer at the URL up printed
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                scraped.append(resp.read().decode())
+        assert all("shardless_node_info{" in text for text in scraped)
+        assert any('shardless_commits_total{kind="one_shot"} 1.0' in t for t in scraped)
         assert all(_pid_alive(p) for p in child_pids)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(lines)

@@ -692,3 +692,23 @@ def test_a_packed_batch_with_one_bad_row_names_it_and_writes_nothing(store: Stor
 def test_packed_rows_are_only_for_insert_and_upsert(store: Store):
     with pytest.raises(InvalidInput, match="packed rows are for Insert and Upsert"):
         run(store, Transaction([Write("t", UPDATE, {}, packed=(("id",), [1]))]))
+
+
+# -- what the committer counts (nodes/metrics.py reads it) ---------------------------------------
+
+
+def test_commits_are_counted_by_kind_and_each_group_size_is_told(store: Store):
+    """Applied requests count under their ``commit_kind``; a refused one counts in its group's
+    size but not as a commit; ``on_group`` hears one size per committed write transaction."""
+    sizes: list[int] = []
+    gc = GroupCommitter(store, "n1", on_group=sizes.append)
+    try:
+        gc.submit(tx(ins(1)))
+        gc.submit(tx(ins(2)))
+        with pytest.raises(AlreadyExists):
+            gc.submit(tx(ins(1)))
+        gc.submit(CreateTable(Schema.build("u", [Column("id", "int64")], ["id"])))
+    finally:
+        gc.close()
+    assert gc.commits_by_kind == {"one_shot": 2, "ddl": 1}
+    assert sizes == [1, 1, 1, 1] and gc.batches == 4

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage import MapFull, Store, WriteView
-from storage.lmdb_env import LmdbEngine
+from storage.lmdb_env import LmdbEngine, reader_slots
 
 ROOT = str(Path(__file__).resolve().parents[3])
 SMALL = 1 << 20
@@ -226,3 +226,32 @@ def test_write_transactions_of_several_processes_are_totally_ordered(tmp_path: P
     with engine.read() as r:
         assert r.get(b"n") == b"600"
     engine.close()
+
+
+def test_reader_slots_counts_held_and_reading_slots_per_process() -> None:
+    """The reader table's text is counted as slots held, reading, and those of one pid."""
+    table = ("    pid     thread     txnid\n"
+             "      100 7f00 12\n      100 7f01 -\n      200 7f02 12\n")
+    assert reader_slots(table, 100) == {"reader_slots_held": 3, "reader_slots_reading": 2,
+                                        "reader_slots_held_here": 2,
+                                        "reader_slots_reading_here": 1}
+    assert reader_slots("(no active readers)\n", 100)["reader_slots_held"] == 0
+
+
+def test_info_reports_an_open_snapshot_and_the_space_used(tmp_path: Path) -> None:
+    """``info`` sees this process's snapshot in the reader table and the volume's bytes."""
+    env = LmdbEngine(str(tmp_path), map_size=SMALL)
+    try:
+        with env.write() as txn:
+            for i in range(50):
+                txn.put(b"k%04d" % i, os.urandom(200))
+        before = env.info()
+        with env.read():
+            during = env.info()
+        assert during["reader_slots_reading_here"] == before["reader_slots_reading_here"] + 1
+        assert during["reader_slots_reading"] >= during["reader_slots_reading_here"]
+        assert before["map_used_bytes"] >= 50 * 200
+        assert before["file_bytes"] >= before["map_used_bytes"]
+        assert before["disk_bytes"] > 0 and before["map_size"] == SMALL
+    finally:
+        env.close()
