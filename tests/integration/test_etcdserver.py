@@ -11,6 +11,7 @@ import etcd3
 import pytest
 
 from nodes import etcdserver
+from tests.harness.cluster import wait_for
 from tests.harness.etcd import (
     ENV_ETCD_BIN,
     EtcdBinaryNotFound,
@@ -174,6 +175,33 @@ def test_find_etcd_binary_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(etcdserver, "wheel_etcd_binary", lambda: None)
     with pytest.raises(EtcdBinaryNotFound, match="no etcd binary found"):
         find_etcd_binary()
+
+
+def test_a_restarted_member_runs_the_binary_it_first_ran(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server given no binary keeps the one chosen at its first start: after a kill, another
+    etcd that appeared meanwhile (first on PATH) is not the one restarted (a 3.5 member's data
+    cannot be opened by 3.4: "cluster cannot be downgraded")."""
+    ran = tmp_path / "ran.txt"
+    first, later = (_script(tmp_path / name / "etcd",
+                            f"#!/bin/sh\necho {name} >> {ran}\nexec sleep 30\n")
+                    for name in ("first", "later"))
+    monkeypatch.delenv(ENV_ETCD_BIN, raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(first.parent), os.environ["PATH"]]))
+    server = EtcdServer(tmp_path / "data")
+    try:
+        server.start()
+        assert server.binary == str(first.resolve())
+        wait_for(ran.exists, 10, message="the first start to run its binary")
+        server.kill()
+        monkeypatch.setenv("PATH", os.pathsep.join([str(later.parent), os.environ["PATH"]]))
+        server.start()
+        assert server.binary == str(first.resolve())
+        wait_for(lambda: ran.exists() and len(ran.read_text().split()) == 2, 10,
+                 message="both starts to run their binary")
+        assert ran.read_text().split() == ["first", "first"]
+    finally:
+        server.kill()
 
 
 def test_find_etcd_binary_rejects_bad_explicit_and_env_paths(
