@@ -1,7 +1,8 @@
 """The ``shardless`` command: ``node`` runs one node, ``replica`` keeps a copy of the volume,
 ``up`` runs a local cluster, ``status`` prints a cluster's status, ``drain`` makes one node
 leave without failing a client call, ``promote`` makes a replica the primary, ``bench``
-measures a cluster against baselines."""
+measures a cluster against baselines; ``backup``, ``archive``, ``restore`` and ``verify`` are
+in ``nodes/backup.py``."""
 
 from __future__ import annotations
 
@@ -512,6 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nodes import secadmin
 
     secadmin.add_commands(sub)
+    from nodes import backup
+
+    backup.add_commands(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv
