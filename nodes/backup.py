@@ -325,10 +325,9 @@ def _copy(dest: str, address: str, creds: Credentials, bar: Progress, started: f
                 for msg in stream:
                     heard()
                     position = msg.position
-                    chunk = msgpack.unpackb(msg.items, raw=False) if msg.items else []
-                    if chunk:
-                        w.add(chunk)
-                        items += len(chunk)
+                    if msg.items:  # already MessagePack [[key, value], ...]: kept as sent
+                        items += _array_length(msg.items)
+                        w.add_packed(msg.items)
                     received += len(msg.items)
                     bar.update(received, f"at position {position}")
                     if msg.done:
@@ -341,6 +340,20 @@ def _copy(dest: str, address: str, creds: Credentials, bar: Progress, started: f
         w.abort()
         raise
     return fmt.CopyInfo(fmt.COPY_FILE, position, items, sha, size, started)
+
+
+def _array_length(packed: bytes) -> int:
+    """The length of the MessagePack array ``packed`` (read from its header only).
+
+    Raises:
+        Corrupt: it is not an array.
+    """
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(packed[:5])
+    try:
+        return int(unpacker.read_array_header())
+    except (ValueError, msgpack.UnpackException) as e:
+        raise Corrupt("a copy chunk is not a MessagePack array") from e
 
 
 def _incremental(dest: str, addresses: list[str], creds: Credentials, *, progress: bool) -> int:

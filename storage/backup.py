@@ -99,6 +99,10 @@ class FramedWriter:
         """Append one MessagePack object."""
         self._write(msgpack.packb(obj, use_bin_type=True))
 
+    def add_packed(self, data: bytes) -> None:
+        """Append one object already packed (the caller vouches that it is one object)."""
+        self._write(data)
+
     def finish(self) -> tuple[str, int]:
         """Write the checksum, fsync, rename into place; return the file's SHA-256 (hex) and
         size."""
