@@ -461,6 +461,10 @@ def _run_archive(args: argparse.Namespace) -> int:
             archived[0] = info.last
             pending.clear()
 
+    def reached() -> bool:
+        held = pending[-1][0] if pending else archived[0]
+        return bool(args.until_position) and held >= args.until_position
+
     def take(got: list[tuple[int, bytes]], msg: api.ReadLogResponse) -> bool:
         for pos, raw in got:
             prev = pending[-1][0] if pending else archived[0]
@@ -473,9 +477,7 @@ def _run_archive(args: argparse.Namespace) -> int:
                 flush()
         if pending and time.monotonic() - opened[0] >= args.segment_seconds:
             flush()
-        done = bool(args.until_position) and \
-            (pending[-1][0] if pending else archived[0]) >= args.until_position
-        return not done and not stopping.is_set()
+        return not reached() and not stopping.is_set()
 
     def on_signal(signum: int, frame: Any) -> None:
         stopping.set()
@@ -489,8 +491,13 @@ def _run_archive(args: argparse.Namespace) -> int:
             nxt = held + 1 if held else start
             try:
                 _read_log(address, creds, nxt, follow=True, on_records=take)
-                if not stopping.is_set():  # --until-position reached
+                if reached():
                     break
+                if not stopping.is_set():  # the node left (drained): read from another
+                    print(f"archive: {address} ended the stream; reading from another node",
+                          file=sys.stderr, flush=True)
+                    attempt += 1
+                    stopping.wait(RETRY_S)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.OUT_OF_RANGE:
                     flush()
