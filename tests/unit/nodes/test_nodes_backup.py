@@ -80,3 +80,17 @@ def test_parse_time_takes_unix_seconds_and_iso_8601() -> None:
     assert parse_time("2023-11-14T22:13:20+00:00") == 1700000000.0
     with pytest.raises(ValueError, match="neither"):
         parse_time("yesterday")
+
+
+def test_progress_is_a_plain_line_without_rich(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``rich`` is an optional extra: without it the progress is one line on stderr."""
+    import sys
+
+    from nodes.backup import Progress
+
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    bar = Progress("backup from a:1")
+    bar.update(3 << 20, "at position 7")
+    bar.close()
+    assert "backup from a:1: 3.0 MiB" in capsys.readouterr().err
