@@ -2,8 +2,9 @@
 ``up`` runs a local cluster, ``drain`` makes one node leave without failing a client call,
 ``promote`` makes a replica the primary, ``bench`` measures a cluster against baselines; the
 operator's commands (``status``, ``members``, ``health``, ``locks``, ``get``, ``put``) live in
-``nodes/admin.py``. This module registers arguments and dispatches; ``DESCRIPTION`` is the plain
-text ``--help`` shows."""
+``nodes/admin.py``, ``backup``, ``archive``, ``restore`` and ``verify`` in ``nodes/backup.py``,
+``cert``, ``auth`` and ``user`` in ``nodes/secadmin.py``. This module registers arguments and
+dispatches; ``DESCRIPTION`` is the plain text ``--help`` shows."""
 
 from __future__ import annotations
 
@@ -481,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nodes import secadmin
 
     secadmin.add_commands(sub)
+    from nodes import backup
+
+    backup.add_commands(sub)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv
