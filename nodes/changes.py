@@ -23,8 +23,11 @@ TTL.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,8 +40,16 @@ from nodes.status import stream, unary
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
 from shardless.v1 import types_pb2 as pb
-from storage import InvalidInput, NotFound, commitlog, keys
-from storage.changes import CREATE_TABLE, DELETE_ROW, DROP_TABLE, PUT_ROW, Schemas, record_changes
+from storage import InvalidInput, LogTruncated, NotFound, Record, commitlog, keys
+from storage.changes import (
+    CREATE_TABLE,
+    DELETE_ROW,
+    DROP_TABLE,
+    PUT_ROW,
+    RowChange,
+    Schemas,
+    record_changes,
+)
 
 if TYPE_CHECKING:
     from nodes.node import Node
@@ -47,6 +58,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_CHANGES, MAX_CHANGES = 256, 10_000
 RECORDS_PER_READ = 256
+TAIL_RECORDS, TAIL_BATCH = 4096, 512  # the shared tail: records kept, read at once
+IDLE_S = 10.0  # the tail forgets what it holds after this long without a stream
 HEARTBEAT_S = 1.0
 POLL_S = 0.05  # how often other nodes' commits are looked for
 DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S = 60.0, 86_400.0
@@ -118,42 +131,42 @@ class ChangeService(rpc.ChangeServiceServicer):
 
         seen, quiet_since = committer.batches, time.monotonic()
         out = api.WatchResponse()
-        while context.is_active() and not node.gate.draining:
-            with reads.read() as view:
-                oldest, last, _ = view.log_bounds()
-                records = [commitlog.decode(keys.log(p), raw)
-                           for p, raw in view.log_stored(position, RECORDS_PER_READ)] \
-                    if position <= last else []
-
-                def find_dropped(table_id: int, view: Any = view, after: int = position
-                                 ) -> None:
-                    for r in view.log(after):
-                        if any(c.op == DROP_TABLE for c in r.changes):
-                            schemas.learn_dropped(r)
-                            if schemas.get(table_id) is not None:
-                                return
-
-                decoded = [(r, record_changes(r, schemas, find_dropped=find_dropped))
-                           for r in records]
-            for record, changes in decoded:
-                for c in changes:
-                    if (record.position == position and c.index < skip) or not wanted(c):
-                        continue
-                    out.changes.append(_change(c))
-                    if len(out.changes) >= per_message:
-                        out.oldest_position, out.last_position = oldest, last
-                        yield out
-                        out = api.WatchResponse()
-                out.position = record.position
-                position, skip = record.position + 1, 0
-            if out.changes or (time.monotonic() - quiet_since >= HEARTBEAT_S):
-                out.position = position - 1
-                out.oldest_position, out.last_position = oldest, last
-                yield out
-                out = api.WatchResponse()
-                quiet_since = time.monotonic()
-            if not records:
-                seen = committer.wait_for_commit(seen, POLL_S)
+        tail: LogTail | None = getattr(node, "log_tail", None)
+        if tail is not None:
+            tail.acquire()
+        try:
+            while context.is_active() and not node.gate.draining:
+                got = tail.since(position, POLL_S) if tail is not None else None
+                if got is not None:  # from the node's shared tail: decoded once for all
+                    decoded, oldest, last = got
+                    for _record, changes in decoded:  # keep our own schemas in step
+                        for c in changes:
+                            if c.kind == CREATE_TABLE and c.schema is not None:
+                                schemas.add(c.schema)
+                else:
+                    decoded, oldest, last = _read(reads, position, schemas)
+                for record, changes in decoded:
+                    for c in changes:
+                        if (record.position == position and c.index < skip) or not wanted(c):
+                            continue
+                        out.changes.append(_change(c))
+                        if len(out.changes) >= per_message:
+                            out.oldest_position, out.last_position = oldest, last
+                            yield out
+                            out = api.WatchResponse()
+                    out.position = record.position
+                    position, skip = record.position + 1, 0
+                if out.changes or (time.monotonic() - quiet_since >= HEARTBEAT_S):
+                    out.position = position - 1
+                    out.oldest_position, out.last_position = oldest, last
+                    yield out
+                    out = api.WatchResponse()
+                    quiet_since = time.monotonic()
+                if not decoded and got is None:
+                    seen = committer.wait_for_commit(seen, POLL_S)
+        finally:
+            if tail is not None:
+                tail.release()
 
     @unary
     def Hold(self, request: api.HoldRequest, context: grpc.ServicerContext
@@ -192,6 +205,147 @@ class ChangeService(rpc.ChangeServiceServicer):
         assert node.etcd is not None
         key = holds_prefix(node.cfg.cluster) + request.name.encode()
         return api.ReleaseResponse(released=node.etcd.delete(key))
+
+
+Decoded = list[tuple[Record, list[RowChange]]]
+
+
+def _read(reads: Any, position: int, schemas: Schemas) -> tuple[Decoded, int, int]:
+    """Up to RECORDS_PER_READ records from ``position``, decoded, and the log's bounds, read
+    from one snapshot (through the read barrier).
+
+    Raises:
+        LogTruncated: ``position`` is gone.
+    """
+    with reads.read() as view:
+        oldest, last, _ = view.log_bounds()
+        records = [commitlog.decode(keys.log(p), raw)
+                   for p, raw in view.log_stored(position, RECORDS_PER_READ)] \
+            if position <= last else []
+
+        def find_dropped(table_id: int) -> None:
+            for r in view.log(position):
+                if any(c.op == DROP_TABLE for c in r.changes):
+                    schemas.learn_dropped(r)
+                    if schemas.get(table_id) is not None:
+                        return
+
+        decoded = [(r, record_changes(r, schemas, find_dropped=find_dropped))
+                   for r in records]
+    return decoded, oldest, last
+
+
+class LogTail:
+    """The new end of the commit log, read and decoded once for every Watch on the node.
+
+    While some stream uses it, one thread follows the log (woken by this node's commits, and
+    every POLL_S for the others'), through the read barrier, and keeps the last TAIL_RECORDS
+    records decoded; streams at the end of the log take theirs from here instead of each
+    reading and decoding the same records (what made ten followers cost commits a fifth). A
+    stream behind what the tail holds reads the log itself until it catches up. Its schemas
+    start from the catalog when it starts and follow the records' catalog ops, so every row of
+    a record it holds decodes. Idle (no stream) for IDLE_S, it forgets everything and starts
+    from the then end of the log when a stream comes.
+    """
+
+    def __init__(self, reads: Any, committer: Any, keep: int = 0) -> None:
+        self._reads, self._committer = reads, committer
+        self._keep = keep or TAIL_RECORDS
+        self._cond = threading.Condition()
+        self._items: collections.deque[tuple[Record, list[RowChange]]] = collections.deque()
+        self._next = 0  # the position after the last one held; 0: not started
+        self._schemas: Schemas | None = None
+        self._bounds = (0, 0)
+        self._users = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._users += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="log-tail", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def release(self) -> None:
+        with self._cond:
+            self._users -= 1
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def since(self, position: int, wait_s: float) -> tuple[Decoded, int, int] | None:
+        """The records held from ``position`` on (waiting up to ``wait_s`` for the first when
+        there is none yet) and the log's bounds; None when ``position`` is before what the
+        tail holds (or it has not started): read the log instead."""
+        with self._cond:
+            if self._schemas is None:
+                return None
+            first = self._items[0][0].position if self._items else self._next
+            if position < first:
+                return None
+            if position >= self._next:
+                self._cond.wait(wait_s)
+                first = self._items[0][0].position if self._items else self._next
+                if position < first:
+                    return None
+            at = position - first
+            got = list(itertools.islice(self._items, at, at + RECORDS_PER_READ))
+            return got, *self._bounds
+
+    def _reset(self) -> None:
+        self._schemas, self._next = None, 0
+        self._items.clear()
+
+    def _run(self) -> None:
+        seen = self._committer.batches
+        idle_since: float | None = None
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                if self._users == 0:
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since > IDLE_S:
+                        self._reset()
+                    self._cond.wait(1.0)
+                    continue
+                idle_since = None
+                schemas, nxt = self._schemas, self._next
+            try:
+                with self._reads.read() as view:
+                    oldest, last, _ = view.log_bounds()
+                    if schemas is None:  # start at the end of the log
+                        schemas, nxt, records = Schemas(view.tables()), last + 1, []
+                    else:
+                        records = [commitlog.decode(keys.log(p), raw)
+                                   for p, raw in view.log_stored(nxt, TAIL_BATCH)] \
+                            if nxt <= last else []
+                decoded = [(r, record_changes(r, schemas)) for r in records]
+            except LogTruncated:  # idle long enough for the log to move past it: start over
+                with self._cond:
+                    self._reset()
+                continue
+            except Exception as e:  # a failing read (volume, barrier): streams read themselves
+                log.warning("log tail: %s", e)
+                with self._cond:
+                    self._reset()
+                    self._cond.wait(1.0)
+                continue
+            with self._cond:
+                if self._schemas is None and schemas is not None and nxt == last + 1:
+                    self._schemas = schemas
+                self._items.extend(decoded)
+                while len(self._items) > self._keep:
+                    self._items.popleft()
+                self._next = decoded[-1][0].position + 1 if decoded else nxt
+                self._bounds = (oldest, last)
+                self._cond.notify_all()
+            if not records:
+                seen = self._committer.wait_for_commit(seen, POLL_S)
 
 
 def _change(c: Any) -> api.Change:

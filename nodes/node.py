@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
-from nodes.changes import ChangeService, read_holds
+from nodes.changes import ChangeService, LogTail, read_holds
 from nodes.commit import AckWithheld, GroupCommitter, NoValidSession, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
@@ -198,6 +198,7 @@ class Node:
         self.store: Store | None = None
         self.etcd: EtcdClient | None = None
         self.authority = Authority(self._etcd, cfg.cluster)
+        self.log_tail: LogTail | None = None
         self.membership: Membership | None = None
         self.committer: GroupCommitter | None = None
         self.sync_gate: SyncGate | None = None
@@ -287,6 +288,7 @@ class Node:
                              replicas=lambda: read_replicas(self.etcd, cfg.cluster),
                              holds=lambda: read_holds(self._etcd(), cfg.cluster))
         self.leader.start()
+        self.log_tail = LogTail(self.reads, self.committer)  # for the change streams
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
         try:
@@ -647,6 +649,8 @@ class Node:
         self.health.enter_graceful_shutdown()
         self.admission.stop()
         self.authority.stop()
+        if self.log_tail is not None:
+            self.log_tail.stop()
         self.gate.drain()
         if self.membership is not None:
             self.membership.withdraw()
