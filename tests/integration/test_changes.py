@@ -3,15 +3,20 @@ deaths and its own restarts; and the holds that keep the commit log for it."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from nodes.up import node_env
 from shardless import connect
 from shardless.client import ChangeEvent
 from shardless.v1 import services_pb2 as api
@@ -82,16 +87,17 @@ def test_a_watch_delivers_each_change_with_its_image_in_commit_order(cluster: Cl
 
 
 @pytest.mark.fault
-def test_exactly_once_in_order_through_node_kills_and_consumer_restarts(
-        cluster: Cluster) -> None:
-    """Writers upsert and delete while nodes are killed -9 and restarted, and the consumer is
-    stopped and started again from the place it saved: what it saw, with nothing removed, is
-    the log's changes of the table in order, each once; replayed from empty it gives the
-    table's final state; every acknowledged write is in it."""
+def test_exactly_once_in_order_through_node_kills_and_consumer_kills(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Writers upsert and delete while nodes are killed -9 and restarted, and the consumer, a
+    process that appends each change with its place to a file, is killed -9 at random and
+    started again on its file: what the file holds, with nothing removed, is the log's changes
+    of the table in order, each once; replayed from empty it gives the table's final state;
+    every acknowledged write is in it with all its rows."""
     db = connect(cluster.addresses, refresh_s=None)
     db.create_table("t", {"id": "int64", "v": "int64"}, primary_key="id")
     stop = threading.Event()
-    acked: dict[int, int] = {}  # commit position -> how many row changes it made
+    acked: dict[int, int] = {}  # commit position -> how many rows it wrote
     errors: list[BaseException] = []
 
     def write(k: int) -> None:
@@ -112,28 +118,26 @@ def test_exactly_once_in_order_through_node_kills_and_consumer_restarts(
                     errors.append(e)
                     return
 
+    out = tmp_path / "consumer.jsonl"
+    log = open(tmp_path / "consumer.log", "ab")  # noqa: SIM115 (closed below)
+    consumers: list[subprocess.Popen[bytes]] = []
+
+    def start_consumer() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.harness.consumer",
+                                 ",".join(cluster.addresses), "t", str(out)],
+                                stdout=log, stderr=log, env=node_env(),
+                                cwd=Path(__file__).resolve().parents[2])
+        consumers.append(proc)
+        return proc
+
+    def lines() -> list[list[Any]]:
+        if not out.exists():
+            return []
+        return [json.loads(x) for x in out.read_bytes().split(b"\n")[:-1]]
+
     writers = [threading.Thread(target=write, args=(k,), daemon=True) for k in range(3)]
-    seen: list[ChangeEvent] = []
-    place = (0, 0)
-    consumer_restarts = 0
-
-    def consume(deadline: float) -> None:
-        nonlocal place
-        with db.watch("t", position=place[0], index=place[1], hold="test-consumer",
-                      hold_ttl_s=10) as w:
-            for c in w:
-                seen.append(c)
-                place = w.place
-                if time.monotonic() > deadline:
-                    break
-            place = w.place
-
-    for t in writers:
-        t.start()
-    end = time.monotonic() + 20
     rng = random.Random(7)
     killer_stop = threading.Event()
-
     kills: list[str] = []
 
     def kill_nodes() -> None:
@@ -144,50 +148,64 @@ def test_exactly_once_in_order_through_node_kills_and_consumer_restarts(
             victim.restart(wait=True)
 
     killer = threading.Thread(target=kill_nodes, daemon=True)
-    killer.start()
+    consumer_kills = 0
     try:
+        for t in writers:
+            t.start()
+        killer.start()
+        end = time.monotonic() + 20
+        consumer = start_consumer()
         while time.monotonic() < end:
-            consume(time.monotonic() + rng.uniform(0.5, 2.5))  # then "restart" the consumer
-            consumer_restarts += 1
-    finally:
+            time.sleep(rng.uniform(0.5, 2.0))
+            consumer.kill()  # SIGKILL, anywhere: mid-line, mid-stream
+            consumer.wait(10)
+            consumer_kills += 1
+            consumer = start_consumer()
         killer_stop.set()
         killer.join(60)
         stop.set()
         for t in writers:
             t.join(30)
-    assert not errors, errors
-    # The rest of the stream, up to a last write made after everything else.
-    sentinel = db.upsert("t", {"id": 1000, "v": 0})
-    acked[sentinel] = 1
-    with db.watch("t", position=place[0], index=place[1]) as w:
-        for c in w:
-            seen.append(c)
-            if c.position == sentinel:
-                break
-    places = [(c.position, c.index) for c in seen]
+        assert not errors, errors
+        # The rest of the stream, up to a last write made after everything else.
+        sentinel = db.upsert("t", {"id": 1000, "v": 0})
+        acked[sentinel] = 1
+        wait_for(lambda: any(x[0] == sentinel for x in lines()), 60,
+                 message=lambda: "the consumer to reach the last write:\n"
+                 + (tmp_path / "consumer.log").read_text()[-3000:])
+    finally:
+        killer_stop.set()
+        stop.set()
+        for proc in consumers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+    seen = lines()
+    places = [(x[0], x[1]) for x in seen]
     assert places == sorted(places), "out of order"
     assert len(places) == len(set(places)), "a change seen twice"
+    assert seen[0][2] == "create_table"  # the first consumer began at the oldest held
     # What a single uninterrupted watch from the start sees is exactly the same.
-    assert seen[0].kind == "create_table"  # the first consumer began at the oldest held
     whole = take(db.watch("t"), len(seen), timeout_s=60)
     assert [(c.position, c.index) for c in whole] == places
     # Every acknowledged write is there, with as many row changes as it made.
     by_position: dict[int, int] = {}
-    for c in seen:
-        by_position[c.position] = by_position.get(c.position, 0) + 1
+    for x in seen:
+        by_position[x[0]] = by_position.get(x[0], 0) + 1
     missing = [p for p in acked if p not in by_position]
     assert not missing, f"acknowledged commits missing from the stream: {missing[:10]}"
     assert all(by_position[p] == n for p, n in acked.items())
     # Replayed from empty, the stream gives the final state.
     state: dict[int, int] = {}
-    for c in seen:
-        if c.kind == "put":
-            state[c.key[0]] = c.row["v"]  # type: ignore[index]
-        elif c.kind == "delete":
-            state.pop(c.key[0], None)
+    for _pos, _idx, kind, key, row in seen:
+        if kind == "put":
+            state[key[0]] = row["v"]
+        elif kind == "delete":
+            state.pop(key[0], None)
     assert state == {r["id"]: r["v"] for r in db.scan("t")}
-    assert consumer_restarts >= 5 and len(kills) >= 3 and len(acked) > 50, (
-        consumer_restarts, kills, len(acked))
+    assert consumer_kills >= 8 and len(kills) >= 3 and len(acked) > 50, (
+        consumer_kills, kills, len(acked))
     db.close()
 
 
