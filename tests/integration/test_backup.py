@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from lockmgr import EtcdClient
+from nodes.changes import read_holds
 from nodes.etcdserver import free_port
 from nodes.up import stop_nodes
 from shardless import connect
@@ -308,8 +310,16 @@ def test_a_frozen_archive_keeps_the_log_by_its_hold(make_cluster, tmp_path: Path
             env={k: v for k, v in os.environ.items() if not k.startswith("SHARDLESS_")})
         try:
             wait_for(lambda: fmt.list_segments(str(archive)), 30, message="a first segment")
+            etcd = EtcdClient(cluster.etcd_endpoints, timeout_s=5)
+
+            def hold_moved_on() -> bool:  # the hold follows the segments (once a second)
+                holds = dict(read_holds(etcd, "shardless"))
+                last = fmt.list_segments(str(archive))[-1][1]
+                return len(holds) == 1 and next(iter(holds.values())) == last + 1
+            wait_for(hold_moved_on, 30, message="the archive's hold to follow its segments")
             archiver.send_signal(signal.SIGSTOP)
             held = fmt.list_segments(str(archive))[-1][1]
+            etcd.close()
             for i in range(5, 40):
                 db.upsert("t", {"id": i})
             head = db.status().commit_position
