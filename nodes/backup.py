@@ -33,7 +33,14 @@ import msgpack
 from shardless.credentials import Credentials, open_channel
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import PRIMARY, Corrupt, Identity, StorageError, open_volume
+from storage import (
+    PRIMARY,
+    Corrupt,
+    Identity,
+    StorageError,
+    open_volume,
+    open_volume_from_copy,
+)
 from storage import backup as fmt
 from storage.integrity import check_volume
 
@@ -71,7 +78,16 @@ def add_commands(sub: SubParsers) -> None:
                        description="Back up a running cluster without stopping writes; see "
                                    "docs/backup.md.")
     p.add_argument("dest", help="the backup directory (new or empty for a full backup)")
-    _connect_arg(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--connect",
+                   help="node addresses, HOST:PORT[,HOST:PORT...] (another is tried when one "
+                        "does not answer)")
+    g.add_argument("--volume", metavar="VOLUME_DIR",
+                   help="a full backup on the volume's own host, at disk speed: LMDB's own "
+                        "consistent copy of VOLUME_DIR's data file (nodes go on writing)")
+    p.add_argument("--cluster", default="shardless",
+                   help="with --volume: the name of the cluster the volume serves, kept in "
+                        "the manifest (incremental backups check it; default: shardless)")
     p.add_argument("--incremental", action="store_true",
                    help="add the log records after the last position DEST holds")
     p.add_argument("--no-progress", action="store_true", help="print no progress")
@@ -274,6 +290,10 @@ def _needs_full(e: grpc.RpcError, held: int, what: str) -> CommandError:
 
 
 def _run_backup(args: argparse.Namespace) -> int:
+    if args.volume is not None:
+        if args.incremental:
+            raise CommandError("--incremental reads the log from the nodes: give --connect")
+        return _local_full(args.dest, args.volume, args.cluster)
     addresses, creds = _addresses(args), _credentials(args)
     if args.incremental:
         return _incremental(args.dest, addresses, creds, progress=not args.no_progress)
@@ -319,6 +339,27 @@ def _full(dest: str, addresses: list[str], creds: Credentials, *, progress: bool
         return 0
     raise CommandError(f"the copy could not be taken ({'; '.join(failures)}); nothing was "
                        f"kept")
+
+
+def _local_full(dest: str, volume_dir: str, cluster: str) -> int:
+    """A full backup of the volume in ``volume_dir`` from this host: LMDB's copy of one
+    snapshot, fsynced and checksummed (``fmt.write_lmdb_copy``), then the manifest."""
+    if not os.path.isfile(os.path.join(volume_dir, "lmdb", "data.mdb")):
+        raise CommandError(f"{volume_dir} holds no volume (no lmdb/data.mdb)")
+    _prepare_full(dest)
+    started = time.time()
+    store = open_volume(volume_dir)
+    try:
+        with store.read() as view:
+            identity = view.volume_identity()
+        info = fmt.write_lmdb_copy(store, dest, started)
+    finally:
+        store.close()
+    manifest = fmt.Manifest(cluster, identity.volume_id if identity else "", time.time(), info)
+    fmt.write_manifest(dest, manifest)
+    print(f"full backup of cluster {cluster} at position {info.position}: LMDB copy of "
+          f"{info.size / (1 << 20):.1f} MiB in {time.time() - started:.1f} s ({dest})")
+    return 0
 
 
 def _copy(dest: str, address: str, creds: Credentials, bar: Progress, started: float
@@ -640,8 +681,8 @@ def restore(src: str, volume_dir: str, *, archives: Sequence[str] = (),
     staging = os.path.join(volume_dir, ".restore")
     os.makedirs(staging)
     try:
-        position, records, volume_id = _build(staging, copy_path, copy.position, the_plan,
-                                              to_time, map_size)
+        position, records, volume_id = _build(staging, copy_path, copy.kind, copy.position,
+                                              the_plan, to_time, map_size)
         os.replace(os.path.join(staging, "lmdb"), os.path.join(volume_dir, "lmdb"))
         fmt.fsync_dir(volume_dir)
     finally:
@@ -649,18 +690,24 @@ def restore(src: str, volume_dir: str, *, archives: Sequence[str] = (),
     return Restored(position, copy.position, records, volume_id)
 
 
-def _build(staging: str, copy_path: str, copy_position: int, the_plan: fmt.Plan,
+def _build(staging: str, copy_path: str, kind: str, copy_position: int, the_plan: fmt.Plan,
            to_time: float | None, map_size: int | None) -> tuple[int, int, str]:
     from storage import commitlog
 
-    store = open_volume(staging) if map_size is None else open_volume(staging,
-                                                                        map_size=map_size)
+    sized = {} if map_size is None else {"map_size": map_size}
+    if kind == fmt.LMDB_KIND:
+        store = open_volume_from_copy(copy_path, staging, **sized)
+    else:
+        store = open_volume(staging, **sized)
     try:
-        for chunk in fmt.read_copy(copy_path):
+        if kind == fmt.LMDB_KIND:  # the whole copied volume: keep what a copy takes
+            store.transact(lambda view: view.keep_replicated_only(copy_position))
+        else:
+            for chunk in fmt.read_copy(copy_path):
+                with store.write() as view:
+                    view.load_copy(chunk)
             with store.write() as view:
-                view.load_copy(chunk)
-        with store.write() as view:
-            view.restart_log_at(copy_position)
+                view.restart_log_at(copy_position)
         position, records, last_ts = copy_position, 0, 0.0
         batch: list[tuple[int, bytes]] = []
         batch_bytes = 0

@@ -23,7 +23,14 @@ from storage.keycode import prefix_end
 from storage.kv import Engine, Snapshot, WriteTxn
 from storage.lmdb_env import DEFAULT_MAP_SIZE
 from storage.retention import Cut, Retention
-from storage.store import ReadView, Store, WriteView, open_volume
+from storage.store import (
+    ReadView,
+    Store,
+    WriteView,
+    open_copy,
+    open_volume,
+    open_volume_from_copy,
+)
 from storage.volume import PRIMARY, REPLICA, Identity
 
 __all__ = [
@@ -56,6 +63,8 @@ __all__ = [
     "Value",
     "WriteTxn",
     "WriteView",
+    "open_copy",
     "open_volume",
+    "open_volume_from_copy",
     "prefix_end",
 ]

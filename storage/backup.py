@@ -39,8 +39,14 @@ import msgpack
 
 from storage import commitlog, keys
 from storage.errors import Corrupt, StorageError
+from storage.integrity import check_volume
+from storage.store import Store, open_copy
 
 FORMAT = 1
+FORMAT_LMDB = 2
+"""The manifest's format: 1 with a logical copy, 2 with an LMDB copy (which a reader of format
+1 only would take for a logical copy and fail on)."""
+FORMATS = (FORMAT, FORMAT_LMDB)
 MANIFEST = "manifest.json"
 LOG_DIR = "log"
 PARTIAL = ".partial"
@@ -200,6 +206,61 @@ def read_copy(path: str) -> Iterator[list[tuple[bytes, bytes]]]:
         yield pairs
 
 
+LMDB_FILE = "base.mdb"
+"""File name of a full copy made by LMDB itself (``shardless backup --volume``)."""
+COPY_KIND = "copy"
+"""A logical copy: the replicated key space, framed (``base.copy``)."""
+LMDB_KIND = "lmdb"
+"""An LMDB data file: the whole volume, every kind of key, as ``Store.copy_to`` made it."""
+
+
+def write_lmdb_copy(store: Store, directory: str, taken_at: float) -> CopyInfo:
+    """Copy the volume of ``store`` (opened on this host) into ``directory`` as an LMDB data
+    file at the engine's speed (``Store.copy_to``: one snapshot, writes go on), fsynced, then
+    its SHA-256 computed (from the page cache) while the rename is made durable; return what
+    it holds, for the manifest.
+
+    Raises:
+        StorageError: the copy failed; nothing is left but possibly a ``.partial`` file.
+    """
+    path = os.path.join(directory, LMDB_FILE)
+    partial = path + PARTIAL
+    if os.path.exists(partial):
+        os.unlink(partial)
+    try:
+        position = store.copy_to(partial)
+        sha, size = file_sha256(partial)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
+    os.replace(partial, path)
+    fsync_dir(directory)
+    return CopyInfo(LMDB_FILE, position, 0, sha, size, taken_at, LMDB_KIND)
+
+
+def check_lmdb_copy(path: str, position: int) -> list[str]:
+    """Check an LMDB copy (its checksum known good): the volume checks of
+    ``storage/integrity.py`` on it, and that it is at ``position``; return the problems."""
+    name = os.path.basename(path)
+    try:
+        copy = open_copy(path)
+    except StorageError as e:
+        return [f"{name}: {e}"]
+    try:
+        with copy.read() as view:
+            held = view.commit_position()
+        report = check_volume(copy)
+    except (StorageError, ValueError) as e:
+        return [f"{name}: {e}"]
+    finally:
+        copy.close()
+    problems = [f"{name}: {p}" for p in report.problems]
+    if held != position:
+        problems.append(f"{name}: at position {held}, the manifest says {position}")
+    return problems
+
+
 # -- log segments ------------------------------------------------------------------------------
 
 
@@ -325,9 +386,12 @@ class CopyInfo:
     name: str
     position: int
     items: int
+    """Items of a logical copy; 0 for an LMDB copy (its keys are not counted)."""
     sha256: str
     size: int
     taken_at: float
+    kind: str = COPY_KIND
+    """``copy`` (logical, framed) or ``lmdb`` (an LMDB data file)."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +407,11 @@ class Manifest:
     format: int = FORMAT
     updated_at: float = field(default=0.0)
 
+    def __post_init__(self) -> None:
+        # The format follows from the copy's kind (FORMAT_LMDB).
+        object.__setattr__(self, "format", FORMAT if self.copy.kind == COPY_KIND else
+                           FORMAT_LMDB)
+
     @property
     def position(self) -> int:
         """The last position the backup holds."""
@@ -355,6 +424,8 @@ class Manifest:
     def encode(self) -> bytes:
         d = asdict(self)
         d["position"] = self.position
+        if self.copy.kind == COPY_KIND:  # as format 1 wrote it: older readers read it
+            del d["copy"]["kind"]
         return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
 
     @staticmethod
@@ -365,11 +436,17 @@ class Manifest:
         """
         try:
             d = json.loads(data)
-            if d.get("format") != FORMAT:
+            if d.get("format") not in FORMATS:
                 raise Corrupt(f"manifest format {d.get('format')!r}; this version reads "
-                              f"{FORMAT}")
+                              f"{' and '.join(map(str, FORMATS))}")
+            copy = CopyInfo(**d["copy"])
+            if copy.kind not in (COPY_KIND, LMDB_KIND):
+                raise Corrupt(f"the manifest's copy is of an unknown kind {copy.kind!r}")
+            if (copy.kind == LMDB_KIND) != (d["format"] == FORMAT_LMDB):
+                raise Corrupt(f"a manifest of format {d['format']} with a copy of kind "
+                              f"{copy.kind!r}")
             return Manifest(str(d["cluster"]), str(d["volume_id"]), float(d["created_at"]),
-                            CopyInfo(**d["copy"]),
+                            copy,
                             tuple(SegmentInfo(**s) for s in d["segments"]),
                             int(d["format"]), float(d.get("updated_at", 0.0)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -491,7 +568,10 @@ def verify_dir(directory: str) -> tuple[list[str], list[str]]:
     else:
         start = manifest.copy.position
         path = os.path.join(directory, manifest.copy.name)
-        if _check_file(path, manifest.copy.sha256, manifest.copy.size, problems):
+        if manifest.copy.kind == LMDB_KIND:
+            if _check_file(path, manifest.copy.sha256, manifest.copy.size, problems):
+                problems.extend(check_lmdb_copy(path, manifest.copy.position))
+        elif _check_file(path, manifest.copy.sha256, manifest.copy.size, problems):
             try:
                 n = sum(len(chunk) for chunk in read_copy(path))
                 if n != manifest.copy.items:

@@ -117,13 +117,21 @@ class LmdbEngine:
     """LMDB's compiled-in limit (``Environment.max_key_size()``), checked when opening."""
 
     def __init__(self, path: str, *, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = DEFAULT_MAX_READERS) -> None:
-        os.makedirs(path, exist_ok=True)
+                 max_readers: int = DEFAULT_MAX_READERS, copy_file: bool = False) -> None:
+        """Open the environment in directory ``path``; ``copy_file``: instead, open the lone
+        data file ``path`` (a copy made by :meth:`copy_to`) read-only and without a lock file,
+        so that reading it leaves its directory as it was (a backup's)."""
         self.path = path
+        self._is_copy = copy_file
         try:
-            self._env = lmdb.open(path, map_size=map_size, max_readers=max_readers,
-                                  subdir=True, sync=True, metasync=True, lock=True,
-                                  readahead=False, max_dbs=0)
+            if copy_file:
+                self._env = lmdb.open(path, subdir=False, readonly=True, lock=False,
+                                      readahead=False, max_dbs=0)
+            else:
+                os.makedirs(path, exist_ok=True)
+                self._env = lmdb.open(path, map_size=map_size, max_readers=max_readers,
+                                      subdir=True, sync=True, metasync=True, lock=True,
+                                      readahead=False, max_dbs=0)
         except lmdb.Error as e:
             raise StorageError(f"cannot open LMDB environment at {path}: {e}") from e
         if self._env.max_key_size() < self.max_key_bytes:
@@ -131,7 +139,8 @@ class LmdbEngine:
             raise StorageError(f"this LMDB build takes keys of {self._env.max_key_size()} "
                                f"bytes at most; Shardless needs {self.max_key_bytes}")
         self._gate = _MapGate()
-        self.reader_check()
+        if not copy_file:
+            self.reader_check()
 
     # kv.Engine
 
@@ -156,6 +165,8 @@ class LmdbEngine:
 
     def housekeeping(self) -> dict[str, int]:
         """Free reader slots held by dead processes."""
+        if self._is_copy:
+            return {}
         return {"stale reader slots freed": self.reader_check()}
 
     def info(self) -> dict[str, int]:
@@ -180,6 +191,51 @@ class LmdbEngine:
     def close(self) -> None:
         """Close the environment; no transaction may be open."""
         self._env.close()
+
+    def copy_to(self, path: str) -> None:
+        """Write a consistent copy of the environment to the new file ``path`` and fsync it:
+        LMDB's own copy (``mdb_env_copy2``, not compacted), of one read snapshot taken when
+        it starts, so writers go on meanwhile. The copy is itself an LMDB data file (free pages
+        included), opened by ``LmdbEngine(path, copy_file=True)``.
+
+        NB: py-lmdb ties a copy to a read transaction of the caller's only when compacting,
+        so the snapshot's position cannot be read beside it: read it from the copy (which is
+        that one snapshot). The snapshot pins the volume's pages for as long as the copy runs.
+
+        Raises:
+            StorageError: the file exists, or LMDB or the disk refused (nothing is left).
+        """
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot create {path}: {e}") from e
+        try:
+            for attempt in range(3):
+                self._gate.acquire_shared()  # the copy's read txn, like any other
+                try:
+                    self._env.copyfd(fd, compact=False)
+                    break
+                except lmdb.MapResizedError:
+                    pass
+                except lmdb.Error as e:
+                    raise StorageError(f"cannot copy the volume to {path}: {e}") from e
+                finally:
+                    self._gate.release_shared()
+                # Another process grew the map: adopt it, then start the copy again.
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                if not self.adopt_map_size() and attempt:
+                    time.sleep(0.05)
+            else:
+                raise StorageError("cannot copy the volume: the map was resized by another "
+                                   "process and this one could not adopt the new size")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(fd)
 
     # LMDB's own
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -342,6 +343,27 @@ class WriteView(ReadView):
             n += 1
         return n
 
+    def keep_replicated_only(self, position: int) -> int:
+        """Make a whole copy of another volume (an LMDB copy, taken at ``position``) this
+        volume's own: remove what is not replicated (its commit log and the log's meta values,
+        fence records, published grants, its identity: ``keys.py``) and make the log empty,
+        its next record ``position + 1``; return how many keys went. Nothing is logged; give
+        the volume an identity of its own after (:meth:`set_volume_identity`).
+
+        Raises:
+            Corrupt: the copy's own position is not ``position``.
+        """
+        held = commitlog.last_position(self._txn)
+        if held != position:
+            raise Corrupt(f"the copy is at position {held}, not {position}")
+        gone = 0
+        for kind in (keys.LOG, keys.FENCE, keys.GRANT, keys.LOCAL):
+            gone += delete_range(self._txn, *keys.kind_range(kind))
+        for k in keys.LOG_META:
+            gone += bool(self._txn.delete(k))
+        commitlog.restart_at(self._txn, position)
+        return gone
+
     def set_volume_identity(self, identity: volume.Identity) -> None:
         """Store this copy's identity (outside the replicated key space: nothing is logged)."""
         volume.write(self._txn, identity)
@@ -488,9 +510,67 @@ class Store:
         ``LmdbEngine.info``): what a node's metrics report of its volume."""
         return self.engine.info()
 
+    def copy_to(self, path: str) -> int:
+        """Write a consistent copy of the whole volume (every kind of key, free pages too) to
+        the new file ``path`` at the engine's speed, fsynced; return the copy's position. One
+        snapshot, so commits go on meanwhile; the position is read from the copy itself, so it
+        is exactly the state the copy holds. Open the copy with :func:`open_copy`.
+
+        Raises:
+            StorageError: the engine makes no such copies (only LMDB does), or it failed
+                (nothing is left at ``path``).
+        """
+        copy_to = getattr(self.engine, "copy_to", None)
+        if copy_to is None:
+            raise StorageError(f"{type(self.engine).__name__} makes no file copies")
+        copy_to(path)
+        copy = open_copy(path)
+        try:
+            with copy.read() as view:
+                return view.commit_position()
+        finally:
+            copy.close()
+
     def close(self) -> None:
         """Close the engine."""
         self.engine.close()
+
+
+def open_copy(path: str) -> Store:
+    """Open a volume's copy made by :meth:`Store.copy_to` (the file ``path``) to read it, with
+    no lock file (nothing is written beside it).
+
+    Raises:
+        StorageError: it cannot be opened (not an LMDB data file).
+    """
+    return Store(LmdbEngine(path, copy_file=True), path=path)
+
+
+def open_volume_from_copy(copy_path: str, volume: str, *,
+                          map_size: int = DEFAULT_MAP_SIZE) -> Store:
+    """Put a copy made by :meth:`Store.copy_to` in place as the data file of a new volume in
+    directory ``volume`` (it must hold none), fsynced, and open it (:func:`open_volume`). The
+    volume is still the copied one's (its log, fences, identity): call
+    :meth:`WriteView.keep_replicated_only` before anything else.
+
+    Raises:
+        StorageError: ``volume`` holds a data file already, or it cannot be opened.
+    """
+    path = os.path.join(volume, "lmdb")
+    os.makedirs(path, exist_ok=True)
+    data = os.path.join(path, "data.mdb")
+    if os.path.exists(data):
+        raise StorageError(f"{volume} holds a volume already")
+    try:
+        shutil.copyfile(copy_path, data)  # in the kernel (sendfile) where it can
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"cannot put {copy_path} in place in {volume}: {e}") from e
+    return open_volume(volume, map_size=map_size)
 
 
 def open_volume(volume: str, *, map_size: int = DEFAULT_MAP_SIZE) -> Store:

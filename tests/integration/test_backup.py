@@ -191,6 +191,75 @@ def test_a_full_backup_under_load_restores_to_its_position_and_a_node_serves_it(
             node.kill()
 
 
+def test_a_local_full_backup_under_load_restores_to_its_position_and_a_node_serves_it(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """``backup --volume`` (LMDB's own copy, on the volume's host) while writers keep going on
+    every node: the restored table equals the acknowledged writes at the copy's position, an
+    incremental backup through the nodes continues it, a node of a new cluster serves the
+    restored volume, and verify names a flipped byte in the copied data file."""
+    prepare(cluster)
+    dest = tmp_path / "backup"
+    with Load(cluster) as load:
+        load.wait_writes(50)
+        before = len(load.history)
+        out = ok("backup", str(dest), "--volume", str(cluster.volume))
+        load.wait_writes(50)
+    position = position_of(out, "at position")
+    assert any(pos > position for pos, _, _ in load.history)
+    assert before < len(load.history)
+    manifest = fmt.read_manifest(str(dest))
+    assert manifest is not None and manifest.copy.kind == fmt.LMDB_KIND
+    assert manifest.copy.position == position and manifest.volume_id
+    assert sorted(os.listdir(dest)) == [fmt.LMDB_FILE, fmt.MANIFEST]
+    assert "OK" in ok("verify", str(dest))
+    both = shardless("backup", str(dest), "--volume", str(cluster.volume), "--connect",
+                     cluster.addresses[0])
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+    volume = tmp_path / "restored"
+    out = ok("restore", str(dest), "--volume", str(volume))
+    assert position_of(out, "to position") == position
+    got_position, rows = restored_rows(volume)
+    assert got_position == position
+    assert rows == load.state_at(position)
+    assert "OK" in ok("verify", str(volume))
+    # The log after the copy, through the nodes, restores on top of it.
+    ok("backup", str(dest), "--incremental", "--connect", ",".join(cluster.addresses),
+       "--no-progress")
+    last = max(pos for pos, _, _ in load.history)
+    further = tmp_path / "further"
+    ok("restore", str(dest), "--volume", str(further), "--to-position", str(last))
+    assert restored_rows(further) == (last, load.state_at(last))
+
+    node = Node("restored-1", etcd=cluster.etcd_endpoints, volume=volume, port=free_port(),
+                log_path=tmp_path / "restored-1.log", ttl_s=3, cluster="restored")
+    try:
+        node.start()
+        node.wait_serving(30)
+        db = connect(node.address, refresh_s=None)
+        try:
+            assert {r["k"]: r["v"] for r in db.scan("kv")} == {
+                k: v for k, (_, v) in load.state_at(position).items()}
+            assert db.upsert("kv", [{"k": 10_000, "v": "after"}]) == position + 1
+            st = db.status()
+            assert st.cluster == "restored" and st.primary_volume_id != manifest.volume_id
+        finally:
+            db.close()
+    finally:
+        stop_nodes([node])
+        if node.is_alive:
+            node.kill()
+
+    copy = dest / fmt.LMDB_FILE
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    copy.write_bytes(bytes(data))
+    bad = shardless("verify", str(dest))
+    assert bad.returncode == 1 and fmt.LMDB_FILE in bad.stdout and "SHA-256" in bad.stdout
+    refused = shardless("restore", str(dest), "--volume", str(tmp_path / "damaged"))
+    assert refused.returncode == 1 and "damaged" in refused.stderr
+
+
 def test_incremental_backups_and_an_archive_restore_to_a_chosen_position(
         cluster: Cluster, tmp_path: Path) -> None:
     """A full backup, then incremental ones and a continuous archive while writers run: a

@@ -12,7 +12,7 @@ from nodes.backup import CommandError, parse_time, restore
 from storage import PRIMARY, Store, open_volume
 from storage import backup as fmt
 from storage.integrity import check_volume
-from tests.unit.storage.test_storage_backup import _backup, _commit, _segments
+from tests.unit.storage.test_storage_backup import _backup, _commit, _lmdb_backup, _segments
 
 
 def _state(store: Store) -> list[tuple[bytes, bytes]]:
@@ -94,3 +94,34 @@ def test_progress_is_a_plain_line_without_rich(monkeypatch, capsys) -> None:  # 
     bar.update(3 << 20, "at position 7")
     bar.close()
     assert "backup from a:1: 3.0 MiB" in capsys.readouterr().err
+
+
+def test_restore_from_an_lmdb_copy_and_segments_equals_the_source_there(tmp_path: Path) -> None:
+    """An LMDB copy (``backup --volume``) restores like a logical one: the replicated key
+    space at each target, a new primary identity, no fence of the source, a sound volume."""
+    src = open_volume(str(tmp_path / "src"), map_size=1 << 26)
+    for i in range(5):
+        _commit(src, i)
+    src.transact(lambda w: w.fence(7, ts=1.0, by="n"))
+    manifest = _lmdb_backup(src, tmp_path / "b")
+    states = {manifest.copy.position: _state(src)}
+    for i in range(5, 20):
+        pos = _commit(src, i)
+        states[pos] = _state(src)
+    _segments(src, tmp_path / "a", manifest.copy.position + 1, per_segment=4)
+    src.close()
+    for n, target in enumerate((manifest.copy.position, 13, 20)):
+        out = tmp_path / f"r{n}"
+        got = restore(str(tmp_path / "b"), str(out), archives=[str(tmp_path / "a")],
+                      to_position=target)
+        assert (got.position, got.copy_position) == (target, manifest.copy.position)
+        store = open_volume(str(out), map_size=1 << 26)
+        try:
+            assert _state(store) == states[target]
+            with store.read() as view:
+                ident = view.volume_identity()
+                assert view.commit_position() == target and not view.is_fenced(7)
+            assert ident is not None and ident.role == PRIMARY
+            assert check_volume(store).problems == []
+        finally:
+            store.close()

@@ -5,11 +5,24 @@ says where, and ``verify_dir`` finds a flipped byte and a missing segment."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from storage import Change, Column, Schema, Store, open_volume
+from storage import (
+    PRIMARY,
+    Change,
+    Column,
+    Identity,
+    Schema,
+    StorageError,
+    Store,
+    keys,
+    open_copy,
+    open_volume,
+    open_volume_from_copy,
+)
 from storage import backup as fmt
 from storage.errors import Corrupt
 from storage.integrity import check_volume
@@ -186,3 +199,101 @@ def test_the_volume_check_passes_a_sound_volume_and_names_a_bad_row_and_a_log_ga
     assert any("column 'v' is string; got bool" in p for p in problems), problems
     assert any("unreadable row" in p for p in problems), problems
     assert any("positions 3..3 missing" in p for p in problems), problems
+
+
+def _lmdb_backup(store: Store, dest: Path) -> fmt.Manifest:
+    """A full backup as ``shardless backup --volume`` writes it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = fmt.Manifest("c", "vol", 0.0, fmt.write_lmdb_copy(store, str(dest), 0.0))
+    fmt.write_manifest(str(dest), manifest)
+    return manifest
+
+
+def test_an_lmdb_copy_holds_the_volume_at_the_position_it_returns(tmp_path) -> None:
+    """``Store.copy_to`` writes the whole volume as one file and returns the copy's position;
+    commits after it are not in the copy, and opening the copy writes nothing beside it."""
+    store = _volume(tmp_path)
+    for i in range(5):
+        _commit(store, i)
+    with store.read() as view:
+        items, at = list(view.replicated_items()), view.commit_position()
+    position = store.copy_to(str(tmp_path / "copy.mdb"))
+    _commit(store, 5)
+    store.close()
+    assert position == at == 5
+    copy = open_copy(str(tmp_path / "copy.mdb"))
+    try:
+        with copy.read() as view:
+            assert view.commit_position() == 5 and list(view.replicated_items()) == items
+        assert check_volume(copy).problems == []
+    finally:
+        copy.close()
+    assert sorted(os.listdir(tmp_path)) == ["copy.mdb", "src"]
+    with pytest.raises(StorageError, match="cannot create"):
+        open_volume(str(tmp_path / "src"), map_size=1 << 26).copy_to(str(tmp_path / "copy.mdb"))
+
+
+def test_an_lmdb_backup_round_trips_its_manifest_and_verify_names_damage(tmp_path) -> None:
+    """The manifest of an LMDB copy is format 2 with kind ``lmdb``; verify passes it, names a
+    flipped byte by its checksum, and runs the volume check on a copy whose checksum fits."""
+    store = _volume(tmp_path)
+    for i in range(6):
+        _commit(store, i)
+    dest = tmp_path / "b"
+    manifest = _lmdb_backup(store, dest)
+    assert fmt.read_manifest(str(dest)) == manifest
+    assert (manifest.format, manifest.copy.kind, manifest.copy.position) == (2, "lmdb", 6)
+    assert sorted(os.listdir(dest)) == [fmt.LMDB_FILE, fmt.MANIFEST]
+    assert fmt.verify_dir(str(dest)) == ([], [])
+
+    copy = dest / fmt.LMDB_FILE
+    saved = copy.read_bytes()
+    copy.write_bytes(saved[:5000] + bytes([saved[5000] ^ 0x01]) + saved[5001:])
+    problems, _ = fmt.verify_dir(str(dest))
+    assert problems == [f"{fmt.LMDB_FILE}: SHA-256 mismatch (the file is damaged)"]
+
+    # A bad row in the copied volume, under a checksum that fits: the volume check finds it.
+    with store.read() as view:
+        table_id = view.require_table("t").table_id
+    with store.engine.write() as txn:
+        txn.put(row_key(table_id, encode((99,))), b"garbage")
+    shutil.rmtree(dest)
+    _lmdb_backup(store, dest)
+    store.close()
+    problems, _ = fmt.verify_dir(str(dest))
+    assert any(p.startswith(fmt.LMDB_FILE) and "unreadable row" in p for p in problems), problems
+
+
+def test_keep_replicated_only_leaves_a_copy_its_replicated_key_space_and_an_empty_log(
+        tmp_path) -> None:
+    """A volume put in place from an LMDB copy loses its log, fences, grants and identity,
+    keeps every replicated item, and its log goes on after the copy's position."""
+    store = _volume(tmp_path)
+    for i in range(4):
+        _commit(store, i)
+    store.transact(lambda w: w.fence(42, ts=1.0, by="n"))
+    store.transact(lambda w: w.set_volume_identity(Identity.new(PRIMARY)))
+    with store.read() as view:
+        items = list(view.replicated_items())
+    position = store.copy_to(str(tmp_path / "copy.mdb"))
+    store.close()
+    restored = open_volume_from_copy(str(tmp_path / "copy.mdb"), str(tmp_path / "new"),
+                                     map_size=1 << 26)
+    try:
+        with pytest.raises(Corrupt, match="at position 4, not 3"):
+            restored.transact(lambda w: w.keep_replicated_only(3))
+        assert restored.transact(lambda w: w.keep_replicated_only(position)) >= 5
+        with restored.read() as view:
+            assert list(view.replicated_items()) == items
+            assert view.commit_position() == 4 and view.log_bounds() == (5, 4, 0)
+            assert not view.is_fenced(42) and view.volume_identity() is None
+        with restored.engine.read() as txn:
+            assert all(keys.is_replicated(k) or k in keys.LOG_META
+                       for k, _ in txn.scan(b"\x00"))
+        _commit(restored, 4)
+        with restored.read() as view:
+            assert view.commit_position() == 5
+    finally:
+        restored.close()
+    with pytest.raises(StorageError, match="holds a volume already"):
+        open_volume_from_copy(str(tmp_path / "copy.mdb"), str(tmp_path / "new"))
