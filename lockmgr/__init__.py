@@ -19,9 +19,10 @@ from lockmgr.manager import Fencer, LockManager, WaitRecord
 from lockmgr.modes import LockMode
 from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
-from lockmgr.table import TxnLocks, plan
+from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
 
 __all__ = [
+    "DEFAULT_ESCALATE_AFTER",
     "Aborted",
     "Deadlock",
     "Election",

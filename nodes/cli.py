@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from lockmgr import DEFAULT_ESCALATE_AFTER
 from nodes import limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from storage import DEFAULT_MAP_SIZE, Retention
@@ -49,8 +50,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="seconds a transaction waits for a lock before it is aborted")
     p.add_argument("--idle-timeout", type=float, default=30.0,
                    help="seconds an interactive transaction may stay idle before rollback")
-    p.add_argument("--escalate-after", type=int, default=64,
-                   help="row locks of one page a transaction takes before it locks the page")
+    p.add_argument("--escalate-after", type=int, default=DEFAULT_ESCALATE_AFTER,
+                   help="row locks of one page a transaction holds before its next row there "
+                        f"locks the page instead (default {DEFAULT_ESCALATE_AFTER}; an int64 "
+                        "page holds 64 keys, so keep it below 64 for escalation to happen)")
     p.add_argument("--log-keep", type=float, default=DEFAULT_KEEP_S, metavar="SECONDS",
                    help="commit-log records younger than this are always kept (the leader's "
                         "setting applies; see docs/operations.md, 'The commit log')")

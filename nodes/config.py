@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from lockmgr import check_timing, parse_endpoints
+from lockmgr import DEFAULT_ESCALATE_AFTER, check_timing, parse_endpoints
 from nodes.limits import DEFAULT_LIMITS, Limits
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_RETENTION
@@ -37,7 +37,7 @@ class NodeConfig:
     etcd_wait_s: float = 30.0
     lock_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
-    escalate_after: int = 64
+    escalate_after: int = DEFAULT_ESCALATE_AFTER  # row locks of a page before the page lock
     public_listen: str = ""  # a worker process: the node's address, shared (SO_REUSEPORT)
     group: str = ""  # a worker process: the id of the node it is a process of
     log_retention: Retention = DEFAULT_RETENTION  # applied by the leader (storage/retention.py)
