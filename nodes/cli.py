@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lockmgr import DEFAULT_ESCALATE_AFTER
-from nodes import limits
+from nodes import heap, limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from storage import DEFAULT_MAP_SIZE, Retention
 from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
@@ -77,6 +77,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "session ended (frozen): fencing alone then keeps it harmless, but "
                         "one holding LMDB's writer lock stalls every write until it wakes "
                         "(nodes/deathwatch.py)")
+    p.add_argument("--malloc-arenas", type=int, default=heap.DEFAULT_ARENAS, metavar="N",
+                   help=f"glibc malloc arenas of the process (default {heap.DEFAULT_ARENAS}; 0: "
+                        "glibc's default of 8 per core; MALLOC_ARENA_MAX in the environment "
+                        "wins); see docs/limits.md, 'Memory'")
+    p.add_argument("--no-trim-memory", action="store_true",
+                   help="do not give freed heap memory back to the system when the node is "
+                        "quiet (malloc_trim)")
     limits.add_arguments(p)
     p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
     p.add_argument("--group", default="", help=argparse.SUPPRESS)
@@ -89,6 +96,7 @@ def _run_node(args: argparse.Namespace) -> int:
     from nodes.node import Node
     from nodes.reader import ReaderNode, is_replica_volume
 
+    log.info("%s", heap.cap_arenas(args.malloc_arenas))  # before any thread of the node starts
     try:
         cfg = NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
                          node_id=args.node_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
@@ -99,6 +107,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          group=args.group,
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          kill_frozen_peers=not args.no_kill_frozen_peers,
+                         trim_memory=not args.no_trim_memory,
                          limits=limits.from_arguments(args),
                          log_retention=Retention(keep_s=args.log_keep,
                                                  max_bytes=int(args.log_max_mb * (1 << 20)),
@@ -172,6 +181,7 @@ def _run_replica(args: argparse.Namespace) -> int:
     from nodes.node import Node
     from nodes.replica import Replica, ReplicaConfig
 
+    log.info("%s", heap.cap_arenas())  # before any thread of the process starts
     try:
         replica = Replica(ReplicaConfig(
             etcd=args.etcd, volume=args.volume, listen=args.listen, mode=args.mode,

@@ -44,6 +44,7 @@ class NodeConfig:
     sync_policy: str = "demote"  # a synchronous replica that stops answering: demote | strict
     sync_timeout_s: float = 5.0  # ... after this long (nodes/replication.py, SyncGate)
     kill_frozen_peers: bool = True  # SIGKILL a peer of the host past its lease (deathwatch.py)
+    trim_memory: bool = True  # give freed heap back when quiet (nodes/heap.py, docs/limits.md)
     limits: Limits = DEFAULT_LIMITS  # what clients can hold open (nodes/limits.py, docs/limits.md)
 
     def validated(self) -> NodeConfig:
