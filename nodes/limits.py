@@ -1,9 +1,10 @@
 """Limits on what one client, and all clients together, can hold open on a node process.
 
 Owns: the budgets of open interactive transactions, read-only snapshots and streams (per node
-process and per client connection), the refusal when one is spent (``ResourceExhausted``, which
-names the limit: RESOURCE_EXHAUSTED), and the watch that cancels a stream whose reader stopped
-taking messages. Does not own what the budgets are spent on (``nodes/txn.py``,
+process and per client connection) and of the bytes open transactions buffer (per process),
+the refusal when one is spent (``ResourceExhausted``, which names the limit:
+RESOURCE_EXHAUSTED), and the watch that cancels a stream whose reader stopped taking messages.
+Does not own what the budgets are spent on (``nodes/txn.py``,
 ``nodes/server.py``).
 
 Why these: every process on the volume shares LMDB's reader table, and a read-only transaction
