@@ -20,9 +20,10 @@ from lockmgr.modes import LockMode
 from lockmgr.queues import LockQueue, Waiter, queues, read_locks
 from lockmgr.resource import Resource
 from lockmgr.session import LeaseBackend, Session, check_timing
-from lockmgr.table import TxnLocks, plan
+from lockmgr.table import DEFAULT_ESCALATE_AFTER, TxnLocks, plan
 
 __all__ = [
+    "DEFAULT_ESCALATE_AFTER",
     "Aborted",
     "CallObserver",
     "Deadlock",

@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from lockmgr.modes import LockMode
 from lockmgr.resource import Resource
 
-DEFAULT_ESCALATE_AFTER = 64
+DEFAULT_ESCALATE_AFTER = 32
+"""Row locks of one page a transaction holds before its next row of the page locks the page.
+
+Half of an integer-keyed page: storage's int64 pages hold 64 consecutive keys
+(``storage.pages.INT_PAGE_KEYS``), so a threshold of 64 or more could never be passed and a
+bulk loader of keys 1, 2, 3, ... would never escalate; at 32 it escalates each page on its 33rd
+key and takes no further row locks there. Pages of other key types (string and bytes pages are
+two-byte prefixes) hold many more keys: there it bounds how many rows ride in one etcd entry,
+at the price that an escalated writer blocks every writer of the prefix (``storage/pages.py``,
+Limits). ``lockmgr`` does not know page sizes; a test in ``tests/unit/lockmgr`` keeps the two
+numbers consistent.
+"""
 
 
 @dataclass

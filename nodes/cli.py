@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from nodes import admin, limits
+from lockmgr import DEFAULT_ESCALATE_AFTER
+from nodes import admin, heap, limits
 from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
 from nodes.security import Security, wants_etcd_tls
 from shardless.credentials import Credentials
@@ -107,8 +108,10 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="seconds a transaction waits for a lock before it is aborted")
     p.add_argument("--idle-timeout", type=float, default=30.0,
                    help="seconds an interactive transaction may stay idle before rollback")
-    p.add_argument("--escalate-after", type=int, default=64,
-                   help="row locks of one page a transaction takes before it locks the page")
+    p.add_argument("--escalate-after", type=int, default=DEFAULT_ESCALATE_AFTER,
+                   help="row locks of one page a transaction holds before its next row there "
+                        f"locks the page instead (default {DEFAULT_ESCALATE_AFTER}; an int64 "
+                        "page holds 64 keys, so keep it below 64 for escalation to happen)")
     p.add_argument("--log-keep", type=float, default=DEFAULT_KEEP_S, metavar="SECONDS",
                    help="commit-log records younger than this are always kept (the leader's "
                         "setting applies; see docs/operations.md, 'The commit log')")
@@ -137,6 +140,13 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                         "(default: none; port 0: any free one, logged). With --processes, "
                         "this address serves every process's, labelled worker "
                         "(docs/operations.md, 'Metrics')")
+    p.add_argument("--malloc-arenas", type=int, default=heap.DEFAULT_ARENAS, metavar="N",
+                   help=f"glibc malloc arenas of the process (default {heap.DEFAULT_ARENAS}; 0: "
+                        "glibc's default of 8 per core; MALLOC_ARENA_MAX in the environment "
+                        "wins); see docs/limits.md, 'Memory'")
+    p.add_argument("--no-trim-memory", action="store_true",
+                   help="do not give freed heap memory back to the system when the node is "
+                        "quiet (malloc_trim)")
     limits.add_arguments(p)
     p.add_argument("--public-listen", default="", help=argparse.SUPPRESS)
     p.add_argument("--group", default="", help=argparse.SUPPRESS)
@@ -149,6 +159,7 @@ def _run_node(args: argparse.Namespace) -> int:
     from nodes.node import Node
     from nodes.reader import ReaderNode, is_replica_volume
 
+    log.info("%s", heap.cap_arenas(args.malloc_arenas))  # before any thread of the node starts
     try:
         cfg = NodeConfig(etcd=args.etcd, volume=args.volume, listen=args.listen,
                          node_id=args.node_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
@@ -159,6 +170,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          group=args.group,
                          sync_policy=args.sync_policy, sync_timeout_s=args.sync_timeout,
                          kill_frozen_peers=not args.no_kill_frozen_peers,
+                         trim_memory=not args.no_trim_memory,
                          limits=limits.from_arguments(args), security=_security(args),
                          metrics_listen=args.metrics_listen,
                          log_retention=Retention(keep_s=args.log_keep,
@@ -237,6 +249,7 @@ def _run_replica(args: argparse.Namespace) -> int:
     from nodes.node import Node
     from nodes.replica import Replica, ReplicaConfig
 
+    log.info("%s", heap.cap_arenas())  # before any thread of the process starts
     try:
         replica = Replica(ReplicaConfig(
             etcd=args.etcd, volume=args.volume, listen=args.listen, mode=args.mode,

@@ -430,6 +430,11 @@ def request_needs(prepared: list[Prepared], tables: Callable[[str], Schema],
     return needs
 
 
+ROW_OVERHEAD_BYTES = 256
+"""What a staged write holds beside its encoded key and row (its key tuple, values list and
+change record, as Python objects), counted towards a transaction's buffer limit."""
+
+
 @dataclass
 class Staging:
     """Writes checked and buffered in order, each against the row as the earlier ones left it.
@@ -445,6 +450,7 @@ class Staging:
                                           bytes | None]] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
     rows_affected: int = 0
+    staged_bytes: int = 0  # what the buffered writes hold in memory, about (ROW_OVERHEAD_BYTES)
     parent: Staging | None = None
 
     def child(self) -> Staging:
@@ -457,6 +463,7 @@ class Staging:
         self.parent.staged.update(self.staged)
         self.parent.changes.extend(self.changes)
         self.parent.rows_affected += self.rows_affected
+        self.parent.staged_bytes += self.staged_bytes
 
     def lookup(self, slot: tuple[int, bytes]) -> tuple[list[Value] | None] | None:
         """``(values or None)`` if a write of this staging (or its parent) made the row, else
@@ -494,6 +501,7 @@ class Staging:
             stored = None if new is None else (
                 pw.stored if new is pw.values else encode_values(new))
             self.staged[slot] = (pw.schema, pw.key, new, stored)
+            self.staged_bytes += len(pw.enc) + len(stored or b"") + ROW_OVERHEAD_BYTES
             self.changes.append(Change(pw.write.table, "put" if new is not None else "del",
                                        pw.key))
             affected += 1

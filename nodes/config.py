@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from lockmgr import check_timing, parse_endpoints
+from lockmgr import DEFAULT_ESCALATE_AFTER, check_timing, parse_endpoints
 from nodes.limits import DEFAULT_LIMITS, Limits
 from nodes.security import INSECURE, Security
 from storage import DEFAULT_MAP_SIZE, Retention
@@ -38,13 +38,14 @@ class NodeConfig:
     etcd_wait_s: float = 30.0
     lock_timeout_s: float = 10.0
     idle_timeout_s: float = 30.0
-    escalate_after: int = 64
+    escalate_after: int = DEFAULT_ESCALATE_AFTER  # row locks of a page before the page lock
     public_listen: str = ""  # a worker process: the node's address, shared (SO_REUSEPORT)
     group: str = ""  # a worker process: the id of the node it is a process of
     log_retention: Retention = DEFAULT_RETENTION  # applied by the leader (storage/retention.py)
     sync_policy: str = "demote"  # a synchronous replica that stops answering: demote | strict
     sync_timeout_s: float = 5.0  # ... after this long (nodes/replication.py, SyncGate)
     kill_frozen_peers: bool = True  # SIGKILL a peer of the host past its lease (deathwatch.py)
+    trim_memory: bool = True  # give freed heap back when quiet (nodes/heap.py, docs/limits.md)
     limits: Limits = DEFAULT_LIMITS  # what clients can hold open (nodes/limits.py, docs/limits.md)
     security: Security = INSECURE  # TLS of its port and of etcd (nodes/security.py)
     metrics_listen: str = ""  # HOST:PORT serving /metrics over HTTP ("": none; nodes/metrics.py)

@@ -1,9 +1,10 @@
 """Limits on what one client, and all clients together, can hold open on a node process.
 
 Owns: the budgets of open interactive transactions, read-only snapshots and streams (per node
-process and per client connection), the refusal when one is spent (``ResourceExhausted``, which
-names the limit: RESOURCE_EXHAUSTED), and the watch that cancels a stream whose reader stopped
-taking messages. Does not own what the budgets are spent on (``nodes/txn.py``,
+process and per client connection) and of the bytes open transactions buffer (per process),
+the refusal when one is spent (``ResourceExhausted``, which names the limit:
+RESOURCE_EXHAUSTED), and the watch that cancels a stream whose reader stopped taking messages.
+Does not own what the budgets are spent on (``nodes/txn.py``,
 ``nodes/server.py``).
 
 Why these: every process on the volume shares LMDB's reader table, and a read-only transaction
@@ -46,6 +47,8 @@ class Limits:
     replication_streams: int = 16  # ReadLog, CopyVolume, StreamPositions (replicas)
     stream_stall_s: float = 30.0  # a stream whose reader takes nothing for this long ends
     queued_calls: int = 1024  # calls running or waiting for a worker; more: RESOURCE_EXHAUSTED
+    transaction_bytes: int = 64 << 20  # writes one interactive transaction buffers (memory)
+    buffered_bytes: int = 512 << 20  # ... all open transactions of the process together
 
     def validated(self) -> Limits:
         """Raises ValueError if a limit is not positive or a per-client one exceeds its
@@ -58,6 +61,8 @@ class Limits:
                 raise ValueError(f"limit {name}_per_client exceeds {name}")
         if self.snapshots > self.transactions:
             raise ValueError("limit snapshots exceeds transactions")
+        if self.transaction_bytes > self.buffered_bytes:
+            raise ValueError("limit transaction_bytes exceeds buffered_bytes")
         return self
 
 
@@ -134,6 +139,43 @@ class Budget:
             yield
         finally:
             self.give(client)
+
+
+class ByteBudget:
+    """Bytes held by all clients together (the writes that open transactions buffer), bounded
+    by one limit."""
+
+    def __init__(self, what: str, flag: str, total: int) -> None:
+        self.what = what
+        self.flag = flag
+        self.total = total
+        self._mu = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def take(self, n: int) -> None:
+        """Count ``n`` more bytes.
+
+        Raises:
+            ResourceExhausted: they would pass the limit (nothing is counted).
+        """
+        with self._mu:
+            if self._held + n > self.total:
+                raise ResourceExhausted(
+                    self.flag,
+                    f"the node's open transactions buffer {self._held >> 20} MiB of "
+                    f"{self.what}, and this call's {max(1, n >> 20)} MiB would pass its limit "
+                    f"({self.flag}, {self.total >> 20} MiB); commit or end transactions, or "
+                    f"retry later or on another node (this call's writes were not applied)")
+            self._held += n
+
+    def give(self, n: int) -> None:
+        """Count ``n`` fewer bytes (ones ``take`` counted)."""
+        with self._mu:
+            self._held = max(0, self._held - n)
 
 
 class _Watched:
@@ -217,6 +259,7 @@ class Admission:
                               lim.streams_per_client)
         self.replication = Budget("replication streams", "--max-replication-streams",
                                   lim.replication_streams, lim.replication_streams)
+        self.buffered = ByteBudget("writes", "--max-buffered-mb", lim.buffered_bytes)
         self.watch = StreamWatch(lim.stream_stall_s)
 
     def start(self) -> None:
@@ -228,7 +271,8 @@ class Admission:
     def in_use(self) -> dict[str, int]:
         """What is held now, by budget (for status and metrics)."""
         return {"transactions": self.transactions.held, "snapshots": self.snapshots.held,
-                "streams": self.streams.held, "replication_streams": self.replication.held}
+                "streams": self.streams.held, "replication_streams": self.replication.held,
+                "buffered_bytes": self.buffered.held}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -254,6 +298,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="end a stream whose reader took no message for this long")
     add("--max-queued-calls", type=int, default=d.queued_calls,
         help="calls running or waiting for a worker; beyond: RESOURCE_EXHAUSTED")
+    add("--max-transaction-mb", type=int, default=d.transaction_bytes >> 20, metavar="MIB",
+        help="writes one interactive transaction may buffer before its commit (encoded keys "
+             "and rows, plus 256 bytes a row); beyond: RESOURCE_EXHAUSTED for the call")
+    add("--max-buffered-mb", type=int, default=d.buffered_bytes >> 20, metavar="MIB",
+        help="... all open transactions of the node process together")
 
 
 def from_arguments(args: argparse.Namespace) -> Limits:
@@ -266,4 +315,6 @@ def from_arguments(args: argparse.Namespace) -> Limits:
                   streams_per_client=args.max_streams_per_client,
                   replication_streams=args.max_replication_streams,
                   stream_stall_s=args.stream_stall_timeout,
-                  queued_calls=args.max_queued_calls)
+                  queued_calls=args.max_queued_calls,
+                  transaction_bytes=args.max_transaction_mb << 20,
+                  buffered_bytes=args.max_buffered_mb << 20)

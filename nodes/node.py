@@ -40,6 +40,7 @@ from nodes.commit import AckWithheld, GroupCommitter, NoValidSession, Unavailabl
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
 from nodes.epoch import EpochGuard, EpochRecord, Superseded
+from nodes.heap import Trimmer
 from nodes.leader import Leader
 from nodes.limits import Admission
 from nodes.membership import Membership
@@ -82,6 +83,7 @@ class Gate:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._in_flight = 0
+        self._admitted = 0
         self._draining = False
         self._closed = False
 
@@ -97,6 +99,7 @@ class Gate:
                 raise Unavailable("node is leaving the cluster; retry on another node "
                                   "(nothing was done)")
             self._in_flight += 1
+            self._admitted += 1
         return _Admitted(self)
 
     def _leave(self) -> None:
@@ -104,6 +107,11 @@ class Gate:
             self._in_flight -= 1
             if self._closed:
                 self._cond.notify_all()
+
+    @property
+    def admitted(self) -> int:
+        """How many calls were admitted since the node started."""
+        return self._admitted
 
     @property
     def draining(self) -> bool:
@@ -216,6 +224,7 @@ class Node:
         self.metrics_url = ""
         self.port = 0
         self.gate = Gate()
+        self.trimmer = Trimmer(lambda: self.gate.admitted)
         self.epoch: EpochGuard | None = None
         self.volume_id = ""
         self.exit_code = 0
@@ -306,6 +315,8 @@ class Node:
             shared.start()
             self.shared_server = shared
         self.admission.start()
+        if cfg.trim_memory:
+            self.trimmer.start()
         self._set_health(True)
         threading.Thread(target=self._health_loop, name="health", daemon=True).start()
         log.info("node %s serving on %s (volume %s, etcd %s)", cfg.node_id, cfg.listen,
@@ -605,7 +616,8 @@ class Node:
                 "table_cache_rides": lm.caches.rides,
                 "table_cache_established": lm.caches.established,
                 "table_cache_revoked": lm.caches.revoked,
-                "deadlocks_found": lm.deadlocks_found}
+                "deadlocks_found": lm.deadlocks_found, "heap_trims": self.trimmer.trims,
+                "heap_released_kb": self.trimmer.released_kb}
 
     def _local_transactions(self) -> list[api.TransactionInfo]:
         assert self.txns is not None
@@ -651,6 +663,7 @@ class Node:
         self.authority.stop()
         if self.log_tail is not None:
             self.log_tail.stop()
+        self.trimmer.close()
         self.gate.drain()
         if self.membership is not None:
             self.membership.withdraw()

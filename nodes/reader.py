@@ -43,6 +43,7 @@ from nodes import server as server_mod
 from nodes.commit import Unavailable
 from nodes.config import NodeConfig
 from nodes.epoch import PRIMARY, read_epoch
+from nodes.heap import Trimmer
 from nodes.membership import read_members
 from nodes.readface import ReadFace
 from nodes.replication import ReaderRecord, reader_key
@@ -106,6 +107,7 @@ class ReaderNode:
         self.session: Session | None = None  # the lease its record in etcd is on
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reader", daemon=True)
+        self.trimmer = Trimmer(lambda: self.face.gate.admitted)
 
     # life
 
@@ -141,6 +143,8 @@ class ReaderNode:
             return
         server.start()
         self.server = server
+        if self.cfg.trim_memory:
+            self.trimmer.start()
         log.info("read-only node %s serves the replica's copy in %s on %s", cfg.node_id,
                  cfg.volume, cfg.listen)
         self._thread.start()
@@ -153,6 +157,7 @@ class ReaderNode:
         """Stop serving and close the copy."""
         self.stop_requested.set()
         self.authority.stop()
+        self.trimmer.close()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)

@@ -47,7 +47,7 @@ from lockmgr import (
 )
 from nodes import commit, query
 from nodes.commit import ReadResult
-from nodes.limits import Admission
+from nodes.limits import Admission, ResourceExhausted
 from nodes.security import caller
 from storage import (
     Fenced,
@@ -133,6 +133,7 @@ class Txn:
     done: bool = False
     pending_abort: tuple[str, str] | None = None  # asked while a call was running
     client: str = ""  # the connection that began it (its budgets: nodes/limits.py)
+    buffered: int = 0  # bytes of its writes counted in the node's buffer budget
     expires_at: float | None = None  # its lifetime's end (BeginRequest.lifetime_ms), if any
     owner: str = ""  # the user that began it, when authentication is on (nodes/security.py)
 
@@ -332,6 +333,8 @@ class TransactionManager:
             if txn.read_only:
                 self.admission.snapshots.give(txn.client)
             self.admission.transactions.give(txn.client)
+            self.admission.buffered.give(txn.buffered)
+            txn.buffered = 0
         if txn.locks is not None and release:
             self.locks.release(txn.locks)
 
@@ -535,8 +538,26 @@ class TransactionManager:
                 if current is None or current.table_id != pw.schema.table_id:
                     raise NotFound(f"table {pw.write.table!r} was dropped")
             affected = call.stage(prepared, view)
+        self._buffer(txn, call.staged_bytes)
         call.merge()
         return affected
+
+    def _buffer(self, txn: Txn, size: int) -> None:
+        """Count ``size`` more bytes of buffered writes for ``txn`` (given back when it ends).
+
+        Raises:
+            ResourceExhausted: past the transaction's or the node's limit; nothing counted.
+        """
+        limit = self.admission.limits.transaction_bytes
+        if txn.staging.staged_bytes + size > limit:
+            raise ResourceExhausted(
+                "--max-transaction-mb",
+                f"this transaction would buffer {(txn.staging.staged_bytes + size) >> 20} MiB "
+                f"of writes, more than the limit per transaction (--max-transaction-mb, "
+                f"{limit >> 20} MiB); commit it and go on in another (this call's writes were "
+                f"not applied; the transaction stays open)")
+        self.admission.buffered.take(size)
+        txn.buffered += size
 
     # -- one-shot writes ------------------------------------------------------------------------
 

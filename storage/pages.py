@@ -22,8 +22,12 @@ unbounded range returns None and the caller locks the whole table instead.
 Why this shape: writers take only intention locks (IX) on pages, which never conflict with each
 other, so a page never makes writers wait for writers; pages matter where a scan (S on its pages)
 meets writers of the same key range, and where one transaction escalates many row locks of a
-page into one page lock. Sequential integer keys fill pages of 64, so a bulk loader of keys
-1, 2, 3, ... escalates page by page and does not block writers of other pages.
+page into one page lock. Sequential integer keys fill pages of :data:`INT_PAGE_KEYS` (64), and
+the lock manager escalates past half of that (``lockmgr.table.DEFAULT_ESCALATE_AFTER``, 32, which
+must stay below :data:`INT_PAGE_KEYS` or escalation never happens on integer keys): a bulk
+loader of keys 1, 2, 3, ... takes row locks for a page's first 32 keys, then the page in X on
+its 33rd, and no row locks for the rest of it, page by page, without blocking writers of other
+pages.
 
 Limits: string keys with a long common prefix (``user-000123``) share one page, so a scan of a
 small range of them blocks writers of the whole prefix, and an escalated writer blocks all of
@@ -40,6 +44,8 @@ MAX_RANGE_PAGES = 64
 _U64 = struct.Struct(">Q")
 _WIDTH = {INT: 8, DOUBLE: 8, STR: 2, BYTES: 2}
 _SHIFT = {INT: 6, DOUBLE: 52, STR: 0, BYTES: 0}
+INT_PAGE_KEYS = 1 << _SHIFT[INT]
+"""How many consecutive int64 keys one page holds (64)."""
 
 
 def _number(encoded: bytes) -> tuple[int, int]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lockmgr import LockMode, Resource, TxnLocks, plan
+from lockmgr import DEFAULT_ESCALATE_AFTER, LockMode, Resource, TxnLocks, plan
+from storage import keycode
+from storage.pages import INT_PAGE_KEYS, page_of
 
 IS, IX, S, SIX, X = LockMode.IS, LockMode.IX, LockMode.S, LockMode.SIX, LockMode.X
 
@@ -222,10 +224,64 @@ def test_only_the_crowded_page_is_escalated():
     assert out == [(T, IX), (P1, X), (P2, IX), *few]
 
 
-def test_the_default_escalation_threshold_is_64_rows():
-    """64 rows of one page stay rows; 65 escalate (the default of the manager)."""
-    assert (P1, IX) in plan(txn(), [(row(P1, n), X) for n in range(64)])
-    assert plan(txn(), [(row(P1, n), X) for n in range(65)]) == [(T, IX), (P1, X)]
+def test_the_default_escalation_threshold_is_32_rows():
+    """32 rows of one page stay rows; 33 escalate (the default of the manager)."""
+    assert DEFAULT_ESCALATE_AFTER == 32
+    assert (P1, IX) in plan(txn(), [(row(P1, n), X) for n in range(32)])
+    assert plan(txn(), [(row(P1, n), X) for n in range(33)]) == [(T, IX), (P1, X)]
+
+
+def test_the_default_escalation_threshold_can_be_passed_within_one_int64_page():
+    """An int64 page holds 64 keys; escalation needs more than the threshold's rows of one
+    page, so the threshold must stay below the page's size or integer keys never escalate."""
+    assert DEFAULT_ESCALATE_AFTER < INT_PAGE_KEYS == 64
+
+
+def _grant(t: TxnLocks, out: list[tuple[Resource, LockMode]]) -> None:
+    """Record a plan's requests as held, as the manager does on grant."""
+    for res, mode in out:
+        if res.kind == "row" and res not in t.held:
+            t.rows_per_page[Resource(res.table, res.page)] += 1
+        t.held[res] = mode
+
+
+def _int_row(table: str, key: int) -> Resource:
+    """The lock resource of an int64 primary key, with storage's real page id."""
+    enc = keycode.encode((key,))
+    return Resource(table, page_of(enc), enc.hex())
+
+
+def test_a_writer_of_sequential_int_keys_escalates_to_one_page_x_and_no_more_row_locks():
+    """Writing keys 0, 1, 2, ... of one int64 page one at a time (as an interactive
+    transaction does): rows 0-31 take row locks, the 33rd takes the page in X, and keys 33-63
+    of the page need no lock at all; key 64, the next page, starts with row locks again."""
+    t = txn()
+    page = Resource("7", page_of(keycode.encode((0,))))
+    assert all(page_of(keycode.encode((k,))) == page.page for k in range(INT_PAGE_KEYS))
+    asked: list[list[tuple[Resource, LockMode]]] = []
+    for key in range(INT_PAGE_KEYS):
+        out = plan(t, [(_int_row("7", key), X)])
+        asked.append(out)
+        _grant(t, out)
+    assert asked[0] == [(T, IX), (page, IX), (_int_row("7", 0), X)]
+    assert all(out == [(_int_row("7", k), X)] for k, out in enumerate(asked[1:32], start=1))
+    assert asked[32] == [(page, X)]
+    assert all(out == [] for out in asked[33:]), asked[33:]
+    assert t.held[page] == X
+    assert sum(1 for r in t.held if r.kind == "row") == 32
+    nxt = _int_row("7", INT_PAGE_KEYS)
+    assert nxt.page != page.page
+    assert plan(t, [(nxt, X)]) == [(Resource("7", nxt.page), IX), (nxt, X)]
+
+
+def test_a_batch_of_40_sequential_int_keys_takes_one_page_x_and_no_row_locks():
+    """One call writing 40 sequential keys of one int64 page (128-167, all in 128-191) asks
+    for the page in X and no row lock at all."""
+    t = txn()
+    needs = [(_int_row("7", k), X) for k in range(128, 168)]
+    page = Resource("7", needs[0][0].page)
+    assert {r.page for r, _ in needs} == {page.page}
+    assert plan(t, needs) == [(T, IX), (page, X)]
 
 
 def test_parents_come_first_tables_then_pages_then_rows():

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from nodes.limits import Budget, Limits, ResourceExhausted, StreamWatch
-from nodes.txn import TransactionManager, TxnAborted, UnknownTransaction, WrongNode
+from nodes.limits import Admission, Budget, Limits, ResourceExhausted, StreamWatch
+from nodes.txn import TransactionManager, Txn, TxnAborted, UnknownTransaction, WrongNode
 
 
 def test_a_budget_refuses_past_the_client_limit_then_past_the_node_limit():
@@ -180,3 +180,44 @@ def test_budget_counts_are_exact_under_threads():
     for t in threads:
         t.join()
     assert b.held == 0
+
+
+def _buffering(limits: Limits) -> TransactionManager:
+    return TransactionManager("n1", "127.0.0.1:1", None, None, None,  # type: ignore[arg-type]
+                              admission=Admission(limits))
+
+
+def test_a_transaction_is_refused_writes_past_its_buffer_limit_and_the_node_counts_none():
+    """900 bytes buffered of a 1,000-byte limit: a call of 200 more is refused naming
+    --max-transaction-mb, and the node's buffer budget still counts only the 900."""
+    m = _buffering(Limits(transaction_bytes=1000, buffered_bytes=5000))
+    try:
+        t = Txn("t1", read_only=False, started_at=0.0, last_used=0.0)
+        m._buffer(t, 900)
+        t.staging.staged_bytes = 900  # what merging the call's staging does
+        with pytest.raises(ResourceExhausted) as e:
+            m._buffer(t, 200)
+        assert e.value.limit == "--max-transaction-mb"
+        assert "the transaction stays open" in str(e.value)
+        assert m.admission.buffered.held == 900 == t.buffered
+    finally:
+        m.close()
+
+
+def test_open_transactions_together_are_refused_past_the_node_buffer_limit():
+    """Two transactions of 600 bytes each against a node limit of 1,000: the second is
+    refused naming --max-buffered-mb; once the first ends its bytes are given back."""
+    m = _buffering(Limits(transaction_bytes=1000, buffered_bytes=1000))
+    try:
+        t1 = Txn("t1", read_only=False, started_at=0.0, last_used=0.0)
+        t2 = Txn("t2", read_only=False, started_at=0.0, last_used=0.0)
+        m.admission.transactions.take("")
+        m._buffer(t1, 600)
+        with pytest.raises(ResourceExhausted) as e:
+            m._buffer(t2, 600)
+        assert e.value.limit == "--max-buffered-mb"
+        m._finish(t1, "ROLLED_BACK", "", release=False)
+        assert m.admission.buffered.held == 0
+        m._buffer(t2, 600)
+    finally:
+        m.close()
