@@ -517,11 +517,15 @@ two minutes, which would keep a restarted node idle long after it serves again."
 
 
 def channel_options() -> list[tuple[str, Any]]:
-    """Return the channel options: round-robin, retries on, :func:`service_config`, and a
-    short reconnect backoff (:data:`RECONNECT_BACKOFF_MS`)."""
+    """Return the channel options: round-robin, retries on, :func:`service_config`, a
+    short reconnect backoff (:data:`RECONNECT_BACKOFF_MS`) and connections of its own."""
     first, longest = RECONNECT_BACKOFF_MS
     return [
         ("grpc.lb_policy_name", "round_robin"),
+        # Connections of its own: gRPC's process-wide pool would hand a new client a connection
+        # to the same address still backing off from an earlier failure (a node that was there
+        # before), and its first call would fail at once.
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.enable_retries", 1),
         ("grpc.service_config", json.dumps(service_config())),
         ("grpc.initial_reconnect_backoff_ms", first),
@@ -683,7 +687,8 @@ class Client:
         if ch is None:
             first, longest = RECONNECT_BACKOFF_MS
             ch = self._node_channels[address] = open_channel(
-                address, self.credentials, [("grpc.max_receive_message_length", 64 << 20),
+                address, self.credentials, [("grpc.use_local_subchannel_pool", 1),
+                                            ("grpc.max_receive_message_length", 64 << 20),
                                             ("grpc.max_send_message_length", 64 << 20),
                                             ("grpc.initial_reconnect_backoff_ms", first),
                                             ("grpc.min_reconnect_backoff_ms", first),
