@@ -112,6 +112,8 @@ def round_(cluster: Cluster, table: str, seconds: float, writers: int, mode: str
         out = {"commits_per_s": len(acked) / (t1 - t0)}
         if consumer is not None:
             parent.send(max(acked))
+            # A last write after that, so that a consumer already past it hears of it.
+            db.upsert(table, {"id": -1, "v": ""})
             got = parent.recv()
             consumer.join(30)
             positions = {p for p, _, _ in got}
