@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -61,7 +61,8 @@ RECORDS_PER_READ = 256
 TAIL_RECORDS, TAIL_BATCH = 4096, 512  # the shared tail: records kept, read at once
 IDLE_S = 10.0  # the tail forgets what it holds after this long without a stream
 HEARTBEAT_S = 1.0
-POLL_S = 0.05  # how often other nodes' commits are looked for
+POLL_S = 0.05  # the longest a stream at the end of the log waits before looking again
+CHANGE_POLL_S = 0.002  # how often the volume's version is looked at for other nodes' commits
 DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S = 60.0, 86_400.0
 _KINDS = {PUT_ROW: api.Change.PUT, DELETE_ROW: api.Change.DELETE,
           CREATE_TABLE: api.Change.CREATE_TABLE, DROP_TABLE: api.Change.DROP_TABLE}
@@ -129,7 +130,8 @@ class ChangeService(rpc.ChangeServiceServicer):
                 return True
             return (lo is None or c.encoded_key >= lo) and (hi is None or c.encoded_key < hi)
 
-        seen, quiet_since = committer.batches, time.monotonic()
+        version = node.store.version if node.store is not None else None
+        seen, quiet_since, mark = committer.batches, time.monotonic(), 0
         out = api.WatchResponse()
         tail: LogTail | None = getattr(node, "log_tail", None)
         if tail is not None:
@@ -144,6 +146,7 @@ class ChangeService(rpc.ChangeServiceServicer):
                             if c.kind == CREATE_TABLE and c.schema is not None:
                                 schemas.add(c.schema)
                 else:
+                    mark = version() if version is not None else 0  # before the read: wait_new
                     decoded, oldest, last = _read(reads, position, schemas)
                 for record, changes in decoded:
                     for c in changes:
@@ -163,7 +166,7 @@ class ChangeService(rpc.ChangeServiceServicer):
                     out = api.WatchResponse()
                     quiet_since = time.monotonic()
                 if not decoded and got is None:
-                    seen = committer.wait_for_commit(seen, POLL_S)
+                    seen = wait_new(committer, version, seen, mark, POLL_S)
         finally:
             if tail is not None:
                 tail.release()
@@ -210,6 +213,23 @@ class ChangeService(rpc.ChangeServiceServicer):
 Decoded = list[tuple[Record, list[RowChange]]]
 
 
+def wait_new(committer: Any, version: Callable[[], int] | None, seen: int, mark: int,
+             timeout_s: float) -> int:
+    """Wait until there may be something new in the log: this node's committer committed a
+    batch after the ``seen``-th (it wakes the waiter at once), or the volume's version is no
+    longer ``mark`` (another node's commit: looked at every CHANGE_POLL_S, a read of LMDB's
+    meta page, no snapshot), or ``timeout_s`` passed; return the committer's batch count.
+    ``mark`` must be taken *before* the read that found nothing new, so that a commit between
+    that read and this wait is not missed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = CHANGE_POLL_S if version is not None else timeout_s
+        now = committer.wait_for_commit(seen, max(0.0, min(step, deadline - time.monotonic())))
+        if now != seen or time.monotonic() >= deadline or \
+                (version is not None and version() != mark):
+            return now
+
+
 def _read(reads: Any, position: int, schemas: Schemas) -> tuple[Decoded, int, int]:
     """Up to RECORDS_PER_READ records from ``position``, decoded, and the log's bounds, read
     from one snapshot (through the read barrier).
@@ -238,18 +258,19 @@ def _read(reads: Any, position: int, schemas: Schemas) -> tuple[Decoded, int, in
 class LogTail:
     """The new end of the commit log, read and decoded once for every Watch on the node.
 
-    While some stream uses it, one thread follows the log (woken by this node's commits, and
-    every POLL_S for the others'), through the read barrier, and keeps the last TAIL_RECORDS
-    records decoded; streams at the end of the log take theirs from here instead of each
-    reading and decoding the same records (what made ten followers cost commits a fifth). A
-    stream behind what the tail holds reads the log itself until it catches up. Its schemas
-    start from the catalog when it starts and follow the records' catalog ops, so every row of
-    a record it holds decodes. Idle (no stream) for IDLE_S, it forgets everything and starts
-    from the then end of the log when a stream comes.
+    While some stream uses it, one thread follows the log (woken at once by this node's commits,
+    and within CHANGE_POLL_S of another node's: ``wait_new``), through the read barrier, and
+    keeps the last TAIL_RECORDS records decoded; streams at the end of the log take theirs from
+    here instead of each reading and decoding the same records (what made ten followers cost
+    commits a fifth). A stream behind what the tail holds reads the log itself until it catches
+    up. Its schemas start from the catalog when it starts and follow the records' catalog ops,
+    so every row of a record it holds decodes. Idle (no stream) for IDLE_S, it forgets
+    everything and starts from the then end of the log when a stream comes.
     """
 
-    def __init__(self, reads: Any, committer: Any, keep: int = 0) -> None:
-        self._reads, self._committer = reads, committer
+    def __init__(self, reads: Any, committer: Any, keep: int = 0,
+                 version: Callable[[], int] | None = None) -> None:
+        self._reads, self._committer, self._version = reads, committer, version
         self._keep = keep or TAIL_RECORDS
         self._cond = threading.Condition()
         self._items: collections.deque[tuple[Record, list[RowChange]]] = collections.deque()
@@ -315,6 +336,7 @@ class LogTail:
                     continue
                 idle_since = None
                 schemas, nxt = self._schemas, self._next
+            mark = self._version() if self._version is not None else 0
             try:
                 with self._reads.read() as view:
                     oldest, last, _ = view.log_bounds()
@@ -345,7 +367,7 @@ class LogTail:
                 self._bounds = (oldest, last)
                 self._cond.notify_all()
             if not records:
-                seen = self._committer.wait_for_commit(seen, POLL_S)
+                seen = wait_new(self._committer, self._version, seen, mark, POLL_S)
 
 
 def _change(c: Any) -> api.Change:

@@ -297,7 +297,8 @@ class Node:
                              replicas=lambda: read_replicas(self.etcd, cfg.cluster),
                              holds=lambda: read_holds(self._etcd(), cfg.cluster))
         self.leader.start()
-        self.log_tail = LogTail(self.reads, self.committer)  # for the change streams
+        self.log_tail = LogTail(self.reads, self.committer,  # for the change streams
+                                version=self.store.version)
         pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="rpc")
         srv = self._server(pool, reuse_port=False)
         try:

@@ -92,6 +92,12 @@ class Engine(Protocol):
         now succeed if run again."""
         ...
 
+    def version(self) -> int:
+        """A number that changes whenever a write transaction commits, in any process (LMDB:
+        the last transaction id), read without taking a snapshot: what a follower of the
+        volume polls to learn cheaply that there is something new to read."""
+        ...
+
     def housekeeping(self) -> dict[str, int]:
         """Do the engine's periodic upkeep (LMDB: free reader slots of dead processes); return
         counts of what was done, by name."""

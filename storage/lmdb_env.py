@@ -163,6 +163,10 @@ class LmdbEngine:
         whether the map grew (then the write may be run again)."""
         return self.adopt_map_size()
 
+    def version(self) -> int:
+        """LMDB's last committed transaction id (from the meta pages; no snapshot)."""
+        return int(self._env.info()["last_txnid"])
+
     def housekeeping(self) -> dict[str, int]:
         """Free reader slots held by dead processes."""
         if self._is_copy:

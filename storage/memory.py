@@ -41,6 +41,7 @@ class MemoryEngine:
         ``MapFull``."""
         self.max_bytes = max_bytes
         self._state = _State([], {})
+        self._commits = 0
         self._writer = threading.Lock()
         self._closed = False
 
@@ -55,6 +56,10 @@ class MemoryEngine:
     def make_room(self) -> bool:
         """Nothing to adopt: room comes only from a larger ``max_bytes``."""
         return False
+
+    def version(self) -> int:
+        """How many write transactions have committed."""
+        return self._commits
 
     def housekeeping(self) -> dict[str, int]:
         """Nothing to do."""
@@ -187,5 +192,6 @@ class _WriteCtx:
         try:
             if exc is None:
                 engine._state = self._txn.committed(engine.max_bytes)
+                engine._commits += 1
         finally:
             engine._writer.release()

@@ -501,6 +501,10 @@ class Store:
             self.transact(lambda view: view.truncate_log(decision.before))
         return decision
 
+    def version(self) -> int:
+        """A number that changes whenever anything commits (see ``kv.Engine.version``)."""
+        return self.engine.version()
+
     def housekeeping(self) -> dict[str, int]:
         """The engine's periodic upkeep (see ``kv.Engine.housekeeping``)."""
         return self.engine.housekeeping()

@@ -210,6 +210,22 @@ def test_delete_range_removes_exactly_the_range_in_batches(filled: Engine) -> No
         assert r.get(b"\x00") is not None and r.get(b"\xfe") is not None
 
 
+def test_version_moves_with_each_commit_and_with_nothing_else(engine: Engine) -> None:
+    before = engine.version()
+    with engine.read() as r:
+        r.get(b"a")
+    with pytest.raises(RuntimeError), engine.write() as w:  # undone: no commit
+        w.put(b"a", b"1")
+        raise RuntimeError("undo")
+    assert engine.version() == before
+    seen = {before}
+    for i in range(3):
+        with engine.write() as w:
+            w.put(b"a", b"%d" % i)
+        assert engine.version() not in seen  # a follower polling it learns of every commit
+        seen.add(engine.version())
+
+
 def test_housekeeping_and_info_report_counts_by_name(engine: Engine) -> None:
     for figures in (engine.housekeeping(), engine.info()):
         assert all(isinstance(k, str) and isinstance(v, int) for k, v in figures.items())

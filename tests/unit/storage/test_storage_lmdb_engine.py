@@ -46,6 +46,18 @@ def _grow_elsewhere(path: Path, map_size: int, extra_keys: int = 0) -> None:
                    check=True, timeout=60)
 
 
+def test_version_sees_a_commit_of_another_process_without_a_snapshot(tmp_path: Path) -> None:
+    env = LmdbEngine(str(tmp_path / "v"), map_size=SMALL)
+    with env.write() as txn:
+        txn.put(b"a", b"x")
+    before = env.version()
+    _grow_elsewhere(tmp_path / "v", SMALL)  # what a change stream's tail polls for
+    assert env.version() > before
+    with env.read() as txn:
+        assert txn.get(b"grown") == b"y"
+    env.close()
+
+
 def test_a_full_map_refuses_writes_and_keeps_what_was_committed(tmp_path: Path) -> None:
     env = LmdbEngine(str(tmp_path / "v"), map_size=SMALL)
     n = _fill(env)
