@@ -61,6 +61,11 @@ RECORDS_PER_READ = 256
 TAIL_RECORDS, TAIL_BATCH = 4096, 512  # the shared tail: records kept, read at once
 IDLE_S = 10.0  # the tail forgets what it holds after this long without a stream
 HEARTBEAT_S = 1.0
+# A stream at the end of the log sends at most one message per MESSAGE_GAP_S: each message
+# costs the node a send and a thread's wake whatever it holds, and ten streams each sending
+# every commit on its own took half the commit rate; a stream behind sends full messages
+# without a pause.
+MESSAGE_GAP_S = 0.01
 POLL_S = 0.05  # the longest a stream at the end of the log waits before looking again
 CHANGE_POLL_S = 0.002  # how often the volume's version is looked at for other nodes' commits
 DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S = 60.0, 86_400.0
@@ -132,7 +137,8 @@ class ChangeService(rpc.ChangeServiceServicer):
 
         version = node.store.version if node.store is not None else None
         seen, quiet_since, mark = committer.batches, time.monotonic(), 0
-        out = api.WatchResponse()
+        # The message being built: its changes, encoded; the last commit it holds whole.
+        out, count, upto = bytearray(), 0, 0
         tail: LogTail | None = getattr(node, "log_tail", None)
         if tail is not None:
             tail.acquire()
@@ -141,30 +147,36 @@ class ChangeService(rpc.ChangeServiceServicer):
                 got = tail.since(position, POLL_S) if tail is not None else None
                 if got is not None:  # from the node's shared tail: decoded once for all
                     decoded, oldest, last = got
-                    for _record, changes in decoded:  # keep our own schemas in step
+                    for _record, changes, _wires in decoded:  # keep our own schemas in step
                         for c in changes:
                             if c.kind == CREATE_TABLE and c.schema is not None:
                                 schemas.add(c.schema)
                 else:
                     mark = version() if version is not None else 0  # before the read: wait_new
                     decoded, oldest, last = _read(reads, position, schemas)
-                for record, changes in decoded:
-                    for c in changes:
+                for record, changes, wires in decoded:
+                    for i, c in enumerate(changes):
                         if (record.position == position and c.index < skip) or not wanted(c):
                             continue
-                        out.changes.append(_change(c))
-                        if len(out.changes) >= per_message:
-                            out.oldest_position, out.last_position = oldest, last
-                            yield out
-                            out = api.WatchResponse()
-                    out.position = record.position
+                        wire = wires[i]
+                        if wire is None:  # the first stream of the node to send it encodes it
+                            wire = wires[i] = change_wire(c)
+                        out += wire
+                        count += 1
+                        if count >= per_message:
+                            yield watch_message(out, upto, oldest, last)
+                            out, count, upto = bytearray(), 0, 0
+                    upto = record.position
                     position, skip = record.position + 1, 0
-                if out.changes or (time.monotonic() - quiet_since >= HEARTBEAT_S):
-                    out.position = position - 1
-                    out.oldest_position, out.last_position = oldest, last
-                    yield out
-                    out = api.WatchResponse()
+                if count or (time.monotonic() - quiet_since >= HEARTBEAT_S):
+                    built, more = time.monotonic(), count > 0
+                    yield watch_message(out, position - 1, oldest, last)
+                    out, count, upto = bytearray(), 0, 0
                     quiet_since = time.monotonic()
+                    if more:  # at the end of the log: let the next commits gather (MESSAGE_GAP_S)
+                        rest = built + MESSAGE_GAP_S - quiet_since
+                        if rest > 0:
+                            time.sleep(rest)
                 if not decoded and got is None:
                     seen = wait_new(committer, version, seen, mark, POLL_S)
         finally:
@@ -210,7 +222,9 @@ class ChangeService(rpc.ChangeServiceServicer):
         return api.ReleaseResponse(released=node.etcd.delete(key))
 
 
-Decoded = list[tuple[Record, list[RowChange]]]
+# Records with their changes, and each change's encoding in a WatchResponse (``change_wire``),
+# made by the first stream that sends it and kept with the record for the others.
+Decoded = list[tuple[Record, list[RowChange], list[bytes | None]]]
 
 
 def wait_new(committer: Any, version: Callable[[], int] | None, seen: int, mark: int,
@@ -250,8 +264,10 @@ def _read(reads: Any, position: int, schemas: Schemas) -> tuple[Decoded, int, in
                     if schemas.get(table_id) is not None:
                         return
 
-        decoded = [(r, record_changes(r, schemas, find_dropped=find_dropped))
-                   for r in records]
+        decoded = []
+        for r in records:
+            changes = record_changes(r, schemas, find_dropped=find_dropped)
+            decoded.append((r, changes, [None] * len(changes)))
     return decoded, oldest, last
 
 
@@ -273,7 +289,8 @@ class LogTail:
         self._reads, self._committer, self._version = reads, committer, version
         self._keep = keep or TAIL_RECORDS
         self._cond = threading.Condition()
-        self._items: collections.deque[tuple[Record, list[RowChange]]] = collections.deque()
+        self._items: collections.deque[tuple[Record, list[RowChange], list[bytes | None]]] = \
+            collections.deque()
         self._next = 0  # the position after the last one held; 0: not started
         self._schemas: Schemas | None = None
         self._bounds = (0, 0)
@@ -346,7 +363,10 @@ class LogTail:
                         records = [commitlog.decode(keys.log(p), raw)
                                    for p, raw in view.log_stored(nxt, TAIL_BATCH)] \
                             if nxt <= last else []
-                decoded = [(r, record_changes(r, schemas)) for r in records]
+                decoded: Decoded = []
+                for r in records:
+                    changes = record_changes(r, schemas)
+                    decoded.append((r, changes, [None] * len(changes)))
             except LogTruncated:  # idle long enough for the log to move past it: start over
                 with self._cond:
                     self._reset()
@@ -368,6 +388,61 @@ class LogTail:
                 self._cond.notify_all()
             if not records:
                 seen = wait_new(self._committer, self._version, seen, mark, POLL_S)
+
+
+def add_change_service(servicer: ChangeService, server: grpc.Server) -> None:
+    """Register ``servicer`` as ``rpc.add_ChangeServiceServicer_to_server`` does, except that
+    Watch's messages are bytes already (``watch_message``) and are sent as they are."""
+    handlers = {
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            servicer.Watch, request_deserializer=api.WatchRequest.FromString,
+            response_serializer=_as_bytes),
+        "Hold": grpc.unary_unary_rpc_method_handler(
+            servicer.Hold, request_deserializer=api.HoldRequest.FromString,
+            response_serializer=api.HoldResponse.SerializeToString),
+        "Release": grpc.unary_unary_rpc_method_handler(
+            servicer.Release, request_deserializer=api.ReleaseRequest.FromString,
+            response_serializer=api.ReleaseResponse.SerializeToString),
+    }
+    name = api.DESCRIPTOR.services_by_name["ChangeService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
+def _as_bytes(message: Any) -> bytes:
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()  # an error status's message, or a test's
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def change_wire(c: Any) -> bytes:
+    """Change ``c`` encoded as one element of ``WatchResponse.changes`` (field 1,
+    length-delimited): a message's changes are these, one after another (the protobuf
+    encoding of a repeated field), so each change is encoded once however many streams send
+    it."""
+    body = _change(c).SerializeToString()
+    return b"\x0a" + _varint(len(body)) + body
+
+
+def watch_message(changes: bytes | bytearray, position: int, oldest: int, last: int) -> bytes:
+    """A ``WatchResponse``, encoded: ``changes`` (``change_wire``'s, concatenated), then
+    ``position``, ``oldest_position`` and ``last_position`` (fields 2, 3, 4; left out when 0,
+    as protobuf does)."""
+    out = bytearray(changes)
+    for tag, value in ((0x10, position), (0x18, oldest), (0x20, last)):
+        if value:
+            out.append(tag)
+            out += _varint(value)
+    return bytes(out)
 
 
 def _change(c: Any) -> api.Change:

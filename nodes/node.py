@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 
 from lockmgr import Election, Entry, EtcdClient, EtcdUnavailable, LockManager, Session
 from nodes import server
-from nodes.changes import ChangeService, LogTail, read_holds
+from nodes.changes import ChangeService, LogTail, add_change_service, read_holds
 from nodes.commit import AckWithheld, GroupCommitter, NoValidSession, Unavailable
 from nodes.config import MAX_MESSAGE_BYTES, NodeConfig
 from nodes.deathwatch import DeathWatch
@@ -379,7 +379,7 @@ class Node:
         rpc.add_RowServiceServicer_to_server(server.RowService(self), srv)
         rpc.add_TransactionServiceServicer_to_server(server.TransactionService(self), srv)
         rpc.add_ClusterServiceServicer_to_server(server.ClusterService(self), srv)
-        rpc.add_ChangeServiceServicer_to_server(ChangeService(self), srv)
+        add_change_service(ChangeService(self), srv)  # Watch's messages are bytes
         health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
         _serve_reflection(srv, [*SERVICE_NAMES,
                                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])

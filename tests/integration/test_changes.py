@@ -69,6 +69,25 @@ def test_a_watch_delivers_each_change_with_its_image_in_commit_order(cluster: Cl
                                                           ("put", (13,))]
     first = take(db.watch("acct"), 1)[0]
     assert first.kind == "create_table" and first.table == "acct"
+    # The raw stream: at most max_changes a message, commits split between messages, and a
+    # start in the middle of a commit.
+    stub = rpc.ChangeServiceStub(grpc.insecure_channel(cluster.addresses[0]))
+    call, raw = stub.Watch(api.WatchRequest(table="acct", max_changes=1), timeout=10), []
+    for m in call:
+        assert len(m.changes) <= 1 and m.last_position >= m.oldest_position > 0
+        raw.extend(m.changes)
+        if len(raw) == 6:
+            break
+    call.cancel()
+    assert raw[0].kind == api.Change.CREATE_TABLE and raw[0].schema.name == "acct"
+    assert [(c.position, c.index) for c in raw[1:]] == places
+    assert raw[3].row.version == raw[3].position and raw[4].kind == api.Change.DELETE
+    call = stub.Watch(api.WatchRequest(table="acct", start_position=p1, start_index=1),
+                      timeout=10)
+    m = next(m for m in call if m.changes)
+    call.cancel()
+    assert [(c.position, c.index, c.key.parts[0].int_value) for c in m.changes][:2] == \
+        [(p1, 1, 12), places[2] + (1,)]
     db.drop_table("acct")
     assert take(watch, 1)[0].kind == "drop_table"
     for w in (watch, ranged):

@@ -1,12 +1,17 @@
-"""``nodes.changes.wait_new``: how a change stream at the end of the log learns of new commits,
-its own node's (the committer wakes it) and other nodes' (the volume's version moves)."""
+"""``nodes.changes``: how a change stream at the end of the log learns of new commits, its own
+node's (the committer wakes it) and other nodes' (the volume's version moves), ``wait_new``;
+and the messages a stream sends, encoded once per change and put together as bytes."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from nodes.changes import wait_new
+import pytest
+
+from nodes.changes import _change, change_wire, wait_new, watch_message
+from shardless.v1 import services_pb2 as api
+from storage.changes import DELETE_ROW, PUT_ROW, RowChange
 
 
 class _Committer:
@@ -63,3 +68,32 @@ def test_with_nothing_new_it_waits_for_its_timeout() -> None:
         started = time.monotonic()
         assert wait_new(_Committer(), version, 0, 7, 0.2) == 0
         assert time.monotonic() - started >= 0.19
+
+
+def _changes() -> list[RowChange]:
+    return [
+        RowChange(position=2**40 + 3, index=0, ts=1.7e9, kind=PUT_ROW, table="t", key=(7,),
+                  values={"id": 7, "v": "x" * 300}),  # a body longer than 127: 2-byte length
+        RowChange(position=2**40 + 3, index=1, ts=1.7e9, kind=DELETE_ROW, table="t",
+                  key=(-1,)),
+        RowChange(position=2**40 + 4, index=0, ts=1.7e9 + 1, kind=PUT_ROW, table="t",
+                  key=(8,), values={"id": 8, "v": None}),
+    ]
+
+
+@pytest.mark.parametrize("position,oldest,last", [(2**40 + 4, 1, 2**40 + 9), (0, 5, 300),
+                                                  (0, 0, 0)])
+def test_a_message_of_encoded_changes_is_the_watch_response_protobuf_would_make(
+        position: int, oldest: int, last: int) -> None:
+    cs = _changes()
+    raw = watch_message(b"".join(change_wire(c) for c in cs), position, oldest, last)
+    expected = api.WatchResponse(changes=[_change(c) for c in cs], position=position,
+                                 oldest_position=oldest, last_position=last)
+    assert api.WatchResponse.FromString(raw) == expected
+    assert raw == expected.SerializeToString()
+
+
+def test_a_heartbeat_without_changes_decodes_to_its_positions_only() -> None:
+    got = api.WatchResponse.FromString(watch_message(b"", 41, 2, 41))
+    assert (list(got.changes), got.position, got.oldest_position, got.last_position) == \
+        ([], 41, 2, 41)
