@@ -680,7 +680,7 @@ def restore(src: str, volume_dir: str, *, archives: Sequence[str] = (),
                            f"short has none")
     copy = manifest.copy
     copy_path = os.path.join(src, copy.name)
-    sha, size = fmt.file_sha256(copy_path)
+    sha, size = fmt.file_checksum(copy_path, copy.chunk_bytes)
     if (sha, size) != (copy.sha256, copy.size):
         raise CommandError(f"{copy_path} does not match the manifest (damaged): shardless "
                            f"verify {src}")
