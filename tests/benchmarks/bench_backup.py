@@ -103,9 +103,9 @@ def local_in_process(volume: Path, dest: Path) -> None:
 def warm(path: Path) -> None:
     """Read ``path`` (untimed), so that the timing after it reads it from the page cache.
 
-    NB: the project's machines reclaim cold page cache proactively (DAMON's ``kdamond``): a
-    file not read for a while is read from disk again, and the first of several timings paid
-    for that alone (cp, timed first, measured 0.5 s instead of 0.1 s in some runs).
+    NB: the project's machines reclaim cold page cache proactively (DAMON's ``kdamond`` runs;
+    24 GB of memory, half a GB of it cache): a file not read for a while may be read from disk
+    again, and the first timing after a pause (cp's) would pay for that alone.
     """
     with path.open("rb") as f:
         while f.read(1 << 24):
