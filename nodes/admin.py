@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -33,14 +32,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lockmgr import EtcdUnavailable, LockQueue, WaitRecord, parse_endpoints
+from nodes.clientargs import add_client_args, client_credentials
 from shardless.client import Client, Record, channel_target
-from shardless.credentials import (
-    ENV_CERTS_DIR,
-    ENV_TOKEN,
-    ENV_USER,
-    Credentials,
-    open_channel,
-)
+from shardless.credentials import Credentials, open_channel
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import types_pb2 as pb
 
@@ -58,33 +52,6 @@ class CommandError(Exception):
 
 
 # -- the one channel ----------------------------------------------------------------------------
-
-
-def add_client_args(p: argparse.ArgumentParser) -> None:
-    """How a command that calls nodes proves who it is (docs/security.md)."""
-    g = p.add_argument_group("connection (default: from SHARDLESS_CERTS_DIR, SHARDLESS_USER, "
-                             "SHARDLESS_TOKEN; none: plaintext, anonymous)")
-    g.add_argument("--certs-dir", default=None,
-                   help="use TLS, trusting ca.crt of this directory (and presenting "
-                        "client.<user>.crt if there)")
-    g.add_argument("--user", default=None, help="the client certificate's user (root)")
-    g.add_argument("--token", default=None, help="an authentication token")
-
-
-def client_credentials(args: argparse.Namespace) -> Credentials:
-    """The credentials a command's arguments (or the environment) give.
-
-    Raises:
-        ValueError: a certificates directory without ca.crt.
-    """
-    env = dict(os.environ)
-    if getattr(args, "certs_dir", None) is not None:
-        env[ENV_CERTS_DIR] = args.certs_dir
-    if getattr(args, "user", None) is not None:
-        env[ENV_USER] = args.user
-    if getattr(args, "token", None) is not None:
-        env[ENV_TOKEN] = args.token
-    return Credentials.from_env(env)
 
 
 def _channel(target: str, credentials: Credentials,

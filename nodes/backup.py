@@ -25,14 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import msgpack
 
-from shardless.credentials import Credentials, open_channel
-from shardless.v1 import services_pb2 as api
-from shardless.v1 import services_pb2_grpc as rpc
+from nodes.clientargs import add_client_args, client_credentials
 from storage import (
     PRIMARY,
     Corrupt,
@@ -44,6 +41,16 @@ from storage import (
 from storage import backup as fmt
 from storage.integrity import check_volume
 
+if TYPE_CHECKING:
+    import grpc
+
+    from shardless.credentials import Credentials
+    from shardless.v1 import services_pb2 as api
+
+# NB: grpc and the API's stubs are imported by the functions that call nodes (_net), not here:
+# the local full backup (--volume), restore and verify never touch the network, and start
+# without them (nodes/cli.py dispatches these commands with their parsers alone).
+
 SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
 
 SEGMENT_RECORDS = 100_000
@@ -54,8 +61,24 @@ RETRY_S = 1.0
 HOLD_TTL_S, HOLD_RENEW_S = 60.0, 20.0  # the archive's retention hold (docs/changes.md)
 APPLY_RECORDS = 5000
 APPLY_BYTES = 32 << 20
-_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-         grpc.StatusCode.CANCELLED)
+
+
+def _net() -> tuple[Any, Any, Any, Any]:
+    """grpc, the API's messages and stubs, and ``open_channel`` (imported on first use)."""
+    import grpc
+
+    from shardless.credentials import open_channel
+    from shardless.v1 import services_pb2 as api
+    from shardless.v1 import services_pb2_grpc as rpc
+
+    return grpc, api, rpc, open_channel
+
+
+def _is_gone(e: grpc.RpcError) -> bool:
+    """Whether the node of ``e`` is gone (another may answer)."""
+    grpc = _net()[0]
+    return e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED)
 
 
 class CommandError(Exception):
@@ -71,8 +94,6 @@ class CommandError(Exception):
 
 def add_commands(sub: SubParsers) -> None:
     """Register ``backup``, ``archive``, ``restore`` and ``verify``."""
-    from nodes.admin import add_client_args as _add_client_args
-
     p = sub.add_parser("backup", help="an online backup: a consistent full copy, or the log "
                                       "after the last backup (--incremental)",
                        description="Back up a running cluster without stopping writes; see "
@@ -91,7 +112,7 @@ def add_commands(sub: SubParsers) -> None:
     p.add_argument("--incremental", action="store_true",
                    help="add the log records after the last position DEST holds")
     p.add_argument("--no-progress", action="store_true", help="print no progress")
-    _add_client_args(p)
+    add_client_args(p)
     p.set_defaults(func=_command(_run_backup))
 
     p = sub.add_parser("archive", help="follow the commit log into a directory of segments "
@@ -112,7 +133,7 @@ def add_commands(sub: SubParsers) -> None:
     p.add_argument("--segment-seconds", type=float, default=10.0,
                    help="close a segment after this long (what a crash of the archive can "
                         "lose)")
-    _add_client_args(p)
+    add_client_args(p)
     p.set_defaults(func=_command(_run_archive))
 
     p = sub.add_parser("restore", help="rebuild a volume from a backup (and archives) as of "
@@ -163,8 +184,6 @@ def _addresses(args: argparse.Namespace) -> list[str]:
 
 
 def _credentials(args: argparse.Namespace) -> Credentials:
-    from nodes.admin import client_credentials
-
     return client_credentials(args)
 
 
@@ -225,6 +244,7 @@ class Progress:
 
 def _status(addresses: Sequence[str], creds: Credentials) -> tuple[str, api.StatusResponse]:
     """The first node that answers, and its status."""
+    grpc, api, rpc, open_channel = _net()
     errors = []
     for address in addresses:
         with open_channel(address, creds) as ch:
@@ -232,7 +252,7 @@ def _status(addresses: Sequence[str], creds: Credentials) -> tuple[str, api.Stat
                 return address, rpc.ClusterServiceStub(ch).Status(
                     api.StatusRequest(local_only=True), timeout=10)
             except grpc.RpcError as e:
-                if e.code() not in _GONE:
+                if not _is_gone(e):
                     raise CommandError(f"{address}: {e.code().name}: {e.details()}") from e
                 errors.append(f"{address}: {e.code().name}")
     raise CommandError(f"no node answered ({', '.join(errors)})")
@@ -267,6 +287,7 @@ def _read_log(address: str, creds: Credentials, start: int, *, follow: bool,
     Raises:
         grpc.RpcError: as the node ended the stream (OUT_OF_RANGE: ``start`` is gone).
     """
+    _, api, rpc, open_channel = _net()
     with open_channel(address, creds) as ch:
         stream = rpc.ClusterServiceStub(ch).ReadLog(api.ReadLogRequest(
             start_position=start, follow=follow, batch_records=READ_BATCH))
@@ -313,6 +334,7 @@ def _prepare_full(dest: str) -> None:
 
 
 def _full(dest: str, addresses: list[str], creds: Credentials, *, progress: bool) -> int:
+    grpc = _net()[0]
     _prepare_full(dest)
     _, status = _status(addresses, creds)
     started = time.time()
@@ -323,7 +345,7 @@ def _full(dest: str, addresses: list[str], creds: Credentials, *, progress: bool
         try:
             info = _copy(dest, address, creds, bar, started)
         except grpc.RpcError as e:
-            if e.code() not in _GONE:
+            if not _is_gone(e):
                 raise CommandError(f"{address}: {e.code().name}: {e.details()}") from e
             failures.append(f"{address}: {e.code().name}")
             time.sleep(RETRY_S)
@@ -364,6 +386,7 @@ def _local_full(dest: str, volume_dir: str, cluster: str) -> int:
 
 def _copy(dest: str, address: str, creds: Credentials, bar: Progress, started: float
           ) -> fmt.CopyInfo:
+    _, api, rpc, open_channel = _net()
     w = fmt.FramedWriter(os.path.join(dest, fmt.COPY_FILE), fmt.COPY_MAGIC)
     try:
         position, items, received = -1, 0, 0
@@ -405,6 +428,7 @@ def _array_length(packed: bytes) -> int:
 
 
 def _incremental(dest: str, addresses: list[str], creds: Credentials, *, progress: bool) -> int:
+    grpc = _net()[0]
     manifest = fmt.read_manifest(dest)
     if manifest is None:
         raise CommandError(f"{dest} holds no backup (no {fmt.MANIFEST}): take a full one "
@@ -454,7 +478,7 @@ def _incremental(dest: str, addresses: list[str], creds: Credentials, *, progres
                     flush()
                     _save(dest, manifest, written)
                     raise _needs_full(e, start - 1, dest) from e
-                if e.code() not in _GONE or attempt == 2 * len(addresses) - 1:
+                if not _is_gone(e) or attempt == 2 * len(addresses) - 1:
                     raise CommandError(f"{address}: {e.code().name}: {e.details()}") from e
                 time.sleep(RETRY_S)
         flush()
@@ -484,6 +508,7 @@ class _Stop(Exception):
 
 
 def _run_archive(args: argparse.Namespace) -> int:
+    grpc, api, rpc, open_channel = _net()
     addresses, creds = _addresses(args), _credentials(args)
     directory = args.dir
     log_dir = os.path.join(directory, fmt.LOG_DIR)
@@ -581,7 +606,7 @@ def _run_archive(args: argparse.Namespace) -> int:
                 if e.code() == grpc.StatusCode.OUT_OF_RANGE:
                     flush()
                     raise _needs_full(e, nxt - 1, directory) from e
-                if e.code() not in _GONE and e.code() != grpc.StatusCode.UNKNOWN:
+                if not _is_gone(e) and e.code() != grpc.StatusCode.UNKNOWN:
                     raise CommandError(f"{address}: {e.code().name}: {e.details()}") from e
                 if stopping.is_set():
                     break
@@ -655,7 +680,7 @@ def restore(src: str, volume_dir: str, *, archives: Sequence[str] = (),
                            f"short has none")
     copy = manifest.copy
     copy_path = os.path.join(src, copy.name)
-    sha, size = fmt.file_sha256(copy_path)
+    sha, size = fmt.file_checksum(copy_path, copy.chunk_bytes)
     if (sha, size) != (copy.sha256, copy.size):
         raise CommandError(f"{copy_path} does not match the manifest (damaged): shardless "
                            f"verify {src}")

@@ -15,21 +15,27 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lockmgr import DEFAULT_ESCALATE_AFTER
-from nodes import admin, heap, limits
-from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S, NodeConfig
-from nodes.security import Security, wants_etcd_tls
-from shardless.credentials import Credentials
-from storage import DEFAULT_MAP_SIZE, Retention
-from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
+if TYPE_CHECKING:
+    from nodes.security import Security
+    from shardless.credentials import Credentials
 
 log = logging.getLogger("shardless")
+
+# NB: the client commands of nodes/backup.py are dispatched with only their own parser (see
+# main), and this module imports nothing heavy at its top: `shardless backup --volume`,
+# `verify` and `restore` then start without grpc, etcd3 or the node's modules (each costs
+# tenths of a second; docs/benchmarks.md, 'Backup and restore'). Each command's parser and
+# runner import what it needs.
+BACKUP_COMMANDS = ("backup", "archive", "restore", "verify")
 
 
 def _add_process_args(p: argparse.ArgumentParser, *, volume: str, listen: str) -> None:
     """The options a node and a replica share."""
+    from nodes.config import DEFAULT_ETCD_TIMEOUT_S, DEFAULT_TTL_S
+    from storage import DEFAULT_MAP_SIZE
+
     p.add_argument("--etcd", required=True, help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
     p.add_argument("--volume", required=True, help=volume)
     p.add_argument("--listen", required=True, help=listen)
@@ -59,6 +65,8 @@ def _security(args: argparse.Namespace) -> Security:
     Raises:
         ValueError: neither or both of --certs-dir and --insecure, or missing files.
     """
+    from nodes.security import Security, wants_etcd_tls
+
     if bool(args.certs_dir) == bool(args.insecure):
         raise ValueError("pass --certs-dir DIR (TLS) or --insecure (plaintext)")
     if args.insecure and args.tls_client_auth:
@@ -74,7 +82,7 @@ def _admin_etcd(args: argparse.Namespace) -> tuple[Any, Any]:
     Raises:
         ValueError: bad endpoints, or TLS settings missing their files.
     """
-    from nodes.security import Authority
+    from nodes.security import Authority, Security, wants_etcd_tls
 
     sec = Security(certs_dir=args.certs_dir, etcd_tls=wants_etcd_tls(args.etcd)).validated()
     etcd = sec.etcd(args.etcd, timeout_s=2.0)
@@ -96,6 +104,10 @@ def _admin_etcd(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from lockmgr import DEFAULT_ESCALATE_AFTER
+    from nodes import heap, limits
+    from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
+
     p = sub.add_parser("node", help="run one node")
     _add_process_args(p, volume="the shared volume directory",
                       listen="gRPC address to serve, HOST:PORT")
@@ -155,9 +167,12 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def _run_node(args: argparse.Namespace) -> int:
     from lockmgr import EtcdUnavailable
+    from nodes import heap, limits
+    from nodes.config import NodeConfig
     from nodes.epoch import Superseded
     from nodes.node import Node
     from nodes.reader import ReaderNode, is_replica_volume
+    from storage import Retention
 
     log.info("%s", heap.cap_arenas(args.malloc_arenas))  # before any thread of the node starts
     try:
@@ -245,6 +260,8 @@ def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def _run_replica(args: argparse.Namespace) -> int:
     from lockmgr import EtcdUnavailable
+    from nodes import heap
+    from nodes.config import NodeConfig
     from nodes.epoch import Superseded
     from nodes.node import Node
     from nodes.replica import Replica, ReplicaConfig
@@ -276,6 +293,9 @@ def _run_replica(args: argparse.Namespace) -> int:
 
 
 def _add_promote(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from nodes import admin
+    from nodes.config import DEFAULT_TTL_S
+
     p = sub.add_parser("promote", help="make a replica's volume the primary, fencing the old "
                                        "one (docs/replication.md, 'Promotion')")
     p.add_argument("replica", help="the replica's id (shardless status lists them)")
@@ -369,6 +389,8 @@ def _run_promote(args: argparse.Namespace) -> int:
 
 
 def _add_drain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from nodes import admin
+
     p = sub.add_parser("drain", help="make one node leave the cluster without failing a "
                                      "client call")
     p.add_argument("node", help="the node's address HOST:PORT, or its node id (with --via)")
@@ -398,6 +420,7 @@ def _gone(address: str, credentials: Credentials) -> bool:
 def _run_drain(args: argparse.Namespace) -> int:
     import grpc
 
+    from nodes import admin
     from shardless.client import Client
     from shardless.credentials import open_channel
     from shardless.v1 import services_pb2 as api
@@ -476,15 +499,31 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``shardless`` command."""
-    parser = argparse.ArgumentParser(prog="shardless", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"shardless {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _VersionAction(argparse.Action):
+    """``--version``, its package metadata read only when asked (importlib.metadata costs a
+    client command's start-up some 15 ms)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"shardless {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
+def _command_of(argv: Sequence[str]) -> str:
+    """The command ``argv`` names (its first word that is not an option; "" if none)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _add_all(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from nodes import admin, backup, secadmin, up
+
     _add_node(sub)
     _add_replica(sub)
-    from nodes import up
-
     p = sub.add_parser("up", help="run a local cluster: an embedded etcd and N nodes")
     up.add_arguments(p)
     p.set_defaults(func=up.run)
@@ -492,13 +531,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_drain(sub)
     _add_promote(sub)
     _add_bench(sub)
-    from nodes import secadmin
-
     secadmin.add_commands(sub)
-    from nodes import backup
-
     backup.add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``shardless`` command."""
     raw_argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="shardless", description=DESCRIPTION)
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True)
+    if _command_of(raw_argv) in BACKUP_COMMANDS:
+        # Only their parsers (the same as in the whole command): see BACKUP_COMMANDS.
+        from nodes import backup
+
+        backup.add_commands(sub)
+    else:
+        _add_all(sub)
     args = parser.parse_args(raw_argv)
     args.raw_argv = raw_argv
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

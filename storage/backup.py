@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -44,9 +45,11 @@ from storage.store import Store, open_copy
 
 FORMAT = 1
 FORMAT_LMDB = 2
+FORMAT_LMDB_CHUNKED = 3
 """The manifest's format: 1 with a logical copy, 2 with an LMDB copy (which a reader of format
-1 only would take for a logical copy and fail on)."""
-FORMATS = (FORMAT, FORMAT_LMDB)
+1 only would take for a logical copy and fail on), 3 with an LMDB copy whose checksum is
+chunked (``CopyInfo.chunk_bytes``; a reader of format 2 only would call the copy damaged)."""
+FORMATS = (FORMAT, FORMAT_LMDB, FORMAT_LMDB_CHUNKED)
 MANIFEST = "manifest.json"
 LOG_DIR = "log"
 PARTIAL = ".partial"
@@ -54,6 +57,11 @@ COPY_MAGIC = b"SHDLCPY1"
 SEGMENT_MAGIC = b"SHDLSEG1"
 _DIGEST = 32
 _READ_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
+"""The piece of an LMDB copy that one SHA-256 covers (the chunked checksum, format 3)."""
+HASH_THREADS = 2
+"""Threads hashing a copy's pieces: the copy and the hashing of a 2-core host each have one
+core (docs/benchmarks.md, 'Backup and restore': measured, 2 beat 1 and 3)."""
 _SEGMENT_NAME = re.compile(r"^(\d{20})-(\d{20})\.seg$")
 
 
@@ -182,6 +190,128 @@ def file_sha256(path: str) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def chunked_sha256(digests: Sequence[bytes]) -> str:
+    """The chunked checksum from the SHA-256 digests of a file's pieces, in order: the SHA-256
+    (hex) of their concatenation (Dropbox's content hash is built the same way)."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+class ChunkHasher:
+    """The chunked checksum of the file ``path`` (the SHA-256 of each ``chunk_bytes`` piece,
+    :func:`chunked_sha256` of them), taken by ``threads`` threads while the file is written,
+    following its length: a piece is hashed once the file reaches its end, the last one once
+    :meth:`finish` says the file is whole. ``writeback``: each piece hashed is handed to the
+    kernel's writeback at once (``POSIX_FADV_DONTNEED``, which also drops its clean pages from
+    the page cache), so that the writer's fsync finds little left to write. hashlib and reads
+    release the GIL: the threads run beside the writer.
+
+    NB: sound only for a writer that writes each byte once, in file order (as LMDB's copy
+    does; a retry starts over from an empty file: :meth:`restart`). Were a byte written
+    again after it was hashed, the checksum would not match the file, and verify and restore
+    would refuse the copy as damaged: never a silent wrong copy.
+    """
+
+    def __init__(self, path: str, *, chunk_bytes: int = CHUNK_BYTES,
+                 threads: int = HASH_THREADS, writeback: bool = False) -> None:
+        self.path, self.chunk_bytes, self._threads = path, chunk_bytes, threads
+        self._writeback = writeback
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._whole = threading.Event()
+        self._stop = threading.Event()
+        self._fd = -1
+        self._next = 0
+        self._digests: dict[int, bytes] = {}
+        self._error: BaseException | None = None
+
+    def restart(self) -> None:
+        """Start (or start over, the file empty again) hashing the file."""
+        self._halt()
+        self._stop, self._whole = threading.Event(), threading.Event()
+        self._next, self._digests, self._error = 0, {}, None
+        self._fd = os.open(self.path, os.O_RDONLY)
+        self._workers = [threading.Thread(target=self._work, name=f"hash-{n}", daemon=True,
+                                          args=(self._fd, self._stop, self._whole))
+                         for n in range(self._threads)]
+        for t in self._workers:
+            t.start()
+
+    def finish(self) -> tuple[str, int]:
+        """Say the file is whole; wait for the last pieces; return its checksum and size.
+
+        Raises:
+            OSError: the file could not be read.
+        """
+        if not self._workers:
+            self.restart()
+        self._whole.set()
+        for t in self._workers:
+            t.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            size = os.fstat(self._fd).st_size
+        finally:
+            self._halt()
+        n = -(-size // self.chunk_bytes)
+        assert sorted(self._digests) == list(range(n)), "a piece of the copy was not hashed"
+        return chunked_sha256([self._digests[i] for i in range(n)]), size
+
+    def close(self) -> None:
+        """Stop hashing (the file is abandoned)."""
+        self._halt()
+
+    def _halt(self) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join()
+        self._workers = []
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _work(self, fd: int, stop: threading.Event, whole: threading.Event) -> None:
+        buf = memoryview(bytearray(_READ_BYTES))
+        try:
+            while not stop.is_set():
+                with self._lock:
+                    i, self._next = self._next, self._next + 1
+                start = i * self.chunk_bytes
+                end = start + self.chunk_bytes
+                while True:  # until the file reaches the piece's end, or is whole
+                    is_whole = whole.is_set()  # before the length: then it is the final one
+                    size = os.fstat(fd).st_size
+                    if size >= end or is_whole:
+                        end = min(end, size)
+                        break
+                    if stop.wait(0.001):
+                        return
+                if start >= end:
+                    return
+                h = hashlib.sha256()
+                at = start
+                while at < end:
+                    got = os.preadv(fd, [buf[:min(_READ_BYTES, end - at)]], at)
+                    if not got:
+                        raise OSError(f"{self.path}: shorter than its length while hashed")
+                    h.update(buf[:got])
+                    at += got
+                if self._writeback:
+                    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+                with self._lock:
+                    self._digests[i] = h.digest()
+        except BaseException as e:  # reported by finish
+            self._error = e
+
+
+def file_checksum(path: str, chunk_bytes: int) -> tuple[str, int]:
+    """The checksum of a whole file as a manifest keeps it, and its size: the SHA-256 of the
+    file (``chunk_bytes`` 0) or the chunked checksum (pieces hashed in parallel)."""
+    if not chunk_bytes:
+        return file_sha256(path)
+    return ChunkHasher(path, chunk_bytes=chunk_bytes).finish()
+
+
 # -- the full copy -----------------------------------------------------------------------------
 
 
@@ -214,11 +344,12 @@ LMDB_KIND = "lmdb"
 """An LMDB data file: the whole volume, every kind of key, as ``Store.copy_to`` made it."""
 
 
-def write_lmdb_copy(store: Store, directory: str, taken_at: float) -> CopyInfo:
+def write_lmdb_copy(store: Store, directory: str, taken_at: float, *,
+                    chunk_bytes: int = CHUNK_BYTES) -> CopyInfo:
     """Copy the volume of ``store`` (opened on this host) into ``directory`` as an LMDB data
-    file at the engine's speed (``Store.copy_to``: one snapshot, writes go on), fsynced, then
-    its SHA-256 computed (from the page cache) while the rename is made durable; return what
-    it holds, for the manifest.
+    file at the engine's speed (``Store.copy_to``: one snapshot, writes go on), fsynced, its
+    chunked checksum taken while it is written (:class:`ChunkHasher`), then renamed into place
+    durably; return what it holds, for the manifest.
 
     Raises:
         StorageError: the copy failed; nothing is left but possibly a ``.partial`` file.
@@ -227,16 +358,18 @@ def write_lmdb_copy(store: Store, directory: str, taken_at: float) -> CopyInfo:
     partial = path + PARTIAL
     if os.path.exists(partial):
         os.unlink(partial)
+    hasher = ChunkHasher(partial, chunk_bytes=chunk_bytes, writeback=True)
     try:
-        position = store.copy_to(partial)
-        sha, size = file_sha256(partial)
+        position = store.copy_to(partial, on_attempt=hasher.restart)
+        sha, size = hasher.finish()
     except BaseException:
+        hasher.close()
         if os.path.exists(partial):
             os.unlink(partial)
         raise
     os.replace(partial, path)
     fsync_dir(directory)
-    return CopyInfo(LMDB_FILE, position, 0, sha, size, taken_at, LMDB_KIND)
+    return CopyInfo(LMDB_FILE, position, 0, sha, size, taken_at, LMDB_KIND, chunk_bytes)
 
 
 def check_lmdb_copy(path: str, position: int) -> list[str]:
@@ -392,6 +525,9 @@ class CopyInfo:
     taken_at: float
     kind: str = COPY_KIND
     """``copy`` (logical, framed) or ``lmdb`` (an LMDB data file)."""
+    chunk_bytes: int = 0
+    """0: ``sha256`` is the file's SHA-256; else it is the chunked checksum of pieces of this
+    many bytes (:func:`chunked_sha256`; LMDB copies from format 3)."""
 
 
 @dataclass(frozen=True)
@@ -408,9 +544,9 @@ class Manifest:
     updated_at: float = field(default=0.0)
 
     def __post_init__(self) -> None:
-        # The format follows from the copy's kind (FORMAT_LMDB).
+        # The format follows from the copy's kind and checksum (FORMAT_LMDB_CHUNKED).
         object.__setattr__(self, "format", FORMAT if self.copy.kind == COPY_KIND else
-                           FORMAT_LMDB)
+                           FORMAT_LMDB_CHUNKED if self.copy.chunk_bytes else FORMAT_LMDB)
 
     @property
     def position(self) -> int:
@@ -426,6 +562,8 @@ class Manifest:
         d["position"] = self.position
         if self.copy.kind == COPY_KIND:  # as format 1 wrote it: older readers read it
             del d["copy"]["kind"]
+        if not self.copy.chunk_bytes:  # as formats 1 and 2 wrote it
+            del d["copy"]["chunk_bytes"]
         return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
 
     @staticmethod
@@ -442,9 +580,11 @@ class Manifest:
             copy = CopyInfo(**d["copy"])
             if copy.kind not in (COPY_KIND, LMDB_KIND):
                 raise Corrupt(f"the manifest's copy is of an unknown kind {copy.kind!r}")
-            if (copy.kind == LMDB_KIND) != (d["format"] == FORMAT_LMDB):
+            expected = (FORMAT if copy.kind == COPY_KIND else
+                        FORMAT_LMDB_CHUNKED if copy.chunk_bytes else FORMAT_LMDB)
+            if d["format"] != expected or copy.chunk_bytes < 0:
                 raise Corrupt(f"a manifest of format {d['format']} with a copy of kind "
-                              f"{copy.kind!r}")
+                              f"{copy.kind!r} and chunk_bytes {copy.chunk_bytes}")
             return Manifest(str(d["cluster"]), str(d["volume_id"]), float(d["created_at"]),
                             copy,
                             tuple(SegmentInfo(**s) for s in d["segments"]),
@@ -569,7 +709,8 @@ def verify_dir(directory: str) -> tuple[list[str], list[str]]:
         start = manifest.copy.position
         path = os.path.join(directory, manifest.copy.name)
         if manifest.copy.kind == LMDB_KIND:
-            if _check_file(path, manifest.copy.sha256, manifest.copy.size, problems):
+            if _check_file(path, manifest.copy.sha256, manifest.copy.size, problems,
+                           manifest.copy.chunk_bytes):
                 problems.extend(check_lmdb_copy(path, manifest.copy.position))
         elif _check_file(path, manifest.copy.sha256, manifest.copy.size, problems):
             try:
@@ -611,12 +752,13 @@ def verify_dir(directory: str) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
-def _check_file(path: str, sha256: str, size: int, problems: list[str]) -> bool:
+def _check_file(path: str, sha256: str, size: int, problems: list[str],
+                chunk_bytes: int = 0) -> bool:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         problems.append(f"{name} is in the manifest but missing")
         return False
-    got_sha, got_size = file_sha256(path)
+    got_sha, got_size = file_checksum(path, chunk_bytes)
     if got_size != size:
         problems.append(f"{name}: {got_size} bytes, the manifest says {size}")
         return False

@@ -196,7 +196,7 @@ class LmdbEngine:
         """Close the environment; no transaction may be open."""
         self._env.close()
 
-    def copy_to(self, path: str) -> None:
+    def copy_to(self, path: str, on_attempt: Callable[[], None] | None = None) -> None:
         """Write a consistent copy of the environment to the new file ``path`` and fsync it:
         LMDB's own copy (``mdb_env_copy2``, not compacted), of one read snapshot taken when
         it starts, so writers go on meanwhile. The copy is itself an LMDB data file (free pages
@@ -205,6 +205,10 @@ class LmdbEngine:
         NB: py-lmdb ties a copy to a read transaction of the caller's only when compacting,
         so the snapshot's position cannot be read beside it: read it from the copy (which is
         that one snapshot). The snapshot pins the volume's pages for as long as the copy runs.
+        The file is written from its start to its end, once per attempt: ``on_attempt`` is
+        called as each attempt begins, the file empty (a copy is begun again, from an empty
+        file, when another process grew the map), so that a reader following the file (the
+        backup's checksum, ``storage/backup.py``) starts over.
 
         Raises:
             StorageError: the file exists, or LMDB or the disk refused (nothing is left).
@@ -215,6 +219,8 @@ class LmdbEngine:
             raise StorageError(f"cannot create {path}: {e}") from e
         try:
             for attempt in range(3):
+                if on_attempt is not None:
+                    on_attempt()
                 self._gate.acquire_shared()  # the copy's read txn, like any other
                 try:
                     self._env.copyfd(fd, compact=False)

@@ -514,11 +514,13 @@ class Store:
         ``LmdbEngine.info``): what a node's metrics report of its volume."""
         return self.engine.info()
 
-    def copy_to(self, path: str) -> int:
+    def copy_to(self, path: str, on_attempt: Callable[[], None] | None = None) -> int:
         """Write a consistent copy of the whole volume (every kind of key, free pages too) to
         the new file ``path`` at the engine's speed, fsynced; return the copy's position. One
         snapshot, so commits go on meanwhile; the position is read from the copy itself, so it
         is exactly the state the copy holds. Open the copy with :func:`open_copy`.
+        ``on_attempt``: called as each attempt of the copy begins, ``path`` empty (see
+        ``LmdbEngine.copy_to``).
 
         Raises:
             StorageError: the engine makes no such copies (only LMDB does), or it failed
@@ -527,7 +529,7 @@ class Store:
         copy_to = getattr(self.engine, "copy_to", None)
         if copy_to is None:
             raise StorageError(f"{type(self.engine).__name__} makes no file copies")
-        copy_to(path)
+        copy_to(path, on_attempt)
         copy = open_copy(path)
         try:
             with copy.read() as view:

@@ -9,7 +9,8 @@ Starts a real etcd and three real node processes on one volume (``tests.harness.
 bulk-loads ``--rows`` rows of about 300 bytes. Then, in turn (each ``--rounds`` times, the
 median kept):
 
-1. ``cp -r VOLUME/lmdb`` (the volume's files, from the page cache; timed without and with the
+1. ``cp -r VOLUME/lmdb`` (the volume's files, from the page cache: the data file is read,
+   untimed, before each timing; timed without and with the
    ``sync`` that makes the copy durable), and
    ``shardless backup DEST`` (a subprocess: the whole command, a consistent copy through
    ``CopyVolume``, its file fsynced and its manifest written), and the local full backup
@@ -24,6 +25,11 @@ median kept):
    ``restore`` (in this process) rebuilds the volume twice: to the full copy's position, and to
    the last position; the difference is the time the log's replay took. The target is a replay
    at least 5x the commit rate.
+
+``--bytecode``: compile the project's modules first (``compileall``, into their
+``__pycache__``), as an installed package has them; without it, a start-up under
+``PYTHONDONTWRITEBYTECODE`` (set on the project's machines) compiles every module of the
+project it imports, each time.
 
 Prints the figures and the machine (cores), and exits 1 if a target is missed.
 """
@@ -94,16 +100,30 @@ def local_in_process(volume: Path, dest: Path) -> None:
     fmt.write_manifest(str(dest), fmt.Manifest("bench", "", time.time(), info))
 
 
+def warm(path: Path) -> None:
+    """Read ``path`` (untimed), so that the timing after it reads it from the page cache.
+
+    NB: the project's machines reclaim cold page cache proactively (DAMON's ``kdamond`` runs;
+    24 GB of memory, half a GB of it cache): a file not read for a while may be read from disk
+    again, and the first timing after a pause (cp's) would pay for that alone.
+    """
+    with path.open("rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
 def full_backup_round(cluster: Cluster, work: Path, n: int
                       ) -> tuple[float, float, float, int, float, float]:
     """Seconds for ``cp``, for ``cp`` then ``sync``, and for ``shardless backup``, the data
     file's size, and seconds for ``shardless backup --volume`` and for its work in this
     process. Dirty pages are synced before each timing, so that none pays for another's
-    writes."""
+    writes, and the data file is read just before each, so that each reads it from the page
+    cache."""
     src = cluster.volume / "lmdb"
     size = (src / "data.mdb").stat().st_size
     cp_dest = work / f"cp-{n}"
     os.sync()
+    warm(src / "data.mdb")
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(cp_dest)], check=True)
     cp_s = time.perf_counter() - t0
@@ -111,16 +131,19 @@ def full_backup_round(cluster: Cluster, work: Path, n: int
     cp_sync_s = time.perf_counter() - t0
     shutil.rmtree(cp_dest)
     os.sync()
+    warm(src / "data.mdb")
     dest = work / f"full-{n}"
     backup_s = timed(lambda: shardless("backup", str(dest), "--connect",
                                        ",".join(cluster.addresses), "--no-progress"))
     if n:
         shutil.rmtree(dest)
     os.sync()
+    warm(src / "data.mdb")
     local = work / f"local-{n}"
     local_s = timed(lambda: shardless("backup", str(local), "--volume", str(cluster.volume)))
     shutil.rmtree(local)
     os.sync()
+    warm(src / "data.mdb")
     local_ip_s = timed(lambda: local_in_process(cluster.volume, local))
     shutil.rmtree(local)
     return cp_s, cp_sync_s, backup_s, size, local_s, local_ip_s
@@ -149,7 +172,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bytecode", action="store_true",
+                    help="compile the project's modules first, as an installed package has "
+                         "them")
     args = ap.parse_args()
+    root = Path(__file__).resolve().parents[2]
+    if args.bytecode:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "nodes", "storage",
+                        "lockmgr", "proto/shardless"], cwd=root, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
         work = Path(tmp)
         cluster = Cluster(work / "cluster", n=3, ttl_s=5, start=False)
@@ -188,7 +220,9 @@ def main() -> int:
     replay_ratio = replay_rate / commit_rate
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}")
-    print(f"volume: {args.rows} rows, data file {mib:.1f} MiB")
+    found = f"as found (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')})"
+    print(f"volume: {args.rows} rows, data file {mib:.1f} MiB; project bytecode "
+          f"{'compiled first' if args.bytecode else found}")
     print(f"full backup: cp -r {cp_s:.3f} s ({mib / cp_s:.0f} MiB/s; {cp_sync_s:.3f} s with "
           f"sync); shardless backup {backup_s:.3f} s ({mib / backup_s:.0f} MiB/s of the data "
           f"file, a copy of {payload / (1 << 20):.1f} MiB): {cp_s / backup_s:.2f}x cp, "

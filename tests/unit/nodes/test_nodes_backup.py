@@ -125,3 +125,66 @@ def test_restore_from_an_lmdb_copy_and_segments_equals_the_source_there(tmp_path
             assert check_volume(store).problems == []
         finally:
             store.close()
+
+
+def test_restore_checks_the_chunked_checksum_and_takes_a_format_2_copy(tmp_path: Path) -> None:
+    """restore refuses an LMDB copy with a flipped byte in a later piece of its chunked
+    checksum, and restores a copy of a format 2 manifest (the whole file's SHA-256)."""
+    src = open_volume(str(tmp_path / "src"), map_size=1 << 26)
+    for i in range(5):
+        _commit(src, i)
+    manifest = _lmdb_backup(src, tmp_path / "b", chunk_bytes=4096)
+    expected = _state(src)
+    src.close()
+    copy = tmp_path / "b" / fmt.LMDB_FILE
+    saved = copy.read_bytes()
+    copy.write_bytes(saved[:-100] + bytes([saved[-100] ^ 0x04]) + saved[-99:])
+    with pytest.raises(CommandError, match="does not match the manifest"):
+        restore(str(tmp_path / "b"), str(tmp_path / "bad"))
+    copy.write_bytes(saved)
+    sha, size = fmt.file_sha256(str(copy))
+    old = fmt.CopyInfo(fmt.LMDB_FILE, manifest.copy.position, 0, sha, size, 0.0, fmt.LMDB_KIND)
+    fmt.write_manifest(str(tmp_path / "b"), fmt.Manifest("c", "vol", 0.0, old))
+    assert fmt.read_manifest(str(tmp_path / "b")).format == 2  # type: ignore[union-attr]
+    got = restore(str(tmp_path / "b"), str(tmp_path / "r"))
+    assert got.position == manifest.copy.position
+    store = open_volume(str(tmp_path / "r"), map_size=1 << 26)
+    try:
+        assert _state(store) == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("argv", [["backup", "--help"], ["verify", "--help"],
+                                  ["restore", "--help"], ["archive", "--help"]])
+def test_the_backup_commands_start_without_grpc_etcd_or_the_node(argv: list[str]) -> None:
+    """``shardless backup --volume``, ``verify`` and ``restore`` pay no start-up for modules
+    they do not use: building their parser imports neither grpc, the API's stubs, etcd3, the
+    lock manager nor the node (docs/benchmarks.md, 'Backup and restore')."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nodes.cli as c\n"
+            f"try:\n    c.main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] if not m.startswith('nodes.') else m for m in "
+            "sys.modules if m.split('.')[0] in ('grpc', 'etcd3', 'lockmgr', 'shardless', "
+            "'google') or m in ('nodes.admin', 'nodes.node', 'nodes.up', 'nodes.config')})\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_whole_command_still_lists_every_command_and_dispatches_backup_alone(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``shardless --help`` lists the node's and the operator's commands beside the backup
+    ones, and ``shardless verify`` runs through the backup commands' own parser."""
+    from nodes import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("node", "up", "status", "backup", "verify", "restore", "bench"):
+        assert command in out
+    assert cli.main(["verify", "/nonexistent/backup"]) == 1
+    assert "does not exist" in capsys.readouterr().err

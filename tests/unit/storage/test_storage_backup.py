@@ -4,8 +4,12 @@ says where, and ``verify_dir`` finds a flipped byte and a missing segment."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -201,10 +205,12 @@ def test_the_volume_check_passes_a_sound_volume_and_names_a_bad_row_and_a_log_ga
     assert any("positions 3..3 missing" in p for p in problems), problems
 
 
-def _lmdb_backup(store: Store, dest: Path) -> fmt.Manifest:
+def _lmdb_backup(store: Store, dest: Path, chunk_bytes: int = fmt.CHUNK_BYTES
+                 ) -> fmt.Manifest:
     """A full backup as ``shardless backup --volume`` writes it."""
     dest.mkdir(parents=True, exist_ok=True)
-    manifest = fmt.Manifest("c", "vol", 0.0, fmt.write_lmdb_copy(store, str(dest), 0.0))
+    manifest = fmt.Manifest("c", "vol", 0.0, fmt.write_lmdb_copy(store, str(dest), 0.0,
+                                                                 chunk_bytes=chunk_bytes))
     fmt.write_manifest(str(dest), manifest)
     return manifest
 
@@ -234,23 +240,29 @@ def test_an_lmdb_copy_holds_the_volume_at_the_position_it_returns(tmp_path) -> N
 
 
 def test_an_lmdb_backup_round_trips_its_manifest_and_verify_names_damage(tmp_path) -> None:
-    """The manifest of an LMDB copy is format 2 with kind ``lmdb``; verify passes it, names a
-    flipped byte by its checksum, and runs the volume check on a copy whose checksum fits."""
+    """The manifest of an LMDB copy is format 3 with kind ``lmdb`` and a chunked checksum;
+    verify passes it, names a flipped byte in the first or the last piece by its checksum, and
+    runs the volume check on a copy whose checksum fits."""
     store = _volume(tmp_path)
     for i in range(6):
         _commit(store, i)
     dest = tmp_path / "b"
-    manifest = _lmdb_backup(store, dest)
+    manifest = _lmdb_backup(store, dest, chunk_bytes=8192)
     assert fmt.read_manifest(str(dest)) == manifest
-    assert (manifest.format, manifest.copy.kind, manifest.copy.position) == (2, "lmdb", 6)
+    assert (manifest.format, manifest.copy.kind, manifest.copy.position) == (3, "lmdb", 6)
+    assert manifest.copy.chunk_bytes == 8192
     assert sorted(os.listdir(dest)) == [fmt.LMDB_FILE, fmt.MANIFEST]
     assert fmt.verify_dir(str(dest)) == ([], [])
 
     copy = dest / fmt.LMDB_FILE
     saved = copy.read_bytes()
-    copy.write_bytes(saved[:5000] + bytes([saved[5000] ^ 0x01]) + saved[5001:])
-    problems, _ = fmt.verify_dir(str(dest))
-    assert problems == [f"{fmt.LMDB_FILE}: SHA-256 mismatch (the file is damaged)"]
+    assert manifest.copy.size == len(saved) > 3 * 8192
+    assert manifest.copy.sha256 == _chunked(saved, 8192)
+    for at in (5000, len(saved) - 10):
+        copy.write_bytes(saved[:at] + bytes([saved[at] ^ 0x01]) + saved[at + 1:])
+        problems, _ = fmt.verify_dir(str(dest))
+        assert problems == [f"{fmt.LMDB_FILE}: SHA-256 mismatch (the file is damaged)"]
+    copy.write_bytes(saved)
 
     # A bad row in the copied volume, under a checksum that fits: the volume check finds it.
     with store.read() as view:
@@ -262,6 +274,77 @@ def test_an_lmdb_backup_round_trips_its_manifest_and_verify_names_damage(tmp_pat
     store.close()
     problems, _ = fmt.verify_dir(str(dest))
     assert any(p.startswith(fmt.LMDB_FILE) and "unreadable row" in p for p in problems), problems
+
+
+def _chunked(data: bytes, chunk_bytes: int) -> str:
+    """The chunked checksum, computed here on its own: SHA-256 of the pieces' SHA-256s."""
+    return hashlib.sha256(b"".join(hashlib.sha256(data[i:i + chunk_bytes]).digest()
+                                   for i in range(0, len(data), chunk_bytes))).hexdigest()
+
+
+def test_the_chunk_hasher_follows_a_file_as_it_is_written_and_starts_over_when_told(
+        tmp_path) -> None:
+    """Pieces are hashed as a writer (another thread, in small writes) extends the file; a
+    restart (the file emptied, written again) forgets what was hashed before; the result is the
+    chunked checksum of the file as it ends, whatever its last piece's length."""
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    hasher = fmt.ChunkHasher(str(path), chunk_bytes=1000, threads=2, writeback=True)
+    first, second = os.urandom(5500), os.urandom(4321)
+    try:
+        for data in (first, second):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            hasher.restart()
+
+            def write(data: bytes = data) -> None:
+                for i in range(0, len(data), 700):
+                    os.write(fd, data[i:i + 700])
+                    time.sleep(0.002)
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            writer.join()
+        got = hasher.finish()
+    finally:
+        os.close(fd)
+    assert got == (_chunked(second, 1000), len(second))
+    assert fmt.file_checksum(str(path), 1000) == got
+    assert fmt.file_checksum(str(path), 0) == (hashlib.sha256(second).hexdigest(), len(second))
+
+
+def test_an_lmdb_backup_of_format_2_still_verifies_and_its_manifest_reads_as_written(
+        tmp_path) -> None:
+    """A backup written before the chunked checksum (format 2: the whole file's SHA-256, no
+    ``chunk_bytes``) reads, re-encodes byte for byte, verifies, and a flipped byte is found; a
+    manifest whose format does not fit its checksum is refused."""
+    store = _volume(tmp_path)
+    for i in range(3):
+        _commit(store, i)
+    dest = tmp_path / "b"
+    dest.mkdir()
+    position = store.copy_to(str(dest / fmt.LMDB_FILE))
+    store.close()
+    sha, size = fmt.file_sha256(str(dest / fmt.LMDB_FILE))
+    old = {"cluster": "c", "volume_id": "vol", "created_at": 0.0, "format": 2, "position":
+           position, "segments": [], "updated_at": 0.0,
+           "copy": {"name": fmt.LMDB_FILE, "position": position, "items": 0, "sha256": sha,
+                    "size": size, "taken_at": 0.0, "kind": "lmdb"}}
+    data = (json.dumps(old, indent=1, sort_keys=True) + "\n").encode()
+    (dest / fmt.MANIFEST).write_bytes(data)
+    manifest = fmt.read_manifest(str(dest))
+    assert manifest is not None and (manifest.format, manifest.copy.chunk_bytes) == (2, 0)
+    assert manifest.encode() == data
+    assert fmt.verify_dir(str(dest)) == ([], [])
+    copy = dest / fmt.LMDB_FILE
+    saved = copy.read_bytes()
+    copy.write_bytes(saved[:100] + bytes([saved[100] ^ 0x01]) + saved[101:])
+    problems, _ = fmt.verify_dir(str(dest))
+    assert problems == [f"{fmt.LMDB_FILE}: SHA-256 mismatch (the file is damaged)"]
+    old["copy"]["chunk_bytes"] = 4096  # a chunked checksum under format 2
+    (dest / fmt.MANIFEST).write_text(json.dumps(old))
+    with pytest.raises(Corrupt, match="format 2 with a copy of kind 'lmdb' and chunk_bytes"):
+        fmt.read_manifest(str(dest))
 
 
 def test_keep_replicated_only_leaves_a_copy_its_replicated_key_space_and_an_empty_log(
