@@ -10,6 +10,7 @@ import pytest
 import nodes.bench
 from nodes import cli
 from nodes.bench.options import BadOption, add_arguments, settings
+from tests.harness.imports import imported_by
 
 
 def _parse(*argv: str) -> nodes.bench.Settings:
@@ -97,14 +98,6 @@ def test_missing_dependencies_name_the_extra(monkeypatch: pytest.MonkeyPatch,
 def test_the_cli_does_not_import_the_heavy_bench_modules() -> None:
     """shardless node/up pay nothing for the bench: its runner, rich, matplotlib and psycopg
     are not imported by building the command's parser."""
-    import subprocess
-    import sys
-
-    code = ("import sys, nodes.cli as c\n"
-            "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('nodes.bench.runner', 'rich', 'matplotlib', 'psycopg', "
-            "'nodes.bench.targets.cluster') if m in sys.modules]\n"
-            "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    loaded = imported_by(["--help"])
+    assert [m for m in ("nodes.bench.runner", "rich", "matplotlib", "psycopg",
+                        "nodes.bench.targets.cluster") if m in loaded] == []

@@ -12,6 +12,7 @@ from nodes.backup import CommandError, parse_time, restore
 from storage import PRIMARY, Store, open_volume
 from storage import backup as fmt
 from storage.integrity import check_volume
+from tests.harness.imports import imported_by
 from tests.unit.storage.test_storage_backup import _backup, _commit, _lmdb_backup, _segments
 
 
@@ -161,18 +162,10 @@ def test_the_backup_commands_start_without_grpc_etcd_or_the_node(argv: list[str]
     """``shardless backup --volume``, ``verify`` and ``restore`` pay no start-up for modules
     they do not use: building their parser imports neither grpc, the API's stubs, etcd3, the
     lock manager nor the node (docs/benchmarks.md, 'Backup and restore')."""
-    import subprocess
-    import sys
-
-    code = ("import sys, nodes.cli as c\n"
-            f"try:\n    c.main({argv!r})\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({m.split('.')[0] if not m.startswith('nodes.') else m for m in "
-            "sys.modules if m.split('.')[0] in ('grpc', 'etcd3', 'lockmgr', 'shardless', "
-            "'google') or m in ('nodes.admin', 'nodes.node', 'nodes.up', 'nodes.config')})\n"
-            "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    heavy = sorted(m for m in imported_by(argv)
+                   if m.split(".")[0] in ("grpc", "etcd3", "lockmgr", "shardless", "google")
+                   or m in ("nodes.admin", "nodes.node", "nodes.up", "nodes.config"))
+    assert heavy == []
 
 
 def test_the_whole_command_still_lists_every_command_and_dispatches_backup_alone(
