@@ -412,7 +412,7 @@ def add_change_service(servicer: ChangeService, server: grpc.Server) -> None:
 def _as_bytes(message: Any) -> bytes:
     if isinstance(message, bytes):
         return message
-    return message.SerializeToString()  # an error status's message, or a test's
+    return message.SerializeToString()  # a WatchResponse object (not what Watch yields now)
 
 
 def _varint(n: int) -> bytes:
