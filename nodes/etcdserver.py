@@ -3,7 +3,7 @@
 Owns: choosing an etcd binary (:func:`find_etcd_binary`), running one etcd member as a child
 process in its own process group (:class:`EtcdServer`), waiting for it to report healthy, and
 stopping it so that no process is left behind. Also :func:`free_port`, which the test harness uses
-to pick loopback ports.
+to pick loopback ports (outside the kernel's ephemeral range, so a restarted server keeps its port).
 
 Does not own: talking to etcd as a client (that is ``lockmgr/etcd.py``, the only importer of the
 etcd client library); readiness here is checked over etcd's plain HTTP ``/health`` endpoint with
@@ -18,11 +18,13 @@ Compatibility: only flags that both etcd 3.4 (Debian's ``/usr/bin/etcd``) and et
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import importlib.util
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -63,21 +65,79 @@ class EtcdBinaryNotFound(EtcdServerError):
     """No usable etcd binary was found; install one or pass its path explicitly."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DEFAULT_EPHEMERAL = (32768, 60999)  # Linux's default, for when the file cannot be read
+_LOWEST_PORT = 10000  # below this lie well-known and registered services' ports
+_HIGHEST_PORT = 65535
+_RECENT_PORTS = 4096  # how many recently returned ports one process will not return again
+_handed_out: collections.OrderedDict[int, None] = collections.OrderedDict()
+_port_rng = random.Random()  # seeded from os.urandom: other processes start elsewhere
+_port_lock = threading.Lock()
 
-    NB: the port is released before it is returned, so another process may take it first. Callers
-    that start servers on it should fail clearly (or retry with a new port) when it is taken.
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (inclusive)."""
+    try:
+        low, high = (int(x) for x in _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL
+    return low, high
+
+
+def listen_port_candidates(ephemeral: tuple[int, int] | None = None) -> list[range]:
+    """The port ranges :func:`free_port` picks from: ``_LOWEST_PORT``..65535 without the
+    ephemeral range, so that no outgoing connection can take a port while its server is down."""
+    low, high = ephemeral if ephemeral is not None else ephemeral_port_range()
+    ranges = [range(_LOWEST_PORT, min(low, _HIGHEST_PORT + 1)),
+              range(max(high + 1, _LOWEST_PORT), _HIGHEST_PORT + 1)]
+    ranges = [r for r in ranges if len(r) > 0]
+    return ranges or [range(_LOWEST_PORT, _HIGHEST_PORT + 1)]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` that was free a moment ago, outside the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` lies in the range it also uses for the local end
+    of outgoing connections: a server restarted on such a port (an etcd member, a node) can find
+    it taken by some client's connection ("address already in use"). Ports here are picked from
+    outside that range, at random, and not again among one process's next few thousand picks, so
+    a server that is down keeps its port. NB: the port is released before it is returned, so
+    another process may still take it first; callers that start servers on it should fail clearly
+    (or retry with a new port).
 
     Args:
         host: The address to bind to while picking the port.
 
     Returns:
         The port number.
+
+    Raises:
+        OSError: no port in the candidate ranges could be bound.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    ranges = listen_port_candidates()
+    total = sum(len(r) for r in ranges)
+    with _port_lock:
+        start = _port_rng.randrange(total)
+        for step in range(total):
+            index = (start + step) % total
+            for r in ranges:
+                if index < len(r):
+                    port = r[index]
+                    break
+                index -= len(r)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # No SO_REUSEADDR: a port with connections in TIME_WAIT is passed over too.
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _handed_out[port] = None
+            if len(_handed_out) > _RECENT_PORTS:
+                _handed_out.popitem(last=False)
+            return port
+    raise OSError(f"no free TCP port on {host} outside the ephemeral range")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
