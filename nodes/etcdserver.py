@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +56,29 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+
+
+_every_child_dies_with_parent = False
+
+
+def make_children_die_with_parent() -> None:
+    """From now on, every etcd server and node process this process starts from its main thread
+    dies with it (:func:`die_with_parent`), whatever its ``die_with_parent`` says. For test
+    harnesses and benchmarks: one killed by SIGKILL (or by a timeout's SIGTERM, which skips its
+    clean-up) then leaves no processes behind to load the machine for the next run."""
+    global _every_child_dies_with_parent
+    _every_child_dies_with_parent = True
+
+
+def child_preexec(wanted: bool) -> Callable[[], None] | None:
+    """The ``preexec_fn`` for a child that should die with this process when ``wanted`` (or
+    :func:`make_children_die_with_parent` was called): :func:`die_with_parent` when started
+    from the main thread, else None (Linux would kill the child when the *thread* that started
+    it ends, which for a restart from a worker thread is not this process's death)."""
+    if (wanted or _every_child_dies_with_parent) and \
+            threading.current_thread() is threading.main_thread():
+        return die_with_parent
+    return None
 
 
 class EtcdServerError(RuntimeError):
@@ -454,7 +478,7 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=die_with_parent if self.die_with_parent else None,
+                preexec_fn=child_preexec(self.die_with_parent),
             )
 
     def is_healthy(self, timeout_s: float = 1.0) -> bool:

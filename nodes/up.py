@@ -44,7 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nodes.etcdserver import (
     EtcdServer,
     EtcdServerError,
-    die_with_parent,
+    child_preexec,
     find_etcd_binary,
     free_port,
     port_is_free,
@@ -354,7 +354,7 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 env={**node_env(), **self.extra_env},
                 start_new_session=True,
-                preexec_fn=die_with_parent if self.die_with_parent else None,
+                preexec_fn=child_preexec(self.die_with_parent),
             )
 
     def health(self, timeout_s: float = 1.0) -> str:

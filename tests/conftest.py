@@ -13,6 +13,8 @@ Invariant: every process a fixture started is stopped in its teardown, pass or f
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
@@ -34,8 +36,16 @@ ENV_REQUIRE_FIXED_ETCD = "SHARDLESS_REQUIRE_FIXED_ETCD"
 """Set to 1 (CI does) to refuse to run the suite on an etcd with etcd-io/etcd#13766."""
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Choose the session's etcd binary once, before any test starts one."""
+    """Choose the session's etcd binary once, before any test starts one; and take SIGTERM (a
+    CI timeout, ``kill``) as Ctrl-C, so that the fixtures' teardowns stop their processes and
+    pytest reports what ran, instead of the process vanishing mid-test."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     chosen = pin_session_etcd()
     if (chosen is not None and chosen.chosen.has_crash_bug
             and os.environ.get(ENV_REQUIRE_FIXED_ETCD) == "1"):
