@@ -60,6 +60,7 @@ DEFAULT_MAX_CHANGES, MAX_CHANGES = 256, 10_000
 RECORDS_PER_READ = 256
 TAIL_RECORDS, TAIL_BATCH = 4096, 512  # the shared tail: records kept, read at once
 IDLE_S = 10.0  # the tail forgets what it holds after this long without a stream
+FAILED_WAIT_S = 1.0  # after a failed turn (streams read the log themselves meanwhile)
 HEARTBEAT_S = 1.0
 # A stream at the end of the log sends at most one message per MESSAGE_GAP_S: each message
 # costs the node a send and a thread's wake whatever it holds, and ten streams each sending
@@ -339,55 +340,66 @@ class LogTail:
         self._items.clear()
 
     def _run(self) -> None:
+        # Nothing may end this thread but stop(): the streams at the head take their changes
+        # from it alone, and would wait on a dead tail for ever (sending heartbeats).
         seen = self._committer.batches
         idle_since: float | None = None
         while True:
-            with self._cond:
-                if self._stopped:
-                    return
-                if self._users == 0:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since > IDLE_S:
-                        self._reset()
-                    self._cond.wait(1.0)
-                    continue
-                idle_since = None
-                schemas, nxt = self._schemas, self._next
-            mark = self._version() if self._version is not None else 0
             try:
-                with self._reads.read() as view:
-                    oldest, last, _ = view.log_bounds()
-                    if schemas is None:  # start at the end of the log
-                        schemas, nxt, records = Schemas(view.tables()), last + 1, []
-                    else:
-                        records = [commitlog.decode(keys.log(p), raw)
-                                   for p, raw in view.log_stored(nxt, TAIL_BATCH)] \
-                            if nxt <= last else []
-                decoded: Decoded = []
-                for r in records:
-                    changes = record_changes(r, schemas)
-                    decoded.append((r, changes, [None] * len(changes)))
-            except LogTruncated:  # idle long enough for the log to move past it: start over
-                with self._cond:
-                    self._reset()
-                continue
+                step = self._step(seen, idle_since)
             except Exception as e:  # a failing read (volume, barrier): streams read themselves
                 log.warning("log tail: %s", e)
                 with self._cond:
                     self._reset()
-                    self._cond.wait(1.0)
+                    self._cond.wait(FAILED_WAIT_S)
                 continue
+            if step is None:
+                return
+            seen, idle_since = step
+
+    def _step(self, seen: int, idle_since: float | None) -> tuple[int, float | None] | None:
+        """One turn of the thread: follow the log once (or wait while no stream uses it).
+        Returns the committer's batch count and since when the tail is idle; None: stopped."""
+        with self._cond:
+            if self._stopped:
+                return None
+            if self._users == 0:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > IDLE_S:
+                    self._reset()
+                self._cond.wait(1.0)
+                return seen, idle_since
+            schemas, nxt = self._schemas, self._next
+        mark = self._version() if self._version is not None else 0
+        try:
+            with self._reads.read() as view:
+                oldest, last, _ = view.log_bounds()
+                if schemas is None:  # start at the end of the log
+                    schemas, nxt, records = Schemas(view.tables()), last + 1, []
+                else:
+                    records = [commitlog.decode(keys.log(p), raw)
+                               for p, raw in view.log_stored(nxt, TAIL_BATCH)] \
+                        if nxt <= last else []
+            decoded: Decoded = []
+            for r in records:
+                changes = record_changes(r, schemas)
+                decoded.append((r, changes, [None] * len(changes)))
+        except LogTruncated:  # idle long enough for the log to move past it: start over
             with self._cond:
-                if self._schemas is None and schemas is not None and nxt == last + 1:
-                    self._schemas = schemas
-                self._items.extend(decoded)
-                while len(self._items) > self._keep:
-                    self._items.popleft()
-                self._next = decoded[-1][0].position + 1 if decoded else nxt
-                self._bounds = (oldest, last)
-                self._cond.notify_all()
-            if not records:
-                seen = wait_new(self._committer, self._version, seen, mark, POLL_S)
+                self._reset()
+            return seen, None
+        with self._cond:
+            if self._schemas is None and schemas is not None and nxt == last + 1:
+                self._schemas = schemas
+            self._items.extend(decoded)
+            while len(self._items) > self._keep:
+                self._items.popleft()
+            self._next = decoded[-1][0].position + 1 if decoded else nxt
+            self._bounds = (oldest, last)
+            self._cond.notify_all()
+        if not records:
+            seen = wait_new(self._committer, self._version, seen, mark, POLL_S)
+        return seen, None
 
 
 def add_change_service(servicer: ChangeService, server: grpc.Server) -> None:

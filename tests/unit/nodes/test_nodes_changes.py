@@ -9,9 +9,13 @@ import time
 
 import pytest
 
-from nodes.changes import _change, change_wire, wait_new, watch_message
+from nodes import changes
+from nodes.changes import LogTail, _change, change_wire, wait_new, watch_message
 from shardless.v1 import services_pb2 as api
+from storage import Change, Column, Schema, Store
 from storage.changes import DELETE_ROW, PUT_ROW, RowChange
+from storage.keycode import encode
+from storage.memory import MemoryEngine
 
 
 class _Committer:
@@ -97,3 +101,61 @@ def test_a_heartbeat_without_changes_decodes_to_its_positions_only() -> None:
     got = api.WatchResponse.FromString(watch_message(b"", 41, 2, 41))
     assert (list(got.changes), got.position, got.oldest_position, got.last_position) == \
         ([], 41, 2, 41)
+
+
+# --- the node's shared log tail, on a real store (the memory engine) ---
+
+def _store_with_table() -> Store:
+    store = Store(MemoryEngine())
+    with store.write() as w:
+        w.create_table(Schema.build("t", [Column("id", "int64"), Column("v", "string")], ["id"]))
+        w.append_log(ts=1.0, node="n", changes=[Change("t", "create_table", ())])
+    return store
+
+
+def _put(store: Store, key: int) -> int:
+    with store.write() as w:
+        t = w.table("t")
+        position = w.next_position()
+        w.put(t, encode((key,)), position, [key, "x"])
+        w.append_log(ts=1.0, node="n", changes=[Change("t", "put", (key,))])
+    return position
+
+
+def _follow(tail: LogTail, position: int, timeout_s: float = 5.0) -> list[int]:
+    """Positions the tail holds from ``position`` on, once it holds any (or [])."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = tail.since(position, 0.05)
+        if got and got[0]:
+            return [r.position for r, _, _ in got[0]]
+    return []
+
+
+def test_the_log_tail_holds_new_commits_and_outlives_a_failing_version_read(monkeypatch) -> None:
+    monkeypatch.setattr(changes, "FAILED_WAIT_S", 0.05)
+    store, committer = _store_with_table(), _Committer()
+    failures = {"left": 0}
+
+    def version() -> int:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("volume went away for a moment")
+        return store.version()
+
+    tail = LogTail(store, committer, version=version)
+    tail.acquire()
+    try:
+        deadline = time.monotonic() + 5
+        while tail.since(10**9, 0.01) is None:  # started: it holds the end of the log
+            assert time.monotonic() < deadline, "the tail never started"
+        first = _put(store, 1)
+        assert _follow(tail, first) == [first]
+        failures["left"] = 3  # the next turns fail: the thread must go on
+        time.sleep(0.3)
+        assert failures["left"] == 0
+        second = _put(store, 2)
+        assert second in _follow(tail, second)
+    finally:
+        tail.release()
+        tail.stop()
