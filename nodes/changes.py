@@ -1,8 +1,9 @@
 """The change stream: ``ChangeService`` (Watch, Hold, Release) and the retention holds.
 
 Owns: serving a table's committed changes in log order (``storage/changes.py`` turns records
-into changes), and the holds that keep the commit log for consumers. docs/changes.md is the
-user's account.
+into changes), on a primary node or over a copy of the volume (a replica, a read-only node:
+``ChangeService.on_copy``), and the holds that keep the commit log for consumers.
+docs/changes.md is the user's account.
 
 Watch reads the log one snapshot per message (the records before a position never change, and
 a long snapshot would pin the pages truncation frees), through the node's read barrier, so it
@@ -96,10 +97,30 @@ def needed_by_holds(holds: Sequence[tuple[str, int]]) -> int | None:
 
 
 class ChangeService(rpc.ChangeServiceServicer):
-    """Watch, Hold and Release on a node of the primary."""
+    """Watch, Hold and Release on a node of the primary; or Watch alone on a copy of the volume
+    (a replica, a read-only node on a replica's volume: :meth:`on_copy`), where Hold and
+    Release are refused naming a primary node, as writes are."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, wakeup: Any = None,
+                 version: Callable[[], int] | None = None, refuse: Any = None) -> None:
         self.node = node
+        self._wakeup, self._version, self._refuse = wakeup, version, refuse
+
+    @classmethod
+    def on_copy(cls, face: Any, source: Any) -> ChangeService:
+        """Watch over ``face`` (``nodes/readface.py``: its reads are the copy's, at its
+        position), for a process that keeps a copy (``source``: a ``ReadSource``). The copy's
+        own commits say when it moved: its version, looked at every CHANGE_POLL_S (the copy is
+        written by the replica's process); ``source.wait_applied`` wakes the wait sooner where
+        it can (in the replica's own process)."""
+
+        def version() -> int:
+            store = source.serving_store
+            if store is None:
+                return 0  # no copy to read: the stream's next read says so (UNAVAILABLE)
+            return int(store.version())
+
+        return cls(face, wakeup=CopyWakeup(source), version=version, refuse=face.committer)
 
     @stream
     def Watch(self, request: api.WatchRequest, context: grpc.ServicerContext
@@ -110,7 +131,8 @@ class ChangeService(rpc.ChangeServiceServicer):
         if not request.table:
             raise InvalidInput("table is required")
         node = self.node
-        reads, committer = node.reads, node.committer
+        reads = node.reads
+        committer = self._wakeup if self._wakeup is not None else node.committer
         with reads.read() as view:
             oldest, last, _ = view.log_bounds()
             current = view.tables()
@@ -136,7 +158,9 @@ class ChangeService(rpc.ChangeServiceServicer):
                 return True
             return (lo is None or c.encoded_key >= lo) and (hi is None or c.encoded_key < hi)
 
-        version = node.store.version if node.store is not None else None
+        version = self._version
+        if version is None and self._wakeup is None and node.store is not None:
+            version = node.store.version
         seen, quiet_since, mark = committer.batches, time.monotonic(), 0
         # The message being built: its changes, encoded; the last commit it holds whole.
         out, count, upto = bytearray(), 0, 0
@@ -190,6 +214,8 @@ class ChangeService(rpc.ChangeServiceServicer):
         name = request.name
         if not name or "/" in name or not name.isprintable() or len(name) > 200:
             raise InvalidInput("name must be 1 to 200 printable characters without '/'")
+        if self._refuse is not None:  # on a copy: holds are the primary's (its log)
+            self._refuse.hold()
         ttl = request.ttl_seconds or DEFAULT_HOLD_TTL_S
         if not 1 <= ttl <= MAX_HOLD_TTL_S:
             raise InvalidInput(f"ttl_seconds must be between 1 and {MAX_HOLD_TTL_S:g}")
@@ -217,10 +243,27 @@ class ChangeService(rpc.ChangeServiceServicer):
     @unary
     def Release(self, request: api.ReleaseRequest, context: grpc.ServicerContext
                 ) -> api.ReleaseResponse:
+        if self._refuse is not None:
+            self._refuse.release()
         node = self.node
         assert node.etcd is not None
         key = holds_prefix(node.cfg.cluster) + request.name.encode()
         return api.ReleaseResponse(released=node.etcd.delete(key))
+
+
+class CopyWakeup:
+    """What a stream on a copy of the volume waits on instead of a committer (it has none):
+    ``batches`` never moves, so ``wait_new`` ends on the copy's version; each wait is the
+    source's ``wait_applied``, which ends early when this process applies (a replica)."""
+
+    batches = 0
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+
+    def wait_for_commit(self, seen: int, timeout_s: float) -> int:
+        self._source.wait_applied(timeout_s)
+        return 0
 
 
 # Records with their changes, and each change's encoding in a WatchResponse (``change_wire``),

@@ -40,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lockmgr import EtcdClient, EtcdUnavailable, Session, SessionExpired
 from nodes import server as server_mod
+from nodes.changes import ChangeService, add_change_service
 from nodes.commit import Unavailable
 from nodes.config import NodeConfig
 from nodes.epoch import PRIMARY, read_epoch
@@ -131,6 +132,7 @@ class ReaderNode:
         rpc.add_TableServiceServicer_to_server(server_mod.TableService(self.face), server)  # type: ignore[arg-type]
         rpc.add_TransactionServiceServicer_to_server(  # type: ignore[arg-type]
             server_mod.TransactionService(self.face), server)  # type: ignore[arg-type]
+        add_change_service(ChangeService.on_copy(self.face, self), server)
         try:
             self.port = cfg.security.add_port(server, cfg.listen)
         except RuntimeError as e:

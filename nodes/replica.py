@@ -58,6 +58,7 @@ from lockmgr import (
 )
 from nodes import promotion
 from nodes import server as server_mod
+from nodes.changes import ChangeService, add_change_service
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
 from nodes.limits import Limits
 from nodes.membership import MemberInfo, members_prefix, read_members
@@ -211,6 +212,7 @@ class Replica:
         rpc.add_TableServiceServicer_to_server(server_mod.TableService(face), server)  # type: ignore[arg-type]
         rpc.add_TransactionServiceServicer_to_server(server_mod.TransactionService(face),  # type: ignore[arg-type]
                                                      server)
+        add_change_service(ChangeService.on_copy(face, self), server)
         try:
             self.port = cfg.security.add_port(server, cfg.listen)
         except RuntimeError as e:

@@ -68,9 +68,19 @@ def test_a_node_on_a_replicas_volume_reads_at_its_position_refuses_writes_and_ta
                      timeout=1.5)
         assert e.value.code() in (grpc.StatusCode.UNAVAILABLE,
                                   grpc.StatusCode.DEADLINE_EXCEEDED), e.value
+        # The change stream at the copy's position (the helper's watch, on b1 alone): the
+        # write above, then one made after the stream began, as the replica applies it.
+        with connect([b.address], refresh_s=None) as reader, \
+                reader.watch("t", position=pos) as w:
+            it = iter(w)
+            c = next(it)
+            assert (c.position, c.kind, c.key, c.row["v"]) == (pos, "put", (100,), "new")
+            later = db.upsert("t", {"id": 101, "v": "later"})
+            c = next(it)
+            assert (c.position, c.kind, c.key, c.row["v"]) == (later, "put", (101,), "later")
         # Scans and read-only transactions see the copy.
         with connect([b.address], refresh_s=None) as reader:
-            assert {row["id"] for row in reader.scan("t")} == {*range(10), 100}
+            assert {row["id"] for row in reader.scan("t")} == {*range(10), 100, 101}
             t = reader.begin(read_only=True)
             assert t.get("t", 3)["v"] == "a3"
             t.commit()

@@ -440,3 +440,84 @@ def test_a_frozen_node_does_not_stall_a_sync_replica(
     assert "reading elsewhere" in r.log_tail(200)
     others.close()
     db.close()
+
+
+def _watched(address: str, request: api.WatchRequest, upto: int, timeout_s: float = 30
+             ) -> list[tuple[int, int, int, bytes]]:
+    """Every change a Watch on ``address`` sends until it has delivered ``upto``: (position,
+    index, kind, the change's bytes without its table-independent parts)."""
+    got = []
+    with grpc.insecure_channel(address) as ch:
+        call = rpc.ChangeServiceStub(ch).Watch(request, timeout=timeout_s)
+        for m in call:
+            got += [(c.position, c.index, c.kind, c.SerializeToString()) for c in m.changes]
+            if m.position >= upto:
+                call.cancel()
+                break
+    return got
+
+
+def test_a_replica_serves_the_change_stream_at_its_position(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    """Watch on a replica's own address gives the same changes as on a primary node, from any
+    place, and follows new commits as it applies them; Hold and Release there are refused
+    naming a primary node (the holds keep the primary's log)."""
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    db.upsert("t", [{"id": -1, "v": "before the copy"}])
+    r = start_replica(cluster, replicas, tmp_path, "r1")
+    r.wait_serving(60)
+    copied = db.status().commit_position
+    first = db.upsert("t", [{"id": 0, "v": "a"}])
+    for i in range(1, 30):
+        db.upsert("t", [{"id": i, "v": f"v{i}"}, {"id": i + 100, "v": "w"}])
+    db.delete("t", [5])
+    last = db.status().commit_position
+    # A replica's log begins after its copy: older places are not there (OUT_OF_RANGE names
+    # the oldest it holds), as for any place the log no longer holds.
+    with pytest.raises(grpc.RpcError) as gone:
+        _watched(r.address, api.WatchRequest(table="t", start_position=1), last)
+    assert gone.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "oldest position held" in (gone.value.details() or "")
+    assert first > copied
+    request = api.WatchRequest(table="t", start_position=first, start_index=0)
+    on_primary = _watched(cluster.addresses[1], request, last)
+    assert len(on_primary) == 1 + 29 * 2 + 1
+    wait_for(lambda: replica_info(cluster, "r1") is not None
+             and replica_info(cluster, "r1").position >= last, 30, message="r1 caught up")  # type: ignore[union-attr]
+    assert _watched(r.address, request, last) == on_primary
+    # From the middle of a commit, as on a primary node.
+    mid = api.WatchRequest(table="t", start_position=first + 3, start_index=1)
+    assert _watched(r.address, mid, last) == _watched(cluster.addresses[0], mid, last)
+    # Following: commits made after the stream began arrive, in order, once.
+    got: list[tuple[int, int, int, bytes]] = []
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            got.extend(_watched(r.address, api.WatchRequest(table="t", start_position=last + 1),
+                                last + 20))
+        except BaseException as e:  # recorded: asserted below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    positions = [db.upsert("t", [{"id": 1000 + i, "v": "n"}]) for i in range(25)]
+    assert done.wait(30) and not errors, errors
+    t.join(5)
+    # Every commit up to last + 20 came, in order, once (a message may hold more after it).
+    assert [g[0] for g in got] == positions[:len(got)]
+    assert len(got) >= len([p for p in positions if p <= last + 20])
+    with grpc.insecure_channel(r.address) as ch:
+        changes = rpc.ChangeServiceStub(ch)
+        for call in (lambda: changes.Hold(api.HoldRequest(name="h", position=first), timeout=10),
+                     lambda: changes.Release(api.ReleaseRequest(name="h"), timeout=10)):
+            with pytest.raises(grpc.RpcError) as no:
+                call()
+            assert no.value.code() == grpc.StatusCode.FAILED_PRECONDITION, no.value.details()
+            assert "serves reads only" in (no.value.details() or "")
+            assert any(a in (no.value.details() or "") for a in cluster.addresses)
+    db.close()
