@@ -103,10 +103,29 @@ def _admin_etcd(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 
+def _add_log_retention_args(p: argparse.ArgumentParser, whose: str) -> None:
+    from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
+
+    p.add_argument("--log-keep", type=float, default=DEFAULT_KEEP_S, metavar="SECONDS",
+                   help=f"commit-log records younger than this are always kept ({whose}; "
+                        "see docs/operations.md, 'The commit log')")
+    p.add_argument("--log-max-mb", type=float, default=DEFAULT_MAX_BYTES / (1 << 20),
+                   help="the commit log's size bound: past it the oldest records go even if "
+                        "a replica or consumer still needs them")
+    p.add_argument("--log-max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+                   help="no commit-log record is kept longer than this")
+
+
+def _retention(args: argparse.Namespace) -> Any:
+    from storage import Retention
+
+    return Retention(keep_s=args.log_keep, max_bytes=int(args.log_max_mb * (1 << 20)),
+                     max_age_s=args.log_max_age)
+
+
 def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from lockmgr import DEFAULT_ESCALATE_AFTER
     from nodes import heap, limits
-    from storage.retention import DEFAULT_KEEP_S, DEFAULT_MAX_AGE_S, DEFAULT_MAX_BYTES
 
     p = sub.add_parser("node", help="run one node")
     _add_process_args(p, volume="the shared volume directory",
@@ -124,14 +143,7 @@ def _add_node(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="row locks of one page a transaction holds before its next row there "
                         f"locks the page instead (default {DEFAULT_ESCALATE_AFTER}; an int64 "
                         "page holds 64 keys, so keep it below 64 for escalation to happen)")
-    p.add_argument("--log-keep", type=float, default=DEFAULT_KEEP_S, metavar="SECONDS",
-                   help="commit-log records younger than this are always kept (the leader's "
-                        "setting applies; see docs/operations.md, 'The commit log')")
-    p.add_argument("--log-max-mb", type=float, default=DEFAULT_MAX_BYTES / (1 << 20),
-                   help="the commit log's size bound: past it the oldest records go even if "
-                        "a replica or consumer still needs them")
-    p.add_argument("--log-max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
-                   help="no commit-log record is kept longer than this")
+    _add_log_retention_args(p, "the leader's setting applies")
     p.add_argument("--sync-policy", choices=("demote", "strict"), default="demote",
                    help="when a synchronous replica does not hold a commit within "
                         "--sync-timeout: demote it to asynchronous (status says so) and go "
@@ -172,7 +184,6 @@ def _run_node(args: argparse.Namespace) -> int:
     from nodes.epoch import Superseded
     from nodes.node import Node
     from nodes.reader import ReaderNode, is_replica_volume
-    from storage import Retention
 
     log.info("%s", heap.cap_arenas(args.malloc_arenas))  # before any thread of the node starts
     try:
@@ -188,9 +199,7 @@ def _run_node(args: argparse.Namespace) -> int:
                          trim_memory=not args.no_trim_memory,
                          limits=limits.from_arguments(args), security=_security(args),
                          metrics_listen=args.metrics_listen,
-                         log_retention=Retention(keep_s=args.log_keep,
-                                                 max_bytes=int(args.log_max_mb * (1 << 20)),
-                                                 max_age_s=args.log_max_age))
+                         log_retention=_retention(args))
         if args.processes < 1:
             raise ValueError("--processes must be at least 1")
         if args.processes > 1:
@@ -255,6 +264,8 @@ def _add_replica(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--promote-after", type=float, default=1.0, metavar="SECONDS",
                    help="how long no node of the primary answers before a synchronous "
                         "replica promotes itself")
+    _add_log_retention_args(p, "of the replica's own copy, which also keeps what the other "
+                               "replicas and the retention holds need, as the primary does")
     p.set_defaults(func=_run_replica)
 
 
@@ -273,7 +284,7 @@ def _run_replica(args: argparse.Namespace) -> int:
             replica_id=args.replica_id, cluster=args.cluster, ttl_s=math.ceil(args.ttl),
             etcd_timeout_s=args.etcd_timeout, map_size=args.map_size,
             auto_promote=not args.no_auto_promote, promote_after_s=args.promote_after,
-            security=_security(args)))
+            security=_security(args), log_retention=_retention(args)))
     except ValueError as e:
         print(f"shardless replica: {e}", file=sys.stderr)
         return 2
@@ -288,7 +299,7 @@ def _run_replica(args: argparse.Namespace) -> int:
     node = Node(NodeConfig(etcd=rc.etcd, volume=rc.volume, listen=rc.listen,
                            node_id=rc.replica_id, cluster=rc.cluster, ttl_s=rc.ttl_s,
                            etcd_timeout_s=rc.etcd_timeout_s, map_size=rc.map_size,
-                           security=rc.security))
+                           security=rc.security, log_retention=rc.log_retention))
     return _serve(node, "leaving the cluster", (EtcdUnavailable, RuntimeError, Superseded))
 
 

@@ -58,7 +58,7 @@ from lockmgr import (
 )
 from nodes import promotion
 from nodes import server as server_mod
-from nodes.changes import ChangeService, add_change_service
+from nodes.changes import ChangeService, add_change_service, needed_by_holds, read_holds
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
 from nodes.limits import Limits
 from nodes.membership import MemberInfo, members_prefix, read_members
@@ -69,6 +69,8 @@ from nodes.replication import (
     MODES,
     SYNC,
     ReplicaRecord,
+    needed_from,
+    read_replicas,
     replica_key,
     seen_prefix,
     sync_entry,
@@ -79,8 +81,16 @@ from nodes.security import INSECURE, AuthGuard, Authority, Security
 from nodes.status import DecodeGuard
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
-from storage import DEFAULT_MAP_SIZE, REPLICA, Identity, Store, open_volume
+from storage import (
+    DEFAULT_MAP_SIZE,
+    REPLICA,
+    Identity,
+    Retention,
+    Store,
+    open_volume,
+)
 from storage import PRIMARY as PRIMARY_ROLE
+from storage.retention import DEFAULT_RETENTION
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +99,8 @@ SYNC_CHECK_S = 1.0
 JOIN_CHECK_S = 0.1
 DEFAULT_PROMOTE_AFTER_S = 1.0
 MEMBERS_S = 1.0
+TRIM_S = 1.0  # how often the replica trims its copy's log (as the leader does the primary's)
+TRIM_BATCH, TRIM_ROUNDS = 2000, 5
 UPKEEP_S = 0.05  # how often the upkeep thread looks at the record and the synchronous set
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
@@ -121,6 +133,7 @@ class ReplicaConfig:
     auto_promote: bool = True  # sync mode: promote itself when the primary is lost
     promote_after_s: float = DEFAULT_PROMOTE_AFTER_S
     security: Security = INSECURE  # TLS of its port, its calls and etcd (nodes/security.py)
+    log_retention: Retention = DEFAULT_RETENTION  # of its own copy's log (``_trim_log``)
 
     def validated(self) -> ReplicaConfig:
         """Check the settings; fill in the replica id from the listen address if empty.
@@ -138,6 +151,7 @@ class ReplicaConfig:
             raise ValueError("--volume is required")
         check_timing(self.ttl_s, self.ttl_s / 6, self.etcd_timeout_s, self.ttl_s / 3)
         self.security.validated()
+        self.log_retention.validated()
         if self.promote_after_s <= 0:
             raise ValueError("--promote-after must be positive")
         rid = self.replica_id or f"replica-{socket.gethostname()}-{port}"
@@ -169,6 +183,8 @@ class Replica:
         self._sync_checked = 0.0
         self._addresses: list[str] = []
         self._members_at = 0.0
+        self._trimmed_at = 0.0
+        self.trimmed = 0  # commit-log records this replica removed from its copy (its log)
         self._reporters: dict[str, _Reporter] = {}
         self._applied = threading.Condition()
         self._avoid = ""  # a node whose stream stalled: not the next one picked
@@ -686,12 +702,43 @@ class Replica:
                 self._publish(force=self.caught_up != self._published[1])
                 if time.monotonic() - self._members_at > MEMBERS_S:
                     self._refresh_addresses()
+                if time.monotonic() - self._trimmed_at > TRIM_S:
+                    self._trim_log()
             except (EtcdUnavailable, SessionExpired) as e:
                 log.warning("replica %s: %s", self.cfg.replica_id, _describe(e))
                 done.wait(RETRY_S)
             except Exception:  # the thread must survive anything
                 log.exception("replica %s: upkeep failed", self.cfg.replica_id)
                 done.wait(RETRY_S)
+
+    def _trim_log(self) -> None:
+        """Keep the copy's log in its bounds, as the primary's leader keeps the primary's
+        (``nodes/leader.py``): what the other replicas and the retention holds still need
+        stays (a promotion makes this log theirs), within ``--log-max-mb`` and
+        ``--log-max-age``. Without it a replica's volume would grow by every commit for ever.
+
+        Raises:
+            EtcdUnavailable: etcd did not answer (nothing was removed).
+        """
+        self._trimmed_at = time.monotonic()
+        store, cluster = self.store, self.cfg.cluster
+        if store is None or self.etcd is None:
+            return
+        others = [r for r in read_replicas(self.etcd, cluster)
+                  if r.replica_id != self.cfg.replica_id]
+        needed = min((p for p in (needed_from(others), needed_by_holds(read_holds(self.etcd,
+                                                                                  cluster)))
+                      if p is not None), default=None)
+        for _ in range(TRIM_ROUNDS):
+            cut = store.trim_log(self.cfg.log_retention, now=time.time(), needed_from=needed,
+                                 limit=TRIM_BATCH)
+            self.trimmed += cut.records
+            if cut.forced:
+                log.warning("replica %s: its log passed its bounds: records before %d went "
+                            "although a replica or a hold still needed them",
+                            self.cfg.replica_id, cut.before)
+            if cut.records < TRIM_BATCH:
+                return
 
     def _refresh_addresses(self) -> None:
         """The addresses of the primary's nodes, which ``_report`` tells.

@@ -521,3 +521,58 @@ def test_a_replica_serves_the_change_stream_at_its_position(
             assert "serves reads only" in (no.value.details() or "")
             assert any(a in (no.value.details() or "") for a in cluster.addresses)
     db.close()
+
+
+def _log_bounds(volume: Path) -> tuple[int, int]:
+    store = open_volume(str(volume), map_size=1 << 30)
+    try:
+        with store.read() as view:
+            oldest, last, _ = view.log_bounds()
+            return oldest, last
+    finally:
+        store.close()
+
+
+def test_a_replica_keeps_its_log_in_bounds_and_what_a_hold_needs(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    """A replica trims its own copy's log by its retention settings (here --log-keep 0: every
+    record may go at once), except what a retention hold still needs; released, that goes too,
+    and the replica follows on. Without it a replica's volume grows by every commit for ever."""
+    from nodes.etcdserver import free_port
+
+    db = connect(cluster.addresses, refresh_s=None)
+    db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+    r = ReplicaProcess("r1", mode="async", etcd=cluster.etcd_endpoints,
+                       volume=tmp_path / "r1" / "volume", port=free_port(),
+                       log_path=tmp_path / "r1" / "replica.log", ttl_s=3,
+                       extra_args=("--log-keep", "0"))
+    replicas.append(r)
+    r.start()
+    r.wait_serving(60)
+    for i in range(5):  # before the hold: free to go
+        db.upsert("t", [{"id": -i, "v": "early"}])
+    held = db.status().commit_position + 1
+    with grpc.insecure_channel(cluster.addresses[0]) as ch:
+        holds = rpc.ChangeServiceStub(ch)
+        holds.Hold(api.HoldRequest(name="keep", position=held, ttl_seconds=60), timeout=10)
+        last = 0
+        for i in range(40):
+            last = db.upsert("t", [{"id": i, "v": "x" * 200}])
+        wait_for(lambda: _log_bounds(r.volume)[1] >= last, 30, message="r1 caught up")
+        # Trimmed up to the hold, not past it.
+        wait_for(lambda: _log_bounds(r.volume)[0] == held, 30,
+                 message=f"r1's log to start at the held position {held}")
+        time.sleep(1.5)  # another trim round or two: the hold still keeps it
+        assert _log_bounds(r.volume)[0] == held
+        assert _watched(r.address, api.WatchRequest(table="t", start_position=held), last)
+        holds.Release(api.ReleaseRequest(name="keep"), timeout=10)
+    wait_for(lambda: _log_bounds(r.volume)[0] > held, 30,
+             message="r1's log trimmed past the released hold")
+    more = db.upsert("t", [{"id": 1000, "v": "after"}])
+    wait_for(lambda: _log_bounds(r.volume)[1] >= more, 30, message="r1 follows on")
+    assert db.status().commit_position >= more
+    # The primary keeps its own log by its own settings (here the defaults: 600 s).
+    with grpc.insecure_channel(cluster.addresses[1]) as ch:
+        assert _watched(cluster.addresses[1], api.WatchRequest(table="t", start_position=held),
+                        last)
+    db.close()
