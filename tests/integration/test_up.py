@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -140,6 +141,17 @@ def test_shardless_up_with_a_replica_shows_it_following(tmp_path: Path) -> None:
             assert replica.replica_id == "replica-1" and replica.address == f"127.0.0.1:{base + 1}"
             assert replica.position >= position and replica.lag_positions == 0
             pids = [m.pid for m in db.status().members]
+        # The change stream on the replica, under the same authentication as its reads.
+        creds = _credentials(lines)
+        with connect([replica.address], credentials=creds, refresh_s=None) as on_replica, \
+                on_replica.watch("t", position=position) as w:
+            c = next(iter(w))
+            assert (c.position, c.kind, c.key) == (position, "put", (1,))
+        anonymous = dataclasses.replace(creds, token="")
+        with connect([replica.address], credentials=anonymous, refresh_s=None,
+                     attempts=1) as nobody, pytest.raises(grpc.RpcError) as refused:
+            next(iter(nobody.watch("t", position=position)))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(lines)
         wait_for(lambda: not any(_pid_alive(p) for p in pids), 10, message="nodes to exit")
