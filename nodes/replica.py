@@ -196,7 +196,7 @@ class Replica:
         self._epoch_cancel: Any = None
         self._stream: Any = None
         self._join = ""
-        self._join_head = 0
+        self._join_head: int | None = None  # H of this join, once asked (it may be 0)
         self._last_heard = time.monotonic()
         self._face: ReadFace | None = None
         self._upkeep_wake = threading.Event()
@@ -832,7 +832,7 @@ class Replica:
         state, join = sync_entry(kv.value) if kv is not None else ("", "")
         if kv is None or state == DEMOTED:
             self._publish(force=True)  # the position first: nodes then wait for no stale one
-            self._join, self._join_head = uuid.uuid4().hex[:12], 0
+            self._join, self._join_head = uuid.uuid4().hex[:12], None
             self.etcd.put(key, sync_value(JOINING, self.cfg.replica_id, self._join))
             self._sync_state = JOINING
             log.info("replica %s is joining the synchronous set at position %d%s",
@@ -843,9 +843,9 @@ class Replica:
             self._sync_state = state
             return
         if join != self._join:  # a join an earlier life of this replica began
-            self._join, self._join_head = join, 0
+            self._join, self._join_head = join, None
         self._sync_state = JOINING
-        if not self._join_head:
+        if self._join_head is None:
             if self._every_node_waits(join):
                 self._join_head = self._primary_head()
             return
@@ -879,18 +879,18 @@ class Replica:
                 return False
         return True
 
-    def _primary_head(self) -> int:
-        """The last position of the primary's volume, asked of one of its nodes now (0 if
-        none answers)."""
+    def _primary_head(self) -> int | None:
+        """The last position of the primary's volume, asked of one of its nodes now (None if
+        none answers; 0 for a volume without commits, which an empty copy holds)."""
         for m in self._primary_members():
             try:
                 with self._open(m.address) as ch:
                     st = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True),
                                                            timeout=REPORT_TIMEOUT_S)
-                return max(1, int(st.commit_position))
+                return int(st.commit_position)
             except grpc.RpcError:
                 continue
-        return 0
+        return None
 
     def _report(self) -> None:
         """Tell every node of the primary the position now held, without waiting: one stream

@@ -576,3 +576,20 @@ def test_a_replica_keeps_its_log_in_bounds_and_what_a_hold_needs(
         assert _watched(cluster.addresses[1], api.WatchRequest(table="t", start_position=held),
                         last)
     db.close()
+
+
+def test_a_sync_replica_of_an_empty_volume_joins_without_waiting_for_a_commit(
+        cluster: Cluster, replicas: list[ReplicaProcess], tmp_path: Path) -> None:
+    """A new cluster with a synchronous replica: before any commit the replica holds all there
+    is (position 0), so it is in the synchronous set (and may be promoted) at once; it used to
+    stay ``joining`` until the first commit, so a primary lost before one had no failover."""
+    assert status(cluster).commit_position == 0
+    start_replica(cluster, replicas, tmp_path, "s1", mode="sync").wait_serving(60)
+    wait_for(lambda: (replica_info(cluster, "s1") or api.ReplicaInfo()).sync_state == "sync",
+             20, message=lambda: f"s1 in the synchronous set: {replica_info(cluster, 's1')}")
+    assert status(cluster).commit_position == 0  # nothing committed meanwhile
+    with connect(cluster.addresses, refresh_s=None) as db:
+        db.create_table("t", {"id": "int64", "v": "string"}, primary_key="id")
+        position = db.upsert("t", [{"id": 1, "v": "a"}])
+    info = replica_info(cluster, "s1")
+    assert info is not None and info.sync_state == "sync" and info.position >= position
