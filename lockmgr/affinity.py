@@ -281,6 +281,9 @@ class TableCaches:
                 except (EtcdUnavailable, SessionExpired) as e:
                     # A cache entry left behind goes with the session lease at the latest.
                     log.warning("table cache upkeep failed: %s", e)
+                except Exception as e:  # nothing but close() may end this thread: a cache
+                    # entry it never deleted would hold up every strong lock on its table
+                    log.warning("table cache upkeep failed: %r", e)
 
     def close(self) -> None:
         """Run what is queued, then stop the worker."""

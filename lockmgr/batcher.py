@@ -20,6 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -32,6 +33,8 @@ from lockmgr.errors import EtcdUnavailable
 from lockmgr.etcd import EtcdClient, KeyValue
 
 ANSWER_WAIT_S = 60.0
+
+log = logging.getLogger(__name__)
 
 Reads = dict[str, list[KeyValue]]
 """What an etcd transaction read: every key under each resource name asked for."""
@@ -108,7 +111,17 @@ class Batcher:
                 if not self._waiting:
                     return
                 batch, self._waiting = self._take(self._waiting)
-            self._send(batch)
+            try:
+                self._send(batch)
+            except Exception as e:  # a bug, a malformed answer: fail the batch, go on
+                # Nothing but close() may end this thread: every later lock request of the
+                # process would wait on a dead batcher (and fail) for as long as it runs.
+                log.warning("lock batcher: a batch failed: %r", e)
+                failure = EtcdUnavailable(f"the lock batch failed ({e!r}); its entries may "
+                                          f"or may not have been put")
+                for ask in batch:
+                    if not ask.future.done():
+                        ask.future.set_exception(failure)
 
     def _take(self, waiting: list[_Ask]) -> tuple[list[_Ask], list[_Ask]]:
         """The asks that go together now, and those left for later (in arrival order)."""

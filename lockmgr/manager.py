@@ -460,7 +460,9 @@ class LockManager:
             try:
                 self._delete_all(keys)
                 return
-            except (EtcdUnavailable, SessionExpired) as e:
+            except Exception as e:  # etcd away, or anything else: the keys must still go
+                # (nothing but close() may end this thread: locks never released would hold
+                # up every other transaction for as long as the session lives).
                 log.warning("releasing %d lock keys failed (%s); retrying", len(keys), e)
                 if self._stop.wait(delay):
                     return

@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -873,7 +873,26 @@ class GroupCommitter:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as e:  # a bug, or a hook (admit, confirm, the sync gate) failing
+                self._fail_unanswered(batch, e)
+
+    @staticmethod
+    def _fail_unanswered(batch: list[_Pending], e: Exception) -> None:
+        """A batch's turn failed outside the handling of its write transaction: answer what
+        it left unanswered (the outcome unknown: the failure may have come after the commit)
+        and go on, since nothing but ``close()`` may end the committer's thread: every later
+        commit of the node would wait on a dead one for ever."""
+        log.warning("group commit: a batch failed: %r", e)
+        failure = CommitTimeout(f"the commit failed in the group committer ({e!r}); it may or "
+                                f"may not have been applied")
+        for p in batch:
+            if not p.future.done():
+                try:
+                    p.future.set_exception(failure)
+                except InvalidStateError:  # answered meanwhile (by the sync gate)
+                    pass
 
     def _may_go_lock_free(self, view: ReadView, p: _Pending) -> bool:
         """For a request without locks: whether it may be planned now (see the module

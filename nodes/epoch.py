@@ -239,6 +239,9 @@ class EpochGuard:
                 self.refresh()
             except (EtcdUnavailable, ValueError):
                 continue
+            except Exception as e:  # nothing but close() may end this thread: a promotion
+                # whose watch event was missed would then never stop this node committing
+                log.warning("epoch: reading the record failed: %r", e)
 
     def refresh(self) -> None:
         """Read the record now (after a compare failed).

@@ -348,9 +348,14 @@ class Node:
 
     def _health_loop(self) -> None:
         """Keep the health status true: NOT_SERVING while the node cannot serve."""
+        # Nothing may end this thread but stop(): the status would stay as it was for ever
+        # (SERVING while the node cannot serve, or NOT_SERVING once it can again).
         serving, bad = True, 0
         while not self._stopped.wait(HEALTH_CHECK_S):
-            why = self.cannot_serve()
+            try:
+                why = self.cannot_serve()
+            except Exception as e:  # e.g. the volume failing otherwise than StorageError
+                why = f"checking failed: {e!r}"
             bad = bad + 1 if why else 0
             if serving and bad >= 2:
                 serving = False

@@ -284,10 +284,15 @@ class Authority:
         self._stopped.set()
 
     def _loop(self) -> None:
+        # Nothing may end this thread but stop(): the process would go on with the users it
+        # knew then (a removed user's token still let in, a new user refused, for ever).
         while not self._stopped.wait(self.refresh_s):
             try:
                 new = read_auth(self._etcd(), self.cluster)
             except EtcdUnavailable:
+                continue
+            except Exception as e:  # e.g. a malformed key or value under the prefix
+                log.warning("auth: reading the users failed: %r", e)
                 continue
             if new.enabled != self.state.enabled:
                 log.warning("authentication turned %s", "on" if new.enabled else "off")

@@ -634,16 +634,25 @@ class TransactionManager:
             return list(self._open.values())
 
     def _reap_loop(self) -> None:
+        # Nothing may end this thread but close(): idle transactions would keep their locks
+        # and snapshots (and budgets) for as long as the node runs.
         while not self._stop.wait(min(REAP_S, self.idle_timeout_s / 4)):
-            now = self._clock()
-            for txn in self.open_transactions():
-                if txn.mutex.locked():
-                    continue  # a call is running: it ends within its own bounds first
-                if now - txn.last_used > self.idle_timeout_s:
-                    self.abort(txn.txn_id, IDLE_TIMEOUT,
-                               f"idle for more than {self.idle_timeout_s:g} s")
-                elif txn.expires_at is not None and now > txn.expires_at:
-                    self.abort(txn.txn_id, EXPIRED, "older than the lifetime it was begun with")
+            try:
+                self._reap_once()
+            except Exception as e:  # e.g. a snapshot that fails to close: next turn again
+                log.warning("transaction reaper: %r", e)
+
+    def _reap_once(self) -> None:
+        """Abort the transactions idle too long or past their lifetime."""
+        now = self._clock()
+        for txn in self.open_transactions():
+            if txn.mutex.locked():
+                continue  # a call is running: it ends within its own bounds first
+            if now - txn.last_used > self.idle_timeout_s:
+                self.abort(txn.txn_id, IDLE_TIMEOUT,
+                           f"idle for more than {self.idle_timeout_s:g} s")
+            elif txn.expires_at is not None and now > txn.expires_at:
+                self.abort(txn.txn_id, EXPIRED, "older than the lifetime it was begun with")
 
     def close(self, reason: str = SESSION_LOST, detail: str = "node is stopping") -> None:
         """Abort every open transaction and stop the reaper."""

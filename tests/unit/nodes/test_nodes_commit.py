@@ -585,6 +585,27 @@ def test_a_commit_that_may_no_longer_be_acknowledged_stands_and_its_answer_says_
     assert confirmed == [1]
 
 
+def test_the_committer_outlives_a_batch_whose_hook_fails_unexpectedly(store: Store):
+    """A hook failing with something the committer does not handle (a bug, an error of etcd's
+    client): that batch is told its outcome is unknown, and the thread goes on committing
+    (it died on the old code, and every later commit waited on it for ever)."""
+    failures = {"left": 1}
+
+    def admit() -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("a bug in admit")
+
+    gc = GroupCommitter(store, "n1", admit=admit)
+    try:
+        with pytest.raises(CommitTimeout, match="failed in the group committer"):
+            gc.submit(tx(ins(1)), timeout_s=3)
+        out = gc.submit(tx(ins(2)), timeout_s=3)
+    finally:
+        gc.close()
+    assert out.commit_position == 1 and row(store, 2) is not None
+
+
 def test_confirm_lets_the_outcome_through_when_it_passes(store: Store):
     gc = GroupCommitter(store, "n1", admit=lambda: None, confirm=lambda: None)
     try:

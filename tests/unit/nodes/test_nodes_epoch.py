@@ -3,6 +3,7 @@ hand-driven watches); the real thing runs in tests/integration/test_promotion.py
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -105,5 +106,35 @@ def test_a_promotion_elsewhere_supersedes_the_node_at_once_and_for_good() -> Non
             guard.compare()
         etcd.write(KEY, rec(2, "v2", PRIMARY, replica_id="r1").encode())
         assert len(seen) == 1  # told once
+    finally:
+        guard.close()
+
+
+def test_the_guard_goes_on_reading_the_record_after_an_unexpected_failure() -> None:
+    """A read of the record failing with something unexpected must not end the guard's
+    thread: a promotion whose watch event was missed is then still seen by the next read."""
+    etcd = FakeEtcd()
+    guard = EpochGuard(etcd, CLUSTER, "v1", node_id="n1")  # type: ignore[arg-type]
+    guard.start(1.0, may_claim=True)
+    real_get, failures = etcd.get, {"left": 1}
+
+    def get(key: bytes) -> KeyValue | None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("a bug in the client")
+        return real_get(key)
+
+    etcd.get = get  # type: ignore[method-assign]
+    try:
+        guard._wake.set()
+        deadline = time.monotonic() + 5
+        while failures["left"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        etcd.write(KEY, rec(2, "v2", PRIMARY, replica_id="r1").encode(), notify=False)
+        guard._wake.set()
+        while guard.superseded is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert guard.superseded is not None, "the epoch thread died"
     finally:
         guard.close()

@@ -3,18 +3,21 @@ credentials, certificates, the TLS settings."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from lockmgr.etcd import KeyValue
 from nodes import certs
 from nodes.security import (
     ADMIN,
     READ,
     SYSTEM,
     WRITE,
+    Authority,
     Security,
     User,
     needs,
@@ -126,3 +129,38 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
         Security(client_auth=True).validated()
     with pytest.raises(ValueError, match=r"no ca\.crt"):
         Security(certs_dir=str(tmp_path)).validated()
+
+
+# --- the process's view of the users: its refresh thread ---
+
+
+class _UsersEtcd:
+    """``get_prefix`` answers what ``answers`` holds first (raising it if an exception),
+    then ``users``."""
+
+    def __init__(self, users: list[KeyValue]) -> None:
+        self.users = users
+        self.answers: list[Exception] = []
+
+    def get_prefix(self, prefix: bytes) -> list[KeyValue]:
+        if self.answers:
+            raise self.answers.pop(0)
+        return self.users
+
+
+def test_the_authority_goes_on_reading_the_users_after_a_malformed_record() -> None:
+    etcd = _UsersEtcd([])
+    authority = Authority(lambda: etcd, "c", refresh_s=0.02)  # type: ignore[arg-type,return-value]
+    authority.start()
+    try:
+        assert not authority.state.enabled
+        bad = KeyValue(b"c/auth/\xff", b"", 0, 1, 1)  # not UTF-8: reading the users fails
+        etcd.users = [bad]
+        time.sleep(0.2)
+        etcd.users = [KeyValue(b"c/auth/enabled", b"1", 0, 2, 2)]
+        deadline = time.monotonic() + 5
+        while not authority.state.enabled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert authority.state.enabled, "the auth thread died"
+    finally:
+        authority.stop()
