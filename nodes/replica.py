@@ -303,37 +303,46 @@ class Replica:
             self.etcd.close()
 
     def _run(self) -> None:
+        # Nothing but a stop may end this thread: the code in the handlers below (discarding
+        # a copy, a promotion) can fail too, and a replica whose thread died would silently
+        # stop following and promoting.
         while not self.stop_requested.is_set():
             try:
-                self._watch_epoch()
-                if self.store is None:
-                    self.store = self._open_or_copy()
-                if self._check_epoch():
-                    continue
-                self._follow_once()
-            except _LostPlace as e:
-                log.error("replica %s lost its place: %s; taking a new copy",
-                          self.cfg.replica_id, e)
-                self._discard_copy()
-            except _Fatal as e:
-                log.error("replica %s cannot go on: %s", self.cfg.replica_id, e)
-                self.exit_code = 1
-                self.stop_requested.set()
-            except (grpc.RpcError, EtcdUnavailable, SessionExpired, _NoPrimary) as e:
-                self._publish_quietly()
-                if not self._epoch_changed.is_set():
-                    log.warning("replica %s: %s; retrying", self.cfg.replica_id,
-                                _describe(e))
-                    try:
-                        self._maybe_promote_self()
-                    except (EtcdUnavailable, promotion.PromotionRefused) as pe:
-                        log.warning("replica %s: no automatic promotion: %s",
-                                    self.cfg.replica_id, pe)
-                    if not self._epoch_changed.is_set():  # else: on with the promotion
-                        self.stop_requested.wait(RETRY_S)
-            except Exception:  # the loop must survive anything
+                self._turn()
+            except Exception:
                 log.exception("replica %s: follow loop failed", self.cfg.replica_id)
                 self.stop_requested.wait(RETRY_S)
+
+    def _turn(self) -> None:
+        """One turn of the follow loop: follow the log until something stops it, and deal
+        with what did."""
+        try:
+            self._watch_epoch()
+            if self.store is None:
+                self.store = self._open_or_copy()
+            if self._check_epoch():
+                return
+            self._follow_once()
+        except _LostPlace as e:
+            log.error("replica %s lost its place: %s; taking a new copy",
+                      self.cfg.replica_id, e)
+            self._discard_copy()
+        except _Fatal as e:
+            log.error("replica %s cannot go on: %s", self.cfg.replica_id, e)
+            self.exit_code = 1
+            self.stop_requested.set()
+        except (grpc.RpcError, EtcdUnavailable, SessionExpired, _NoPrimary) as e:
+            self._publish_quietly()
+            if not self._epoch_changed.is_set():
+                log.warning("replica %s: %s; retrying", self.cfg.replica_id,
+                            _describe(e))
+                try:
+                    self._maybe_promote_self()
+                except (EtcdUnavailable, promotion.PromotionRefused) as pe:
+                    log.warning("replica %s: no automatic promotion: %s",
+                                self.cfg.replica_id, pe)
+                if not self._epoch_changed.is_set():  # else: on with the promotion
+                    self.stop_requested.wait(RETRY_S)
 
     # the epoch
 
