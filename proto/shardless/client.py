@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import random
 import threading
 import time
@@ -72,6 +73,8 @@ from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as api_grpc
 from shardless.v1 import types_pb2 as pb
 from shardless.v1.services_pb2 import Change as api_pb_change
+
+_log = logging.getLogger("shardless")
 
 Scalar: TypeAlias = bool | int | float | str | bytes | bytearray | memoryview | None
 """A Python value that maps to one ``Value`` (``None`` is SQL NULL)."""
@@ -585,10 +588,10 @@ class Client:
 
     def _use(self, addresses: str | Sequence[str]) -> None:
         """Point the client at these addresses (a new channel; calls in flight finish)."""
-        self.addresses = sorted(addresses.split(",") if isinstance(addresses, str)
-                                else addresses)
-        self.target = channel_target(self.addresses)
-        channel = open_channel(self.target, self.credentials, channel_options())
+        chosen = sorted(addresses.split(",") if isinstance(addresses, str) else addresses)
+        target = channel_target(chosen)  # first: a refused list changes nothing
+        channel = open_channel(target, self.credentials, channel_options())
+        self.addresses, self.target = chosen, target
         old = getattr(self, "_channel", None)
         self._channel = channel
         self._tables = api_grpc.TableServiceStub(channel)
@@ -600,13 +603,22 @@ class Client:
             self._old_channels.append(old)
 
     def _refresh_loop(self, every_s: float) -> None:
+        refused: list[str] = []
         while not self._closed.wait(every_s):
             try:
                 members = sorted(m.address for m in self.status().members)
             except (grpc.RpcError, ValueError):
                 continue
-            if members and members != self.addresses:
-                self._use(members)
+            if members and members != self.addresses and members != refused:
+                # Nothing but close() may end this thread (the client would stop learning
+                # of new members): a list it cannot use (say, several host names, which one
+                # gRPC target cannot name) is logged once and the current one kept.
+                try:
+                    self._use(members)
+                except Exception as e:
+                    refused = members
+                    _log.warning("shardless client: keeping %s; cannot use the members' "
+                                 "addresses %s: %s", self.addresses, members, e)
 
     # --- retries ---
 
