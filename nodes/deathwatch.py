@@ -139,9 +139,13 @@ class DeathWatch:
                 path = os.path.join(self.dir, name)
                 if not name.endswith(".lock") or path == self.path or path in self._watching:
                     continue
-                self._watching.add(path)
-                threading.Thread(target=self._watch, args=(path,), name=f"watch-{name}",
-                                 daemon=True).start()
+                self._watching.add(path)  # before the watch starts: it may discard it
+                try:
+                    threading.Thread(target=self._watch, args=(path,), name=f"watch-{name}",
+                                     daemon=True).start()
+                except RuntimeError as e:  # no thread to be had now: try again next scan
+                    self._watching.discard(path)
+                    log.warning("cannot watch %s yet: %s", path, e)
             if self._lease_ttl is not None and \
                     time.monotonic() - self._checked_at >= FROZEN_CHECK_S:
                 self._checked_at = time.monotonic()

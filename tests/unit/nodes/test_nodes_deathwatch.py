@@ -4,9 +4,11 @@ child processes; etcd's answer is given by a function)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,3 +65,34 @@ def test_a_stopped_peer_is_killed_once_its_lease_is_gone_only_if_it_holds_its_fi
         if child.poll() is None:
             child.kill()
             child.wait(5)
+
+
+def test_a_peer_is_watched_even_if_its_watch_thread_could_not_start_at_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread to be had (RuntimeError from start) ended the scanner, and no later peer
+    was watched; now that peer is tried again at the next scan."""
+    monkeypatch.setattr(deathwatch, "SCAN_INTERVAL_S", 0.01)
+    dw = DeathWatch(str(tmp_path), "me", revoke=lambda lease: None)
+    real = threading.Thread
+    starts: list[str] = []
+
+    class FirstStartFails(real):  # type: ignore[misc, valid-type]
+        def start(self) -> None:
+            if self.name.startswith("watch-"):  # the peers' watches alone
+                starts.append(self.name)
+                if len(starts) == 1:
+                    raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(deathwatch.threading, "Thread", FirstStartFails)
+    peer_file = os.path.join(dw.dir, "peer.1.lock")
+    open(peer_file, "w").close()
+    try:
+        dw.start()
+        deadline = time.monotonic() + 5
+        while len(starts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert starts[:2] == ["watch-peer.1.lock"] * 2  # the failed start, then a new try
+        assert peer_file in dw._watching
+    finally:
+        dw.close()
