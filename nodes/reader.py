@@ -46,7 +46,7 @@ from nodes.config import NodeConfig
 from nodes.epoch import PRIMARY, read_epoch
 from nodes.heap import Trimmer
 from nodes.membership import read_members
-from nodes.readface import ReadFace
+from nodes.readface import ReadFace, log_held
 from nodes.replication import ReaderRecord, reader_key
 from nodes.security import AuthGuard, Authority
 from nodes.status import DecodeGuard
@@ -293,9 +293,11 @@ class ReaderNode:
 
     def status(self) -> api.StatusResponse:
         """This node's own view: its id, the copy and its position."""
-        return api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
-                                  commit_position=self.position, cluster=self.cfg.cluster,
-                                  volume_id=self.volume_id)
+        out = api.StatusResponse(node_id=self.cfg.node_id, volume=self.cfg.volume,
+                                 commit_position=self.position, cluster=self.cfg.cluster,
+                                 volume_id=self.volume_id)
+        out.log_oldest_position, out.log_bytes = log_held(self.face)
+        return out
 
 
 class _StatusServicer(rpc.ClusterServiceServicer):

@@ -102,6 +102,19 @@ class ReadFace:
                           self._source.name)
 
 
+def log_held(face: ReadFace | None) -> tuple[int, int]:
+    """The oldest commit-log position a copy holds and the log's size, for its Status (0, 0:
+    no copy to read now, being taken or closing)."""
+    if face is None:
+        return 0, 0
+    try:
+        with face.reads.read() as view:
+            oldest, _last, size = view.log_bounds()
+            return int(oldest), int(size)
+    except Exception:  # whatever stops a read stops only this figure
+        return 0, 0
+
+
 class Readers:
     """Counts the snapshots of the copy in use, so that it is closed only when none is
     (closing an LMDB environment under an open transaction is not allowed)."""

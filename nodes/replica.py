@@ -62,7 +62,7 @@ from nodes.changes import ChangeService, add_change_service, needed_by_holds, re
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
 from nodes.limits import Limits
 from nodes.membership import MemberInfo, members_prefix, read_members
-from nodes.readface import ReadFace
+from nodes.readface import ReadFace, log_held
 from nodes.replication import (
     DEMOTED,
     JOINING,
@@ -960,9 +960,11 @@ class Replica:
             self._applied.wait(timeout_s)
 
     def status(self) -> api.StatusResponse:
-        """This replica's own view: its id, volume and position."""
-        return api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
-                                  commit_position=self.position, cluster=self.cfg.cluster)
+        """This replica's own view: its id, volume and position, and its copy's log held."""
+        out = api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
+                                 commit_position=self.position, cluster=self.cfg.cluster)
+        out.log_oldest_position, out.log_bytes = log_held(self._face)
+        return out
 
 
 class _StatusServicer(rpc.ClusterServiceServicer):

@@ -78,6 +78,9 @@ def test_a_node_on_a_replicas_volume_reads_at_its_position_refuses_writes_and_ta
             later = db.upsert("t", {"id": 101, "v": "later"})
             c = next(it)
             assert (c.position, c.kind, c.key, c.row["v"]) == (later, "put", (101,), "later")
+        # Its own Status shows the copy's log held.
+        own = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True), timeout=10)
+        assert 0 < own.log_oldest_position <= pos and own.log_bytes > 0, own
         # Scans and read-only transactions see the copy.
         with connect([b.address], refresh_s=None) as reader:
             assert {row["id"] for row in reader.scan("t")} == {*range(10), 100, 101}

@@ -564,6 +564,9 @@ def test_a_replica_keeps_its_log_in_bounds_and_what_a_hold_needs(
                  message=f"r1's log to start at the held position {held}")
         time.sleep(1.5)  # another trim round or two: the hold still keeps it
         assert _log_bounds(r.volume)[0] == held
+        with grpc.insecure_channel(r.address) as rch:  # and its Status says so
+            st = rpc.ClusterServiceStub(rch).Status(api.StatusRequest(), timeout=10)
+        assert st.log_oldest_position == held and st.log_bytes > 0
         assert _watched(r.address, api.WatchRequest(table="t", start_position=held), last)
         holds.Release(api.ReleaseRequest(name="keep"), timeout=10)
     wait_for(lambda: _log_bounds(r.volume)[0] > held, 30,
