@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import ssl
@@ -63,22 +64,32 @@ _every_child_dies_with_parent = False
 
 def make_children_die_with_parent() -> None:
     """From now on, every etcd server and node process this process starts from its main thread
-    dies with it (:func:`die_with_parent`), whatever its ``die_with_parent`` says. For test
-    harnesses and benchmarks: one killed by SIGKILL (or by a timeout's SIGTERM, which skips its
-    clean-up) then leaves no processes behind to load the machine for the next run."""
+    dies with it, whatever its ``die_with_parent`` says. For test harnesses and benchmarks: one
+    killed by SIGKILL (or by a timeout's SIGTERM, which skips its clean-up) then leaves no
+    processes behind to load the machine for the next run. Done by starting the child through
+    ``setpriv --pdeathsig KILL`` (util-linux), not with :func:`die_with_parent` as a
+    ``preexec_fn``: a process with gRPC's threads must not run Python between fork and exec
+    (gRPC's fork handlers then crashed such children now and then, SIGABRT and SIGSEGV)."""
     global _every_child_dies_with_parent
     _every_child_dies_with_parent = True
 
 
-def child_preexec(wanted: bool) -> Callable[[], None] | None:
-    """The ``preexec_fn`` for a child that should die with this process when ``wanted`` (or
-    :func:`make_children_die_with_parent` was called): :func:`die_with_parent` when started
-    from the main thread, else None (Linux would kill the child when the *thread* that started
-    it ends, which for a restart from a worker thread is not this process's death)."""
-    if (wanted or _every_child_dies_with_parent) and \
-            threading.current_thread() is threading.main_thread():
-        return die_with_parent
-    return None
+def child_launch(wanted: bool) -> tuple[list[str], Callable[[], None] | None]:
+    """How to start a child that should die with this process: a prefix for its argv and a
+    ``preexec_fn``. ``wanted`` (``shardless up``, as it always did): :func:`die_with_parent` in
+    the child. Else, after
+    :func:`make_children_die_with_parent`: ``setpriv --pdeathsig KILL --`` when there is one.
+    Only from the main thread: Linux sends the signal when the *thread* that started the child
+    ends, which for a restart from a worker thread is not this process's death."""
+    if threading.current_thread() is not threading.main_thread():
+        return [], None
+    if wanted:
+        return [], die_with_parent
+    if _every_child_dies_with_parent:
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            return [setpriv, "--pdeathsig", "KILL", "--"], None
+    return [], None
 
 
 class EtcdServerError(RuntimeError):
@@ -470,6 +481,8 @@ class EtcdServer:
         argv = self.command(binary)
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
+        prefix, preexec = child_launch(self.die_with_parent)
+        argv = [*prefix, *argv]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -478,7 +491,7 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=child_preexec(self.die_with_parent),
+                preexec_fn=preexec,
             )
 
     def is_healthy(self, timeout_s: float = 1.0) -> bool:

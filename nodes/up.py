@@ -44,7 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nodes.etcdserver import (
     EtcdServer,
     EtcdServerError,
-    child_preexec,
+    child_launch,
     find_etcd_binary,
     free_port,
     port_is_free,
@@ -346,6 +346,8 @@ class NodeProcess:
         argv = self.command()
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
+        prefix, preexec = child_launch(self.die_with_parent)
+        argv = [*prefix, *argv]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -354,7 +356,7 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 env={**node_env(), **self.extra_env},
                 start_new_session=True,
-                preexec_fn=child_preexec(self.die_with_parent),
+                preexec_fn=preexec,
             )
 
     def health(self, timeout_s: float = 1.0) -> str:

@@ -445,16 +445,27 @@ def test_a_frozen_node_does_not_stall_a_sync_replica(
 def _watched(address: str, request: api.WatchRequest, upto: int, timeout_s: float = 30
              ) -> list[tuple[int, int, int, bytes]]:
     """Every change a Watch on ``address`` sends until it has delivered ``upto``: (position,
-    index, kind, the change's bytes without its table-independent parts)."""
-    got = []
-    with grpc.insecure_channel(address) as ch:
-        call = rpc.ChangeServiceStub(ch).Watch(request, timeout=timeout_s)
-        for m in call:
-            got += [(c.position, c.index, c.kind, c.SerializeToString()) for c in m.changes]
-            if m.position >= upto:
-                call.cancel()
-                break
-    return got
+    index, kind, the change encoded deterministically: a row's map entries in key order, so
+    that equal changes compare equal)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = []
+        try:
+            with grpc.insecure_channel(address) as ch:
+                call = rpc.ChangeServiceStub(ch).Watch(request, timeout=timeout_s)
+                for m in call:
+                    got += [(c.position, c.index, c.kind, c.SerializeToString(deterministic=True))
+                            for c in m.changes]
+                    if m.position >= upto:
+                        call.cancel()
+                        return got
+            return got
+        except grpc.RpcError as e:
+            # A replica serves two streams at a time (REPLICA_LIMITS); the one just cancelled
+            # may not have given its place back yet: try again, as the helper's watch does.
+            if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_a_replica_serves_the_change_stream_at_its_position(
