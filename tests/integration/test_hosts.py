@@ -360,8 +360,11 @@ def test_an_async_replica_lag_is_reported_and_its_promotion_names_the_loss(
     wait_for(lambda: (i := replica_info(a[0].address, "replica-c")) is not None
              and i.lag_positions == 0 and i.lag_seconds == 0.0, 30, message="C's lag to zero")
     c.send_signal(signal.SIGSTOP)
+    # A few transfers only: C must stay frozen for less than its session's TTL (5 s), or its
+    # record goes with its lease and there is no lag to read (a CI run under load took
+    # longer than that for 100).
     with Bank(addresses, addresses, base=1_000_000) as later:
-        wait_for(lambda: len(later.acked) > 100, 90, message="transfers while C is frozen")
+        wait_for(lambda: len(later.acked) > 20, 90, message="transfers while C is frozen")
     # B (synchronous) holds the head before A goes: the command learns the head from it.
     def b_at_head() -> int:
         head = status(a[0].address).commit_position
