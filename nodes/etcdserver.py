@@ -22,6 +22,7 @@ import collections
 import contextlib
 import ctypes
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -77,10 +78,10 @@ def make_children_die_with_parent() -> None:
 def child_launch(wanted: bool) -> tuple[list[str], Callable[[], None] | None]:
     """How to start a child that should die with this process: a prefix for its argv and a
     ``preexec_fn``. ``wanted`` (``shardless up``, as it always did): :func:`die_with_parent` in
-    the child. Else, after
-    :func:`make_children_die_with_parent`: ``setpriv --pdeathsig KILL --`` when there is one.
-    Only from the main thread: Linux sends the signal when the *thread* that started the child
-    ends, which for a restart from a worker thread is not this process's death."""
+    the child. Else, after :func:`make_children_die_with_parent`: ``setpriv --pdeathsig KILL
+    --`` when there is one. Only from the main thread: Linux sends the signal when the *thread*
+    that started the child ends, which for a restart from a worker thread is not this
+    process's death."""
     if threading.current_thread() is not threading.main_thread():
         return [], None
     if wanted:
@@ -149,17 +150,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     Raises:
         OSError: no port in the candidate ranges could be bound.
     """
-    ranges = listen_port_candidates()
-    total = sum(len(r) for r in ranges)
+    ports = [p for r in listen_port_candidates() for p in r]
     with _port_lock:
-        start = _port_rng.randrange(total)
-        for step in range(total):
-            index = (start + step) % total
-            for r in ranges:
-                if index < len(r):
-                    port = r[index]
-                    break
-                index -= len(r)
+        start = _port_rng.randrange(len(ports))
+        for port in itertools.chain(ports[start:], ports[:start]):
             if port in _handed_out:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

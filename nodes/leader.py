@@ -41,6 +41,27 @@ TRIM_BATCH = 2000
 TRIM_ROUNDS = 5
 
 
+def trim_log(store: Store, retention: Retention, replicas: Sequence[ReplicaRecord],
+             holds: Sequence[tuple[str, int]], what: str) -> int:
+    """Remove the records of ``store``'s commit log that ``retention`` lets go, keeping what
+    ``replicas`` and the retention ``holds`` still need (within the log's hard bounds, which
+    are logged when they cut what is needed); return how many went. The primary's leader
+    runs it on the primary's log, a replica on its copy's (``nodes/replica.py``)."""
+    needed = min((p for p in (needed_from(replicas), needed_by_holds(holds)) if p is not None),
+                 default=None)
+    n = 0
+    for _ in range(TRIM_ROUNDS):
+        cut = store.trim_log(retention, now=time.time(), needed_from=needed, limit=TRIM_BATCH)
+        if cut.forced:
+            log.warning("%s passed its bounds: records before %d went although a replica or a "
+                        "hold still needed them (a replica will take a new copy)", what,
+                        cut.before)
+        n += cut.records
+        if cut.records < TRIM_BATCH:
+            break
+    return n
+
+
 class Leader:
     """Campaign for leadership and, while leader, run the duties."""
 
@@ -142,20 +163,8 @@ class Leader:
         """Remove the commit-log records that the retention rule lets go; return how many."""
         # Read before trimming, and never trimmed without: a replica that registered since
         # is then still needed (it registers before it copies).
-        needed = min((p for p in (needed_from(self._replicas()),
-                                  needed_by_holds(self._holds())) if p is not None),
-                     default=None)
-        n = 0
-        for _ in range(TRIM_ROUNDS):
-            cut = self._store.trim_log(self._retention, now=time.time(), needed_from=needed,
-                                       limit=TRIM_BATCH)
-            if cut.forced:
-                log.warning("the commit log passed its bounds: records before %d went although "
-                            "a replica still needed them (it will take a new copy)", cut.before)
-            n += cut.records
-            if cut.records < TRIM_BATCH:
-                break
-        return n
+        return trim_log(self._store, self._retention, self._replicas(), self._holds(),
+                        "the commit log")
 
     def stop(self) -> None:
         """Stop the loop and give up the post (before the session is closed)."""

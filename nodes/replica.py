@@ -58,8 +58,9 @@ from lockmgr import (
 )
 from nodes import promotion
 from nodes import server as server_mod
-from nodes.changes import ChangeService, add_change_service, needed_by_holds, read_holds
+from nodes.changes import ChangeService, add_change_service, read_holds
 from nodes.epoch import PRIMARY, PROMOTING, EpochRecord, epoch_key, read_epoch
+from nodes.leader import trim_log
 from nodes.limits import Limits
 from nodes.membership import MemberInfo, members_prefix, read_members
 from nodes.readface import ReadFace, log_held
@@ -69,7 +70,6 @@ from nodes.replication import (
     MODES,
     SYNC,
     ReplicaRecord,
-    needed_from,
     read_replicas,
     replica_key,
     seen_prefix,
@@ -100,7 +100,6 @@ JOIN_CHECK_S = 0.1
 DEFAULT_PROMOTE_AFTER_S = 1.0
 MEMBERS_S = 1.0
 TRIM_S = 1.0  # how often the replica trims its copy's log (as the leader does the primary's)
-TRIM_BATCH, TRIM_ROUNDS = 2000, 5
 UPKEEP_S = 0.05  # how often the upkeep thread looks at the record and the synchronous set
 REPORT_TIMEOUT_S = 1.0
 APPLY_MESSAGES = 64  # messages applied in one write transaction at most
@@ -735,19 +734,9 @@ class Replica:
             return
         others = [r for r in read_replicas(self.etcd, cluster)
                   if r.replica_id != self.cfg.replica_id]
-        needed = min((p for p in (needed_from(others), needed_by_holds(read_holds(self.etcd,
-                                                                                  cluster)))
-                      if p is not None), default=None)
-        for _ in range(TRIM_ROUNDS):
-            cut = store.trim_log(self.cfg.log_retention, now=time.time(), needed_from=needed,
-                                 limit=TRIM_BATCH)
-            self.trimmed += cut.records
-            if cut.forced:
-                log.warning("replica %s: its log passed its bounds: records before %d went "
-                            "although a replica or a hold still needed them",
-                            self.cfg.replica_id, cut.before)
-            if cut.records < TRIM_BATCH:
-                return
+        self.trimmed += trim_log(store, self.cfg.log_retention, others,
+                                 read_holds(self.etcd, cluster),
+                                 f"replica {self.cfg.replica_id}'s log")
 
     def _refresh_addresses(self) -> None:
         """The addresses of the primary's nodes, which ``_report`` tells.

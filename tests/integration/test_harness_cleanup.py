@@ -41,6 +41,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def end(proc: subprocess.Popen[str], pids: list[int]) -> None:
+    """Whatever the test saw: stop the process it started and every process it was told of."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    for p in pids:
+        if alive(p):
+            os.kill(p, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_processes_started_from_the_main_thread_die_with_a_killed_harness(
         tmp_path: Path, how: signal.Signals) -> None:
@@ -64,12 +74,7 @@ def test_processes_started_from_the_main_thread_die_with_a_killed_harness(
             time.sleep(0.05)
         assert not alive(etcd) and not alive(main_node), "left behind by a killed harness"
     finally:
-        if user.poll() is None:
-            user.kill()
-            user.wait(10)
-        for p in pids:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+        end(user, pids)
 
 
 def test_a_test_run_sent_sigterm_tears_down_and_reports(tmp_path: Path) -> None:
@@ -100,9 +105,4 @@ def test_a_test_run_sent_sigterm_tears_down_and_reports(tmp_path: Path) -> None:
         assert "KeyboardInterrupt" in out and "signal 15" in out, out
         assert not [p for p in pids if alive(p)], out  # stopped by the teardown itself
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait(10)
-        for p in pids:
-            if alive(p):
-                os.kill(p, signal.SIGKILL)
+        end(run, pids)
