@@ -49,7 +49,7 @@ from nodes.replication import (
     BarrierStore,
     SyncGate,
     lag,
-    read_readers,
+    read_registry,
     read_replicas,
     wait_for_position,
 )
@@ -540,8 +540,7 @@ class Node:
         """The cluster as this node sees it."""
         assert self.store is not None and self.membership is not None and self.etcd is not None
         try:
-            replicas = read_replicas(self.etcd, self.cfg.cluster)
-            readers = read_readers(self.etcd, self.cfg.cluster)
+            replicas, readers = read_registry(self.etcd, self.cfg.cluster)
         except EtcdUnavailable:
             replicas, readers = [], []
         if self.sync_gate is not None:  # its reports reach the nodes before its record
@@ -576,20 +575,19 @@ class Node:
             api.ReplicaInfo(replica_id=rid, mode="sync", sync_state=state, registered=False,
                             lag_positions=position)
             for rid, state in sorted(sync_set.items()) if rid not in registered)
+        out.transactions.extend(self._local_transactions())
+        out.counters.update(self.counters())
+        if local_only:  # cheap enough to poll (a lag monitor, a peer): no etcd call per member
+            return out
         for m in self.membership.members():
             try:
                 ttl = self.etcd.time_to_live(m.lease_id)
             except EtcdUnavailable:
                 ttl = -1
-            if not local_only:
-                out.members.append(api.Member(
-                    node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
-                    pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl,
-                    group=m.group, public_address=m.public_address, volume_id=m.volume_id))
-        out.transactions.extend(self._local_transactions())
-        out.counters.update(self.counters())
-        if local_only:
-            return out
+            out.members.append(api.Member(
+                node_id=m.node_id, address=m.address, session=f"{m.lease_id:x}",
+                pid=m.pid, started_at=m.started_at, session_ttl_remaining=ttl,
+                group=m.group, public_address=m.public_address, volume_id=m.volume_id))
         leader = Election(self.etcd, self.cfg.cluster).observe()
         if leader is not None:
             out.leader = str(leader[1].get("node", ""))

@@ -19,11 +19,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lockmgr import EtcdClient, EtcdUnavailable, SessionExpired
+from lockmgr import EtcdClient, EtcdUnavailable, KeyValue, SessionExpired
 from nodes.membership import cluster_prefix
 from storage import ReadView, Store, commitlog
 
@@ -113,9 +113,7 @@ def read_readers(etcd: EtcdClient, cluster: str) -> list[ReaderRecord]:
     Raises:
         EtcdUnavailable: etcd did not answer.
     """
-    got = (ReaderRecord.decode(kv.value)
-           for kv in etcd.get_prefix(cluster_prefix(cluster) + b"readers/"))
-    return sorted((r for r in got if r is not None), key=lambda r: r.node_id)
+    return _readers(etcd.get_prefix(cluster_prefix(cluster) + b"readers/"))
 
 
 def read_replicas(etcd: EtcdClient, cluster: str) -> list[ReplicaRecord]:
@@ -124,12 +122,31 @@ def read_replicas(etcd: EtcdClient, cluster: str) -> list[ReplicaRecord]:
     Raises:
         EtcdUnavailable: etcd did not answer.
     """
-    out = []
-    for kv in etcd.get_prefix(replicas_prefix(cluster)):
-        rec = ReplicaRecord.decode(kv.value, kv.lease_id)
-        if rec is not None:
-            out.append(rec)
-    return sorted(out, key=lambda r: r.replica_id)
+    return _replicas(etcd.get_prefix(replicas_prefix(cluster)))
+
+
+def read_registry(etcd: EtcdClient, cluster: str
+                  ) -> tuple[list[ReplicaRecord], list[ReaderRecord]]:
+    """Every registered replica and read-only node (as ``read_replicas`` and
+    ``read_readers``), read in one etcd transaction: one round trip, one revision.
+
+    Raises:
+        EtcdUnavailable: etcd did not answer.
+    """
+    _, (replicas, readers) = etcd.txn([
+        EtcdClient.range_op(replicas_prefix(cluster)),
+        EtcdClient.range_op(cluster_prefix(cluster) + b"readers/")])
+    return _replicas(replicas or []), _readers(readers or [])
+
+
+def _replicas(kvs: Iterable[KeyValue]) -> list[ReplicaRecord]:
+    got = (ReplicaRecord.decode(kv.value, kv.lease_id) for kv in kvs)
+    return sorted((r for r in got if r is not None), key=lambda r: r.replica_id)
+
+
+def _readers(kvs: Iterable[KeyValue]) -> list[ReaderRecord]:
+    got = (ReaderRecord.decode(kv.value) for kv in kvs)
+    return sorted((r for r in got if r is not None), key=lambda r: r.node_id)
 
 
 def needed_from(replicas: Sequence[ReplicaRecord]) -> int | None:

@@ -105,6 +105,13 @@ def test_an_async_replica_copies_online_follows_and_reports_its_lag(
         wait_for(lambda: w.acked > 300, 60, message="more writes while it follows")
         info = replica_info(cluster, "r1")
         assert info is not None and info.mode == "async" and info.caught_up
+        # A node's own status (what a lag monitor polls) reports the replica and its lag too,
+        # without the per-member etcd reads of the cluster view.
+        with grpc.insecure_channel(cluster.addresses[1]) as ch:
+            own = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(local_only=True),
+                                                    timeout=10)
+        assert [r.replica_id for r in own.replicas] == ["r1"] and not own.members, own
+        assert own.replicas[0].position > 0 and len(status(cluster).members) == 3
     assert not w.errors, w.errors[:3]
     # The load has stopped: the reported lag goes to zero, and the copy equals the volume.
     wait_for(lambda: (i := replica_info(cluster, "r1")) is not None and i.lag_positions == 0,
