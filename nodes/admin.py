@@ -202,6 +202,9 @@ def _field_value(f: FieldDescriptor, value: Any) -> Any:
 
 def format_status(st: api.StatusResponse) -> str:
     """The text of ``shardless status``."""
+    own = [r for r in st.replicas if r.replica_id == st.node_id]
+    if own and not st.members:
+        return _format_replica_status(st, own[0])
     lines = [f"cluster {st.cluster}  volume {st.volume}  commit position {st.commit_position}"]
     if st.epoch:
         here = "" if st.volume_id == st.primary_volume_id else f" (this node's: {st.volume_id})"
@@ -231,6 +234,29 @@ def format_status(st: api.StatusResponse) -> str:
     if st.transactions:
         lines.append(f"{len(st.transactions)} open transaction(s), {len(st.locks)} lock "
                      f"entr(ies), {len(st.waits)} waiting")
+    return "\n".join(lines)
+
+
+def _format_replica_status(st: api.StatusResponse, r: api.ReplicaInfo) -> str:
+    """The text of ``shardless status`` answered by a replica process (its own view)."""
+    state = [r.mode]
+    if r.mode == "sync" and r.sync_state == "sync":
+        state.append("may be promoted")
+    elif r.sync_state and r.sync_state != r.mode:
+        state.append(r.sync_state)
+    state.append("caught up" if r.caught_up else "catching up")
+    if not r.registered:
+        state.append("not registered in etcd")
+    lines = [f"replica {r.replica_id} at {r.address} ({', '.join(state)}) of cluster "
+             f"{st.cluster}: volume {st.volume}"
+             + (f" (copy {st.volume_id})" if st.volume_id else "")]
+    if st.epoch:
+        lines.append(f"epoch {st.epoch}: follows primary volume {st.primary_volume_id}")
+    lines.append(f"holds position {r.position}; the last position a node told it of: "
+                 f"{r.primary_last}; lag {r.lag_positions} position(s)"
+                 + (f", at most {r.lag_seconds:.3f} s" if r.lag_positions else ""))
+    lines.append(f"commit log: positions {st.log_oldest_position}..{st.commit_position} held, "
+                 f"{st.log_bytes / (1 << 20):.1f} MiB")
     return "\n".join(lines)
 
 

@@ -949,10 +949,27 @@ class Replica:
             self._applied.wait(timeout_s)
 
     def status(self) -> api.StatusResponse:
-        """This replica's own view: its id, volume and position, and its copy's log held."""
+        """This replica's own view: its id, volume and position, its copy's log held, the
+        epoch it follows, and itself as the one entry of ``replicas`` (mode, place in the
+        synchronous set, and its lag behind the last position a node told it of)."""
         out = api.StatusResponse(node_id=self.cfg.replica_id, volume=self.cfg.volume,
-                                 commit_position=self.position, cluster=self.cfg.cluster)
+                                 commit_position=self.position, cluster=self.cfg.cluster,
+                                 volume_id=self.volume_id)
         out.log_oldest_position, out.log_bytes = log_held(self._face)
+        epoch = self.epoch
+        if epoch is not None:
+            out.epoch, out.primary_volume_id = epoch.epoch, epoch.volume_id
+        position, last = self.position, self.primary_last
+        behind = max(0, last - position)
+        session = self.session
+        out.replicas.add(
+            replica_id=self.cfg.replica_id, address=self.cfg.listen, mode=self.cfg.mode,
+            position=position, caught_up=self.caught_up, lag_positions=behind,
+            # what it lacks committed after the last record it holds: at most this old
+            lag_seconds=max(0.0, time.time() - self.position_ts) if behind else 0.0,
+            updated_at=time.time(), sync_state=self._sync_state,
+            registered=session is not None and session.is_valid(),
+            volume_id=self.volume_id, primary_last=last)
         return out
 
 

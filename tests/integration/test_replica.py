@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nodes.admin import format_status
 from nodes.up import ReplicaProcess
 from shardless import connect
 from shardless.v1 import services_pb2 as api
@@ -120,6 +121,17 @@ def test_an_async_replica_copies_online_follows_and_reports_its_lag(
     assert info is not None and info.lag_seconds == 0.0
     primary_pos, replica_pos, equal = same_volume(cluster.volume, r.volume)
     assert replica_pos == primary_pos == info.position and equal
+    # The replica's own status (`shardless status REPLICA`) says what it is and what it holds.
+    with grpc.insecure_channel(r.address) as ch:
+        mine = rpc.ClusterServiceStub(ch).Status(api.StatusRequest(), timeout=10)
+    assert [x.replica_id for x in mine.replicas] == ["r1"] and not mine.members, mine
+    me = mine.replicas[0]
+    assert (me.mode, me.caught_up, me.lag_positions) == ("async", True, 0), mine
+    assert me.position == mine.commit_position == replica_pos == me.primary_last, mine
+    assert mine.volume_id == me.volume_id == info.volume_id != "", mine
+    assert mine.epoch >= 1 and mine.primary_volume_id not in ("", mine.volume_id), mine
+    text = format_status(mine)
+    assert text.startswith("replica r1 at ") and f"holds position {replica_pos};" in text, text
     db.close()
 
 
