@@ -37,6 +37,7 @@ import grpc
 
 from lockmgr import EtcdClient
 from nodes import convert, query
+from nodes.commit import wait_new
 from nodes.status import stream, unary
 from shardless.v1 import services_pb2 as api
 from shardless.v1 import services_pb2_grpc as rpc
@@ -69,7 +70,6 @@ HEARTBEAT_S = 1.0
 # without a pause.
 MESSAGE_GAP_S = 0.01
 POLL_S = 0.05  # the longest a stream at the end of the log waits before looking again
-CHANGE_POLL_S = 0.002  # how often the volume's version is looked at for other nodes' commits
 DEFAULT_HOLD_TTL_S, MAX_HOLD_TTL_S = 60.0, 86_400.0
 _KINDS = {PUT_ROW: api.Change.PUT, DELETE_ROW: api.Change.DELETE,
           CREATE_TABLE: api.Change.CREATE_TABLE, DROP_TABLE: api.Change.DROP_TABLE}
@@ -269,23 +269,6 @@ class CopyWakeup:
 # Records with their changes, and each change's encoding in a WatchResponse (``change_wire``),
 # made by the first stream that sends it and kept with the record for the others.
 Decoded = list[tuple[Record, list[RowChange], list[bytes | None]]]
-
-
-def wait_new(committer: Any, version: Callable[[], int] | None, seen: int, mark: int,
-             timeout_s: float) -> int:
-    """Wait until there may be something new in the log: this node's committer committed a
-    batch after the ``seen``-th (it wakes the waiter at once), or the volume's version is no
-    longer ``mark`` (another node's commit: looked at every CHANGE_POLL_S, a read of LMDB's
-    meta page, no snapshot), or ``timeout_s`` passed; return the committer's batch count.
-    ``mark`` must be taken *before* the read that found nothing new, so that a commit between
-    that read and this wait is not missed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        step = CHANGE_POLL_S if version is not None else timeout_s
-        now = committer.wait_for_commit(seen, max(0.0, min(step, deadline - time.monotonic())))
-        if now != seen or time.monotonic() >= deadline or \
-                (version is not None and version() != mark):
-            return now
 
 
 def _read(reads: Any, position: int, schemas: Schemas) -> tuple[Decoded, int, int]:

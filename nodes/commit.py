@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 INSERT, UPSERT, UPDATE, DELETE = "insert", "upsert", "update", "delete"
 MAX_OPS_PER_REQUEST = 100_000
+# How often a follower of the log (a change stream, a replica's ReadLog) looks at the volume's
+# version for other nodes' commits (this node's own commits wake it at once: ``wait_new``).
+CHANGE_POLL_S = 0.002
 
 
 class Unavailable(Exception):
@@ -775,6 +778,23 @@ grants; see ``txn.lock_free_check``)."""
 AckGate = Callable[[int, Callable[[], None], Callable[[Exception], None]], None]
 """``after(position, on_ok, on_fail)``: call ``on_ok`` once ``position`` may be acknowledged
 (``SyncGate.after``)."""
+
+
+def wait_new(committer: Any, version: Callable[[], int] | None, seen: int, mark: int,
+             timeout_s: float) -> int:
+    """Wait until there may be something new in the log: this node's committer committed a
+    batch after the ``seen``-th (it wakes the waiter at once), or the volume's version is no
+    longer ``mark`` (another node's commit: looked at every CHANGE_POLL_S, a read of LMDB's
+    meta page, no snapshot), or ``timeout_s`` passed; return the committer's batch count.
+    ``mark`` must be taken *before* the read that found nothing new, so that a commit between
+    that read and this wait is not missed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        step = CHANGE_POLL_S if version is not None else timeout_s
+        now = committer.wait_for_commit(seen, max(0.0, min(step, deadline - time.monotonic())))
+        if now != seen or time.monotonic() >= deadline or \
+                (version is not None and version() != mark):
+            return now
 
 
 class GroupCommitter:

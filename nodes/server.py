@@ -35,7 +35,7 @@ SCAN_CHUNK_ROWS = 512
 SCAN_CHUNK_BYTES = 1 << 20
 LOG_BATCH = 256
 MAX_LOG_BATCH = 10_000
-FOLLOW_POLL_S = 0.002
+FOLLOW_WAIT_S = 0.05  # the longest a follower at the end of the log waits between looks
 FOLLOW_HEARTBEAT_S = 1.0
 COPY_CHUNK_BYTES = 1 << 20
 
@@ -563,9 +563,11 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
         # One snapshot per batch, not one for the stream: a record never changes once written,
         # and a long snapshot would pin the pages that truncation frees.
         seen, quiet_since = committer.batches, time.monotonic()
+        version = store.version
         while (end is None or position <= end) and context.is_active() \
                 and not self.node.gate.draining:
             want = batch if end is None else min(batch, end - position + 1)
+            mark = version()  # before the read: wait_new
             with store.read() as view:
                 got = view.log_stored(position, want)
                 if request.follow:
@@ -582,9 +584,9 @@ class ClusterService(_Base, rpc.ClusterServiceServicer):
             if time.monotonic() - quiet_since >= FOLLOW_HEARTBEAT_S:
                 yield api.ReadLogResponse(oldest_position=oldest, last_position=last)
                 quiet_since = time.monotonic()
-            # Woken by this node's commits at once; other nodes' commits are seen within the
-            # poll interval.
-            seen = committer.wait_for_commit(seen, FOLLOW_POLL_S)
+            # Woken by this node's commits at once; other nodes' commits are seen within
+            # CHANGE_POLL_S by the volume's version (no snapshot while nothing moves).
+            seen = commit.wait_new(committer, version, seen, mark, FOLLOW_WAIT_S)
 
     @unary
     def ReportPosition(self, request: api.ReportPositionRequest,

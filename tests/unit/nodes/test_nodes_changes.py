@@ -10,7 +10,8 @@ import time
 import pytest
 
 from nodes import changes
-from nodes.changes import LogTail, _change, change_wire, wait_new, watch_message
+from nodes.changes import LogTail, _change, change_wire, watch_message
+from nodes.commit import wait_new
 from shardless.v1 import services_pb2 as api
 from storage import Change, Column, Schema, Store
 from storage.changes import DELETE_ROW, PUT_ROW, RowChange
